@@ -1,0 +1,118 @@
+"""/auth/*: sign-up, login, refresh, logout, password reset, /auth/me, verify-user."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from socialhub.api.http.codec import json_response, read_json
+from socialhub.api.http.security import Authenticator, client_ip
+from socialhub.services.accounts import AccountService
+
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+USERNAME_PATTERN = r"^[A-Za-z0-9_]{3,30}$"
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
+Email = Annotated[str, msgspec.Meta(max_length=254, pattern=EMAIL_PATTERN)]
+Username = Annotated[str, msgspec.Meta(pattern=USERNAME_PATTERN)]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128)]
+
+
+class SignupBody(msgspec.Struct, frozen=True):
+    name: Name
+    email: Email
+    username: Username
+    password: Password
+
+
+class LoginBody(msgspec.Struct, frozen=True):
+    identifier: Annotated[str, msgspec.Meta(min_length=1, max_length=254)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+class RefreshBody(msgspec.Struct, frozen=True):
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+
+
+class ForgotBody(msgspec.Struct, frozen=True):
+    email: Annotated[str, msgspec.Meta(min_length=1, max_length=254)]
+
+
+class ResetBody(msgspec.Struct, frozen=True):
+    email: Annotated[str, msgspec.Meta(min_length=1, max_length=254)]
+    otp: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
+    new_password: Password
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    status: str
+
+
+class AuthRoutes:
+    def __init__(self, accounts: AccountService, auth: Authenticator, max_body: int) -> None:
+        self.accounts = accounts
+        self.auth = auth
+        self.max_body = max_body
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/auth/signup", self.signup, methods=["POST"]),
+            Route("/auth/login", self.login, methods=["POST"]),
+            Route("/auth/refresh", self.refresh, methods=["POST"]),
+            Route("/auth/logout", self.logout, methods=["POST"]),
+            Route("/auth/forgot-password", self.forgot_password, methods=["POST"]),
+            Route("/auth/request-password-reset", self.forgot_password, methods=["POST"]),
+            Route("/auth/reset-password", self.reset_password, methods=["POST"]),
+            Route("/auth/me", self.me, methods=["GET"]),
+            Route("/api/v1/auth/verify-user", self.verify_user, methods=["GET"]),
+        ]
+
+    async def signup(self, request: Request) -> Response:
+        body = await read_json(request, SignupBody, self.max_body)
+        result = await self.accounts.signup(
+            name=body.name,
+            email=body.email,
+            username=body.username,
+            password=body.password,
+            user_agent=request.headers.get("user-agent", ""),
+            ip=client_ip(request),
+        )
+        return json_response(result, 201)
+
+    async def login(self, request: Request) -> Response:
+        body = await read_json(request, LoginBody, self.max_body)
+        result = await self.accounts.login(
+            identifier=body.identifier,
+            password=body.password,
+            user_agent=request.headers.get("user-agent", ""),
+            ip=client_ip(request),
+        )
+        return json_response(result)
+
+    async def refresh(self, request: Request) -> Response:
+        body = await read_json(request, RefreshBody, self.max_body)
+        return json_response(await self.accounts.refresh(body.refresh_token))
+
+    async def logout(self, request: Request) -> Response:
+        await self.accounts.logout(await self.auth(request))
+        return Response(status_code=204)
+
+    async def forgot_password(self, request: Request) -> Response:
+        body = await read_json(request, ForgotBody, self.max_body)
+        self.accounts.forgot_password(body.email)
+        return json_response(Accepted(status="if that address has an account, a code is on its way"), 202)
+
+    async def reset_password(self, request: Request) -> Response:
+        body = await read_json(request, ResetBody, self.max_body)
+        await self.accounts.reset_password(email=body.email, otp=body.otp, new_password=body.new_password)
+        return json_response(Accepted(status="password changed; every session was signed out"))
+
+    async def me(self, request: Request) -> Response:
+        return json_response(await self.accounts.me(await self.auth(request)))
+
+    async def verify_user(self, request: Request) -> Response:
+        return json_response(await self.accounts.verify(await self.auth(request)))

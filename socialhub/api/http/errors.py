@@ -1,0 +1,75 @@
+"""Error codes to HTTP statuses, in one table, and the SPEC's error body."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from socialhub.errors import RateLimited, SocialhubError
+
+logger = logging.getLogger(__name__)
+
+STATUS: dict[str, int] = {
+    "bad_request": 400,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "too_large": 413,
+    "unsupported_media_type": 415,
+    "validation_error": 422,
+    "rate_limited": 429,
+    "internal": 500,
+    "unavailable": 503,
+}
+# Starlette's own HTTPExceptions (unknown route, wrong method) carry a status; give them our codes.
+CODE_OF_STATUS = {status: code for code, status in STATUS.items()}
+
+
+class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
+    code: str
+    message: str
+    fields: dict[str, str] | None = None
+
+
+class ErrorEnvelope(msgspec.Struct, frozen=True):
+    error: ErrorBody
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def error_response(
+    code: str, message: str, fields: dict[str, str] | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    body = _encoder.encode(ErrorEnvelope(ErrorBody(code=code, message=message, fields=fields)))
+    return Response(body, status_code=STATUS.get(code, 500), media_type="application/json", headers=headers)
+
+
+async def handle_socialhub_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SocialhubError)
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if exc.code == "unauthenticated":
+        headers = {"WWW-Authenticate": 'Bearer realm="socialhub"'}
+    return error_response(exc.code, exc.message, exc.fields, headers)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = CODE_OF_STATUS.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
+    message = {404: "no such route", 405: "method not allowed for this route"}.get(exc.status_code, code)
+    return error_response(code, message, headers=dict(exc.headers) if exc.headers else None)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    # The trace goes to the log, never to the client.
+    logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    return error_response("internal", "internal error")

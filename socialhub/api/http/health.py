@@ -1,0 +1,46 @@
+"""/healthz (the process answers), /readyz (its dependencies answer), /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from socialhub.api.http.codec import json_response
+
+Check = Callable[[], Awaitable[bool]]
+
+
+class Status(msgspec.Struct, frozen=True, omit_defaults=True):
+    status: str
+    checks: dict[str, bool] | None = None
+
+
+class HealthRoutes:
+    def __init__(self, checks: dict[str, Check], *, metrics: bool) -> None:
+        self.checks = checks
+        self.metrics = metrics
+
+    def routes(self) -> list[Route]:
+        out = [
+            Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
+        ]
+        if self.metrics:
+            out.append(Route("/metrics", self.metrics_text, methods=["GET"]))
+        return out
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response(Status(status="ok"))
+
+    async def readyz(self, request: Request) -> Response:
+        results = {name: await check() for name, check in self.checks.items()}
+        ready = all(results.values())
+        return json_response(Status(status="ready" if ready else "not_ready", checks=results), 200 if ready else 503)
+
+    async def metrics_text(self, request: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

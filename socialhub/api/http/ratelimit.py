@@ -1,0 +1,108 @@
+"""Rate limiting as ASGI middleware, over the key-value port (in-process or Redis).
+
+Public routes are limited per client IP, writes per user (the `sub` of a validly
+signed token; the session check happens later, in the endpoint). Every response of a
+limited route carries RateLimit-Limit/-Remaining/-Reset; a refused one is 429 with
+Retry-After. If the store fails, requests pass (an outage of Redis must not lock
+everyone out) and the failure is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from socialhub.api.http.errors import error_response
+from socialhub.api.http.security import bearer_token
+from socialhub.config import RateLimitSettings
+from socialhub.errors import Unauthenticated
+from socialhub.infra.kv.base import KeyValue, RateDecision
+from socialhub.services.tokens import TokenCodec
+
+logger = logging.getLogger(__name__)
+
+# (method, path) of public routes -> rule name; keyed per IP.
+PUBLIC_RULES: dict[tuple[str, str], str] = {
+    ("POST", "/auth/login"): "login",
+    ("POST", "/auth/signup"): "signup",
+    ("POST", "/auth/refresh"): "refresh",
+    ("POST", "/auth/forgot-password"): "forgot_password",
+    ("POST", "/auth/request-password-reset"): "forgot_password",
+    ("POST", "/auth/reset-password"): "reset_password",
+}
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def rate_headers(d: RateDecision) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"ratelimit-limit", str(d.limit).encode()),
+        (b"ratelimit-remaining", str(d.remaining).encode()),
+        (b"ratelimit-reset", str(math.ceil(d.reset_after)).encode()),
+    ]
+
+
+class RateLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, kv: KeyValue, settings: RateLimitSettings, tokens: TokenCodec) -> None:
+        self.app = app
+        self.kv = kv
+        self.settings = settings
+        self.tokens = tokens
+
+    def _rule(self, scope: Scope) -> tuple[str, str] | None:
+        """(rule name, subject key) for this request, or None when it is not limited."""
+        method = scope["method"]
+        path = scope["path"].rstrip("/") or "/"
+        name = PUBLIC_RULES.get((method, path))
+        if name is not None:
+            client = scope.get("client")
+            return name, f"ip:{client[0] if client else 'unknown'}"
+        if method in WRITE_METHODS and not path.startswith("/auth/"):
+            token = None
+            for key, value in scope.get("headers", []):
+                if key == b"authorization":
+                    token = bearer_token(value.decode("latin-1"))
+                    break
+            if token is None:
+                return None
+            try:
+                principal = self.tokens.decode(token)
+            except Unauthenticated:
+                return None  # the endpoint answers 401
+            return "write", f"user:{principal.user_id}"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.settings.enabled:
+            await self.app(scope, receive, send)
+            return
+        found = self._rule(scope)
+        rate = self.settings.rule(found[0]) if found else None
+        if found is None or rate is None:
+            await self.app(scope, receive, send)
+            return
+        name, subject = found
+        try:
+            decision = await self.kv.rate_limit(f"rl:{name}:{subject}", rate)
+        except Exception:
+            logger.warning("rate limit store failed; letting the request through", exc_info=True)
+            await self.app(scope, receive, send)
+            return
+        headers = rate_headers(decision)
+        if not decision.allowed:
+            retry = max(1, math.ceil(decision.retry_after))
+            response = error_response(
+                "rate_limited",
+                f"too many requests; try again in {retry} s",
+                headers={"Retry-After": str(retry), **{k.decode(): v.decode() for k, v in headers}},
+            )
+            await response(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,90 @@
+"""`socialhub serve | migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from contextlib import AsyncExitStack
+
+from socialhub import __version__
+from socialhub.config import ConfigError, Settings, load_settings, with_overrides
+from socialhub.logs import setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    server: dict[str, object] = {}
+    if getattr(args, "host", None):
+        server["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        server["port"] = args.port
+    return with_overrides(settings, server=server) if server else settings
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from socialhub.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets",
+        lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.server.forwarded_allow_ips,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=15,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    # uvicorn exits quietly when the lifespan start-up fails; say so in the exit code.
+    return 0 if server.started else 3
+
+
+async def _migrate(settings: Settings) -> list[int]:
+    from socialhub.app import open_database
+    from socialhub.storage.database import Database
+
+    async with AsyncExitStack() as stack:
+        db = Database()
+        await open_database(settings, db, stack)
+        return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="socialhub", description="socialhub server")
+    parser.add_argument("--version", action="version", version=f"socialhub {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the server (migrations are applied first)")
+    p_serve.add_argument("--host")
+    p_serve.add_argument("--port", type=int)
+    p_serve.add_argument("--config", help="path of socialhub.toml (default: $SOCIALHUB_CONFIG)")
+    p_migrate = sub.add_parser("migrate", help="apply migrations and exit")
+    p_migrate.add_argument("--config", help="path of socialhub.toml (default: $SOCIALHUB_CONFIG)")
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"socialhub: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.server.log_level)
+    if args.command == "serve":
+        return serve(settings)
+    asyncio.run(_migrate(settings))
+    logger.info("migrations are up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""Settings: one frozen, typed struct per section of socialhub.toml.
+
+Sources, later wins: defaults, the TOML file (`--config` or SOCIALHUB_CONFIG), then
+environment variables SOCIALHUB_<SECTION>_<KEY>. Everything is validated once at
+start-up; every error names the key it is about, and unknown keys are refused
+(a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_origin
+
+import msgspec
+
+ENV_PREFIX = "SOCIALHUB_"
+CONFIG_ENV = "SOCIALHUB_CONFIG"
+
+
+class ConfigError(Exception):
+    """A bad configuration; the message names the key."""
+
+
+class Rate(msgspec.Struct, frozen=True):
+    """`limit` events per `period` seconds, with bursts up to `burst` (default: limit)."""
+
+    limit: int
+    period: float
+    burst: int
+
+    @property
+    def interval(self) -> float:
+        return self.period / self.limit
+
+
+class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "./data"
+    # Largest JSON body; uploads have their own limits in [media].
+    max_body_bytes: int = 1 << 20
+    # Addresses whose X-Forwarded-For is believed (the load balancer's); "*" trusts all.
+    forwarded_allow_ips: str = "127.0.0.1"
+    log_level: str = "info"
+    # Absolute base URL used in links (media URLs); empty: paths relative to the server.
+    public_url: str = ""
+
+
+class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = ""
+    pool_min: int = 2
+    pool_max: int = 20
+    statement_timeout: float = 30.0
+
+
+class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = ""
+    # Prefix of every key and channel, so several deployments (or test runs) can share one Redis.
+    key_prefix: str = "socialhub:"
+
+
+class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    bootstrap_servers: str = ""
+    posts_topic: str = "posts"
+    users_topic: str = "users"
+
+
+class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    jwt_secret: str = ""
+    access_ttl: float = 900.0
+    refresh_ttl: float = 30 * 86400.0
+    # argon2id cost; the defaults are argon2-cffi's (RFC 9106 "low memory" profile).
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 4
+    otp_ttl: float = 600.0
+    otp_max_attempts: int = 5
+
+
+class MediaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    store: str = "disk"
+    max_file_bytes: int = 10 << 20
+    max_files: int = 10
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_region: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+
+
+class MailSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    backend: str = "file"
+    smtp_url: str = ""
+    from_address: str = msgspec.field(default="socialhub <no-reply@localhost>", name="from")
+
+
+class CallsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    stun_urls: tuple[str, ...] = ()
+    turn_urls: tuple[str, ...] = ()
+    turn_secret: str = ""
+    turn_ttl: float = 86400.0
+    ring_timeout: float = 30.0
+
+
+# Named limits and their defaults. Numbers: login as the issue suggests (10/min per IP);
+# signup and password reset far tighter than reads, in the spirit of Mastodon's
+# 5 sign-ups per 30 min per IP but loose enough for a test client creating a dozen users;
+# writes per user as Mastodon's 300 requests per 5 minutes per account.
+DEFAULT_RATES: dict[str, str] = {
+    "login": "10/60s",
+    "signup": "30/3600s",
+    "refresh": "60/60s",
+    "forgot_password": "5/300s",
+    "reset_password": "10/300s",
+    "write": "300/300s",
+    "ws_frames": "30/1s burst 60",
+}
+
+
+class RateLimitSettings(msgspec.Struct, frozen=True):
+    enabled: bool = True
+    rules: Mapping[str, Rate] = msgspec.field(default_factory=dict)
+
+    def rule(self, name: str) -> Rate | None:
+        """The configured rate for `name`, or None when limits are off or the rule is "off"."""
+        if not self.enabled:
+            return None
+        return self.rules.get(name)
+
+
+class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = True
+
+
+class Settings(msgspec.Struct, frozen=True):
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    auth: AuthSettings = AuthSettings()
+    media: MediaSettings = MediaSettings()
+    mail: MailSettings = MailSettings()
+    calls: CallsSettings = CallsSettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir).expanduser().resolve()
+
+
+SECTIONS: dict[str, type[msgspec.Struct]] = {
+    "server": ServerSettings,
+    "database": DatabaseSettings,
+    "redis": RedisSettings,
+    "kafka": KafkaSettings,
+    "auth": AuthSettings,
+    "media": MediaSettings,
+    "mail": MailSettings,
+    "calls": CallsSettings,
+    "metrics": MetricsSettings,
+}
+DURATION_KEYS = {
+    "database.statement_timeout",
+    "auth.access_ttl",
+    "auth.refresh_ttl",
+    "auth.otp_ttl",
+    "calls.turn_ttl",
+    "calls.ring_timeout",
+}
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*([0-9.]+\s*(?:ms|s|m|h|d)?)\s*(?:burst\s+(\d+))?\s*$")
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """Seconds from a number or a string like "900", "15m", "30d"."""
+    if isinstance(value, bool):
+        raise ConfigError(f'{key}: expected a duration such as 900 or "15m", got {value!r}')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    else:
+        raise ConfigError(f'{key}: expected a duration such as 900 or "15m", got {value!r}')
+    if seconds <= 0:
+        raise ConfigError(f"{key}: must be more than zero, got {value!r}")
+    return seconds
+
+
+def parse_rate(value: Any, key: str) -> Rate | None:
+    """A Rate from "10/60s" or "30/1s burst 60"; None for "off"."""
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return None
+    m = _RATE.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ConfigError(f'{key}: expected a rate such as "10/60s" or "off", got {value!r}')
+    limit = int(m.group(1))
+    period = parse_duration(m.group(2), key)
+    burst = int(m.group(3)) if m.group(3) else limit
+    if limit < 1 or burst < 1:
+        raise ConfigError(f"{key}: the count must be at least 1, got {value!r}")
+    return Rate(limit=limit, period=period, burst=burst)
+
+
+def _env_value(raw: str, annotation: Any) -> Any:
+    """Env vars are strings: split lists on commas; leave the rest to msgspec's lax conversion."""
+    if get_origin(annotation) in (tuple, list):
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def _field_types(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    return {f.encode_name: f.type for f in msgspec.structs.fields(cls)}
+
+
+def _merge_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section == "ratelimit":
+            raw.setdefault(section, {})[key] = value
+            continue
+        if section not in SECTIONS or not key:
+            raise ConfigError(f"{name}: no such setting (sections: {', '.join([*SECTIONS, 'ratelimit'])})")
+        types = _field_types(SECTIONS[section])
+        if key not in types:
+            raise ConfigError(f"{name}: {section} has no key {key!r} (keys: {', '.join(types)})")
+        raw.setdefault(section, {})[key] = _env_value(value, types[key])
+
+
+def _build_ratelimit(raw: Any) -> RateLimitSettings:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("ratelimit: expected a table")
+    enabled: Any = raw.get("enabled", True)
+    if isinstance(enabled, str):
+        if enabled.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"ratelimit.enabled: expected true or false, got {enabled!r}")
+        enabled = enabled.lower() in ("true", "1", "yes")
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"ratelimit.enabled: expected true or false, got {enabled!r}")
+    texts = dict(DEFAULT_RATES)
+    for key, value in raw.items():
+        if key == "enabled":
+            continue
+        if key not in DEFAULT_RATES:
+            raise ConfigError(f"ratelimit.{key}: no such limit (limits: {', '.join(DEFAULT_RATES)})")
+        texts[key] = value
+    rules: dict[str, Rate] = {}
+    for key, text in texts.items():
+        rate = parse_rate(text, f"ratelimit.{key}")
+        if rate is not None:
+            rules[key] = rate
+    return RateLimitSettings(enabled=enabled, rules=rules)
+
+
+def _build_section(name: str, raw: Any) -> msgspec.Struct:
+    cls = SECTIONS[name]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a table")
+    raw = dict(raw)
+    for key in list(raw):
+        if f"{name}.{key}" in DURATION_KEYS:
+            raw[key] = parse_duration(raw[key], f"{name}.{key}")
+    try:
+        return msgspec.convert(raw, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(name, exc)) from None
+
+
+def _explain(section: str, exc: msgspec.ValidationError) -> str:
+    text = str(exc)
+    m = re.search(r"- at `\$\.([A-Za-z0-9_]+)", text)
+    if m:
+        return f"{section}.{m.group(1)}: {text.split(' - at ')[0]}"
+    m = re.search(r"unknown field `([^`]+)`", text)
+    if m:
+        return f"{section}.{m.group(1)}: no such key"
+    m = re.search(r"missing required field `([^`]+)`", text)
+    if m:
+        return f"{section}.{m.group(1)}: required"
+    return f"{section}: {text}"
+
+
+def _check(settings: Settings) -> None:
+    s = settings
+    if not 0 <= s.server.port <= 65535:
+        raise ConfigError(f"server.port: must be 0..65535, got {s.server.port}")
+    if s.server.max_body_bytes < 1024:
+        raise ConfigError("server.max_body_bytes: must be at least 1024")
+    if s.server.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError(f"server.log_level: expected debug|info|warning|error|critical, got {s.server.log_level!r}")
+    if s.database.url and not s.database.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("database.url: expected a postgresql:// URL")
+    if not 1 <= s.database.pool_min <= s.database.pool_max:
+        raise ConfigError("database.pool_min/pool_max: need 1 <= pool_min <= pool_max")
+    if s.redis.url and not s.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url: expected a redis:// URL")
+    if s.auth.jwt_secret and len(s.auth.jwt_secret) < 32:
+        raise ConfigError("auth.jwt_secret: must be at least 32 characters (HS256 needs a 256-bit key)")
+    if s.auth.argon2_memory_kib < 8 * s.auth.argon2_parallelism or s.auth.argon2_time_cost < 1:
+        raise ConfigError("auth.argon2_*: memory must be at least 8 KiB per lane and time_cost at least 1")
+    if s.auth.otp_max_attempts < 1:
+        raise ConfigError("auth.otp_max_attempts: must be at least 1")
+    if s.media.store not in ("disk", "s3"):
+        raise ConfigError(f"media.store: expected disk or s3, got {s.media.store!r}")
+    if s.mail.backend not in ("file", "smtp"):
+        raise ConfigError(f"mail.backend: expected file or smtp, got {s.mail.backend!r}")
+    if s.mail.backend == "smtp" and not s.mail.smtp_url.startswith(("smtp://", "smtps://")):
+        raise ConfigError("mail.smtp_url: required for mail.backend = smtp, as smtp://[user:pass@]host[:port]")
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate the settings. Raises ConfigError naming the bad key."""
+    env = os.environ if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = env[CONFIG_ENV]
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    for section in raw:
+        if section not in SECTIONS and section != "ratelimit":
+            raise ConfigError(f"{section}: no such section (sections: {', '.join([*SECTIONS, 'ratelimit'])})")
+    _merge_env(raw, env)
+    built: dict[str, Any] = {name: _build_section(name, raw.get(name)) for name in SECTIONS}
+    built["ratelimit"] = _build_ratelimit(raw.get("ratelimit"))
+    settings = Settings(**built)
+    _check(settings)
+    return settings
+
+
+def with_overrides(settings: Settings, **sections: Mapping[str, Any]) -> Settings:
+    """A copy with some keys replaced, validated like a file (used by tests and `bench`)."""
+    raw: dict[str, Any] = {name: msgspec.to_builtins(getattr(settings, name)) for name in SECTIONS}
+    for name, values in sections.items():
+        if name == "ratelimit":
+            continue
+        raw[name] = {**raw[name], **values}
+    built: dict[str, Any] = {name: _build_section(name, raw[name]) for name in SECTIONS}
+    if "ratelimit" in sections:
+        built["ratelimit"] = _build_ratelimit(dict(sections["ratelimit"]))
+    else:
+        built["ratelimit"] = settings.ratelimit
+    out = Settings(**built)
+    _check(out)
+    return out
+
+
+__all__ = [
+    "ConfigError",
+    "Rate",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+    "parse_rate",
+    "with_overrides",
+]

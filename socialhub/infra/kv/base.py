@@ -1,0 +1,59 @@
+"""The key-value port: rate limits and small shared caches.
+
+Two implementations: `memory.MemoryKV` (one process; the default) and
+`redis.RedisKV` (shared by every instance). Both are real and pass the same
+contract tests (tests/contract/test_kv.py).
+"""
+
+from __future__ import annotations
+
+import abc
+
+import msgspec
+
+from socialhub.config import Rate
+
+
+class RateDecision(msgspec.Struct, frozen=True):
+    """The outcome of one rate-limit check (GCRA)."""
+
+    allowed: bool
+    limit: int  # the burst: how many requests a fresh key may make at once
+    remaining: int  # how many more would be allowed right now
+    reset_after: float  # seconds until the key is back to a full burst
+    retry_after: float  # seconds until the next request would be allowed (0 when allowed)
+
+
+class KeyValue(abc.ABC):
+    """Shared state with expiry. Keys are plain strings; the implementation adds its prefix."""
+
+    @abc.abstractmethod
+    async def rate_limit(self, key: str, rate: Rate, cost: int = 1) -> RateDecision:
+        """Count `cost` against `key` under the generic cell rate algorithm, atomically.
+
+        A denied request is not counted. `rate.burst` requests may come at once; after
+        that one more is allowed every `rate.interval` seconds.
+        """
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """The value, or None when absent or expired."""
+
+    @abc.abstractmethod
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store `value`, expiring after `ttl` seconds when given."""
+
+    @abc.abstractmethod
+    async def set_if_absent(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        """Store `value` only when `key` is absent; True when stored."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove `key` (no error when absent)."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers (for /readyz)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most stores have nothing to release
+        """Release connections."""

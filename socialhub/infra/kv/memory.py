@@ -1,0 +1,162 @@
+"""The in-process key-value store: one instance's rate limits and caches.
+
+Same GCRA maths as `redis.RedisKV`, in integer nanoseconds of `time.monotonic_ns()`
+(integers so that "3 requests left" never becomes 2.9999 and rounds down to 2).
+
+Memory is bounded. An entry whose time is up is dropped when it is next touched, by
+a sweep that runs at most every `SWEEP_INTERVAL` seconds during normal calls, and,
+when a table is still at its cap, by evicting the least recently used entry. So an
+attacker cycling IP addresses through the login limit costs at most `MAX_RATE_KEYS`
+small entries; the price is that under such a flood the oldest keys are forgiven.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from socialhub.config import Rate
+from socialhub.infra.kv.base import KeyValue, RateDecision
+
+# A rate entry is one str key and one int (~150 bytes with dict overhead), so 100k of
+# them is ~15 MB: far more than the distinct clients one instance sees within the
+# longest window (signup: 1 h), small enough that a flood of spoofed keys is harmless.
+MAX_RATE_KEYS = 100_000
+# Values are caches and one-time markers (OTP attempts, idempotency keys); the count
+# is capped, not the bytes, because callers store small values (the largest are
+# timeline id lists of a few KB).
+MAX_VALUE_KEYS = 100_000
+# A full sweep is O(n); once a minute keeps expired entries from piling up without
+# letting a busy limiter pay for a scan on every call.
+SWEEP_INTERVAL = 60.0
+
+_NS = 1_000_000_000
+
+
+def _ttl_ns(ttl: float | None) -> int | None:
+    if ttl is None:
+        return None
+    if ttl <= 0:
+        raise ValueError(f"ttl must be more than zero, got {ttl!r}")
+    return max(1, round(ttl * _NS))
+
+
+def gcra_interval(rate: Rate, unit: int) -> int:
+    """The emission interval in whole `unit`s per second (at least one unit)."""
+    return max(1, round(rate.interval * unit))
+
+
+def check_cost(rate: Rate, cost: int) -> None:
+    """Refuse a cost no burst could ever allow: it would be denied forever."""
+    if not 0 <= cost <= rate.burst:
+        raise ValueError(f"cost must be 0..burst ({rate.burst}), got {cost}")
+
+
+class MemoryKV(KeyValue):
+    """Rate limits and values for one process; the default when no Redis is configured."""
+
+    def __init__(
+        self,
+        *,
+        max_rate_keys: int = MAX_RATE_KEYS,
+        max_value_keys: int = MAX_VALUE_KEYS,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        if max_rate_keys < 1 or max_value_keys < 1:
+            raise ValueError("the key caps must be at least 1")
+        self._max_rate_keys = max_rate_keys
+        self._max_value_keys = max_value_keys
+        self._clock = clock
+        # key -> theoretical arrival time (ns); in least-recently-used order.
+        self._rates: OrderedDict[str, int] = OrderedDict()
+        # key -> (value, expires at ns or None); in least-recently-used order.
+        self._values: OrderedDict[str, tuple[bytes, int | None]] = OrderedDict()
+        self._next_sweep = clock() + round(SWEEP_INTERVAL * _NS)
+
+    async def rate_limit(self, key: str, rate: Rate, cost: int = 1) -> RateDecision:
+        check_cost(rate, cost)
+        now = self._tick()
+        interval = gcra_interval(rate, _NS)
+        tolerance = rate.burst * interval
+        tat = max(self._rates.get(key, now), now)
+        new_tat = tat + cost * interval
+        allowed = new_tat - now <= tolerance
+        if allowed and cost > 0:
+            self._store_rate(key, new_tat)
+        stored = new_tat if allowed else tat
+        retry_after = 0 if allowed else new_tat - tolerance - now
+        return RateDecision(
+            allowed=allowed,
+            limit=rate.burst,
+            # max: a key last used under a larger burst may sit beyond this rate's tolerance.
+            remaining=max(0, (tolerance - (stored - now)) // interval),
+            reset_after=(stored - now) / _NS,
+            retry_after=retry_after / _NS,
+        )
+
+    async def get(self, key: str) -> bytes | None:
+        now = self._tick()
+        entry = self._values.get(key)
+        if entry is None:
+            return None
+        value, expires = entry
+        if expires is not None and expires <= now:
+            del self._values[key]
+            return None
+        self._values.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        ttl_ns = _ttl_ns(ttl)
+        now = self._tick()
+        self._store_value(key, value, None if ttl_ns is None else now + ttl_ns)
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        ttl_ns = _ttl_ns(ttl)
+        if await self.get(key) is not None:
+            return False
+        now = self._clock()
+        self._store_value(key, value, None if ttl_ns is None else now + ttl_ns)
+        return True
+
+    async def delete(self, key: str) -> None:
+        self._values.pop(key, None)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._rates.clear()
+        self._values.clear()
+
+    def __len__(self) -> int:
+        """Entries held (live or not yet swept); for tests and metrics."""
+        return len(self._rates) + len(self._values)
+
+    def _tick(self) -> int:
+        """The current time, sweeping expired entries when a sweep is due."""
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        return now
+
+    def _sweep(self, now: int) -> None:
+        self._next_sweep = now + round(SWEEP_INTERVAL * _NS)
+        # A rate key whose TAT has passed is back to a full burst: the same as absent.
+        for key in [k for k, tat in self._rates.items() if tat <= now]:
+            del self._rates[key]
+        for key in [k for k, (_, exp) in self._values.items() if exp is not None and exp <= now]:
+            del self._values[key]
+
+    def _store_rate(self, key: str, tat: int) -> None:
+        self._rates[key] = tat
+        self._rates.move_to_end(key)
+        while len(self._rates) > self._max_rate_keys:
+            self._rates.popitem(last=False)
+
+    def _store_value(self, key: str, value: bytes, expires: int | None) -> None:
+        self._values[key] = (value, expires)
+        self._values.move_to_end(key)
+        while len(self._values) > self._max_value_keys:
+            self._values.popitem(last=False)

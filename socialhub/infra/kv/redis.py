@@ -1,0 +1,165 @@
+"""The Redis key-value store: rate limits and caches shared by every instance.
+
+Rate limits run as one Lua script, so a check and its update are atomic however many
+instances hit the same key, and the script reads the server's `TIME` rather than
+each instance's clock, so instances whose clocks disagree still agree on the limit.
+Times inside the script are integer microseconds: a double holds today's epoch in
+microseconds exactly (< 2**53), which keeps "remaining" free of rounding errors.
+
+Keys: `<prefix>rl:<key>` holds a rate key's theoretical arrival time (TAT);
+`<prefix>kv:<key>` holds a value. The two namespaces keep `get("x")` from ever
+reading limiter state, and keep both clear of other users of the same prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from socialhub.config import Rate
+from socialhub.errors import Unavailable
+from socialhub.infra.kv.base import KeyValue, RateDecision
+from socialhub.infra.kv.memory import check_cost, gcra_interval
+
+# Fail fast when Redis is gone: a request waiting on a dead Redis holds a worker, and
+# the caller turns Unavailable into a 503 anyway. Two quick retries ride out a
+# connection the server just closed (idle timeout, failover) without a user noticing.
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 5.0
+RETRIES = 2
+
+_US = 1_000_000
+
+# KEYS[1] = the rate key; ARGV = burst, emission interval (us), cost.
+# Returns {allowed (1/0), remaining, reset_after (us), retry_after (us)}.
+GCRA_SCRIPT = """
+local burst = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tolerance = burst * interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + cost * interval
+local allowed = new_tat - now <= tolerance
+local stored = tat
+local retry_after = new_tat - tolerance - now
+if allowed then
+  stored = new_tat
+  retry_after = 0
+  if cost > 0 then
+    -- %d, not tostring: tostring keeps 14 digits and would round the TAT.
+    redis.call('SET', KEYS[1], string.format('%d', new_tat),
+               'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
+  end
+end
+-- max: a key last used under a larger burst may sit beyond this rate's tolerance.
+local remaining = math.max(0, math.floor((tolerance - (stored - now)) / interval))
+return {allowed and 1 or 0, remaining, stored - now, retry_after}
+"""
+
+
+def client_from_url(url: str) -> aioredis.Redis:
+    """A command client with this project's timeouts and retry policy."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES),
+    )
+
+
+def check_binary(client: aioredis.Redis) -> None:
+    """Values are bytes end to end; a decoding client would hand back str."""
+    if client.connection_pool.get_encoder().decode_responses:
+        raise ValueError("the Redis client must be created with decode_responses=False")
+
+
+def _ttl_ms(ttl: float | None) -> int | None:
+    if ttl is None:
+        return None
+    if ttl <= 0:
+        raise ValueError(f"ttl must be more than zero, got {ttl!r}")
+    return max(1, math.ceil(ttl * 1000))
+
+
+class RedisKV(KeyValue):
+    """Rate limits and values in Redis, shared by every instance using `prefix`."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, *, owns_client: bool = False) -> None:
+        check_binary(client)
+        self._client = client
+        self._prefix = prefix
+        self._owns_client = owns_client
+        self._gcra = client.register_script(GCRA_SCRIPT)
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str) -> RedisKV:
+        """A store with its own connection pool, closed by `close()`."""
+        return cls(client_from_url(url), prefix, owns_client=True)
+
+    async def rate_limit(self, key: str, rate: Rate, cost: int = 1) -> RateDecision:
+        check_cost(rate, cost)
+        args = [rate.burst, gcra_interval(rate, _US), cost]
+        try:
+            reply: Any = await self._gcra(keys=[self._rate_key(key)], args=args)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"rate limiter unavailable: {exc}") from exc
+        allowed, remaining, reset_after, retry_after = (int(x) for x in reply)
+        return RateDecision(
+            allowed=bool(allowed),
+            limit=rate.burst,
+            remaining=remaining,
+            reset_after=reset_after / _US,
+            retry_after=retry_after / _US,
+        )
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value: bytes | None = await self._client.get(self._value_key(key))
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"key-value store unavailable: {exc}") from exc
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        ms = _ttl_ms(ttl)
+        try:
+            await self._client.set(self._value_key(key), value, px=ms)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"key-value store unavailable: {exc}") from exc
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float | None = None) -> bool:
+        ms = _ttl_ms(ttl)
+        try:
+            stored = await self._client.set(self._value_key(key), value, px=ms, nx=True)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"key-value store unavailable: {exc}") from exc
+        return bool(stored)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._client.delete(self._value_key(key))
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"key-value store unavailable: {exc}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    def _rate_key(self, key: str) -> str:
+        return f"{self._prefix}rl:{key}"
+
+    def _value_key(self, key: str) -> str:
+        return f"{self._prefix}kv:{key}"

@@ -1,0 +1,213 @@
+"""Accounts: sign-up, login, refresh rotation, logout, password reset by emailed code."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+from datetime import timedelta
+
+import msgspec
+
+from socialhub.domain.time import utcnow
+from socialhub.domain.users import Principal, User, UserRecord
+from socialhub.errors import BadRequest, Unauthenticated
+from socialhub.infra.mail.base import Mail, Mailer
+from socialhub.services.passwords import Passwords
+from socialhub.services.sessions import SessionGuard
+from socialhub.services.tokens import TokenCodec
+from socialhub.storage.auth import AuthStore, RefreshOutcome
+from socialhub.storage.database import Database
+from socialhub.storage.users import UserStore
+
+logger = logging.getLogger(__name__)
+
+OTP_DIGITS = 6
+BAD_CODE = "the code is wrong, spent or expired; ask for a new one"
+
+
+class AuthResult(msgspec.Struct, frozen=True):
+    user: User
+    token: str
+    refresh_token: str
+
+
+class TokenPair(msgspec.Struct, frozen=True):
+    token: str
+    refresh_token: str
+
+
+class Verified(msgspec.Struct, frozen=True):
+    user_id: str
+    username: str
+
+
+def _hash_refresh(token: str) -> bytes:
+    # 256 random bits: a plain SHA-256 is enough (no dictionary to attack).
+    return hashlib.sha256(token.encode()).digest()
+
+
+class AccountService:
+    """The rules of accounts and sessions."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        users: UserStore,
+        auth: AuthStore,
+        passwords: Passwords,
+        tokens: TokenCodec,
+        guard: SessionGuard,
+        mailer: Mailer,
+        secret: str,
+        refresh_ttl: float,
+        otp_ttl: float,
+        otp_max_attempts: int,
+    ) -> None:
+        self.db = db
+        self.users = users
+        self.auth = auth
+        self.passwords = passwords
+        self.tokens = tokens
+        self.guard = guard
+        self.mailer = mailer
+        # 6 digits are a small space: the stored codes are HMACs under a server key, so a
+        # leaked table alone does not give them away.
+        self._otp_key = hmac.new(secret.encode(), b"socialhub password reset", hashlib.sha256).digest()
+        self.refresh_ttl = refresh_ttl
+        self.otp_ttl = otp_ttl
+        self.otp_max_attempts = otp_max_attempts
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def signup(
+        self, *, name: str, email: str, username: str, password: str, user_agent: str, ip: str
+    ) -> AuthResult:
+        password_hash = await self.passwords.hash(password)
+        user = await self.users.insert_user(
+            username=username, email=email.strip(), name=name.strip(), password_hash=password_hash
+        )
+        return await self._new_session(user, user_agent, ip)
+
+    async def login(self, *, identifier: str, password: str, user_agent: str, ip: str) -> AuthResult:
+        """The same answer, in about the same time, for an unknown user and a wrong password."""
+        user = await self.users.get_user_by_login(identifier.strip())
+        if user is None:
+            await self.passwords.verify_none(password)
+            raise Unauthenticated("wrong identifier or password")
+        if not await self.passwords.verify(user.password_hash, password):
+            raise Unauthenticated("wrong identifier or password")
+        if self.passwords.needs_rehash(user.password_hash):
+            async with self.db.transaction() as conn:
+                await self.users.update_password(conn, user.id, await self.passwords.hash(password))
+        return await self._new_session(user, user_agent, ip)
+
+    async def _new_session(self, user: UserRecord, user_agent: str, ip: str) -> AuthResult:
+        refresh = secrets.token_urlsafe(32)
+        async with self.db.transaction() as conn:
+            session_id = await self.auth.insert_session(
+                conn,
+                user_id=user.id,
+                refresh_hash=_hash_refresh(refresh),
+                expires_at=utcnow() + timedelta(seconds=self.refresh_ttl),
+                user_agent=user_agent,
+                ip=ip,
+            )
+        return AuthResult(
+            user=User.of(user, with_email=True), token=self.tokens.issue(user.id, session_id), refresh_token=refresh
+        )
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        """Rotate: the old refresh token is spent; presenting it again ends the session."""
+        if not refresh_token or len(refresh_token) > 256:
+            raise Unauthenticated("invalid refresh token")
+        new = secrets.token_urlsafe(32)
+        outcome, session = await self.auth.rotate_refresh(
+            _hash_refresh(refresh_token), _hash_refresh(new), utcnow() + timedelta(seconds=self.refresh_ttl)
+        )
+        if outcome is RefreshOutcome.REPLAYED and session is not None:
+            logger.warning("refresh token replayed; session %s revoked", session.id)
+            await self.guard.revoked(session.user_id, [session.id])
+        if outcome is not RefreshOutcome.ROTATED or session is None:
+            raise Unauthenticated("invalid refresh token")
+        return TokenPair(token=self.tokens.issue(session.user_id, session.id), refresh_token=new)
+
+    async def logout(self, principal: Principal) -> None:
+        await self.auth.revoke_session(principal.session_id, "logout")
+        await self.guard.revoked(principal.user_id, [principal.session_id])
+
+    async def me(self, principal: Principal) -> User:
+        user = await self.users.get_user(principal.user_id)
+        if user is None:
+            raise Unauthenticated("account no longer exists")
+        return User.of(user, with_email=True)
+
+    async def verify(self, principal: Principal) -> Verified:
+        user = await self.users.get_user(principal.user_id)
+        if user is None:
+            raise Unauthenticated("account no longer exists")
+        return Verified(user_id=str(user.id), username=user.username)
+
+    def forgot_password(self, email: str) -> None:
+        """Accepted at once for any address; the lookup and the mail happen in the
+        background, so neither the answer nor its timing says whether the account exists."""
+        task = asyncio.create_task(self._send_reset_code(email.strip()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_reset_code(self, email: str) -> None:
+        try:
+            user = await self.users.get_user_by_login(email)
+            if user is None or user.email.lower() != email.lower():
+                return
+            otp = f"{secrets.randbelow(10**OTP_DIGITS):0{OTP_DIGITS}d}"
+            await self.auth.upsert_password_reset(
+                user.id, self._otp_hash(user.id, otp), utcnow() + timedelta(seconds=self.otp_ttl)
+            )
+            minutes = round(self.otp_ttl / 60)
+            await self.mailer.send(
+                Mail(
+                    to=user.email,
+                    subject="Your socialhub password reset code",
+                    text=(
+                        f"Hello {user.name},\n\nYour code is {otp}. It is valid for {minutes} minutes "
+                        f"and {self.otp_max_attempts} tries.\n\nIf you did not ask for it, ignore this mail; "
+                        "your password has not changed.\n"
+                    ),
+                )
+            )
+        except Exception:
+            logger.exception("sending a password reset code failed")
+
+    def _otp_hash(self, user_id: int, otp: str) -> bytes:
+        return hmac.new(self._otp_key, f"{user_id}:{otp}".encode(), hashlib.sha256).digest()
+
+    async def reset_password(self, *, email: str, otp: str, new_password: str) -> None:
+        """Check the code (counting the try even when it is wrong), set the password and
+        end every session of the user."""
+        user = await self.users.get_user_by_login(email.strip())
+        if user is None or user.email.lower() != email.strip().lower():
+            raise BadRequest(BAD_CODE)
+        new_hash = await self.passwords.hash(new_password)
+        revoked: list[int] = []
+        ok = False
+        async with self.db.transaction() as conn:
+            reset = await self.auth.get_password_reset_for_update(conn, user.id)
+            if reset is not None and reset.spent_at is None and reset.expires_at > utcnow():
+                attempts = reset.attempts + 1
+                ok = hmac.compare_digest(reset.otp_hash, self._otp_hash(user.id, otp))
+                spent = ok or attempts >= self.otp_max_attempts
+                await self.auth.update_password_reset(conn, user.id, attempts=attempts, spent=spent)
+                if ok:
+                    await self.users.update_password(conn, user.id, new_hash)
+                    revoked = await self.auth.revoke_user_sessions(conn, user.id, "password_reset")
+        if not ok:
+            raise BadRequest(BAD_CODE)
+        await self.guard.revoked(user.id, revoked)
+
+    async def drain(self) -> None:
+        """Wait for background mail sends (shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

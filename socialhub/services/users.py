@@ -1,0 +1,99 @@
+"""Profiles and the social graph."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.users import Principal, User
+from socialhub.errors import NotFound, ValidationFailed
+from socialhub.ids import parse_id
+from socialhub.storage.database import Database
+from socialhub.storage.users import UserStore
+
+logger = logging.getLogger(__name__)
+
+
+class FollowState(msgspec.Struct, frozen=True):
+    following: bool
+
+
+class Counts(msgspec.Struct, frozen=True):
+    followers: int
+    following: int
+
+
+class UserService:
+    """Profiles, follows and follower lists."""
+
+    def __init__(self, *, db: Database, users: UserStore) -> None:
+        self.db = db
+        self.users = users
+
+    async def resolve(self, viewer: Principal, ref: str) -> int:
+        """A user id from a path segment: an id, `@username` or `me`; NotFound otherwise."""
+        if ref == "me":
+            return viewer.user_id
+        if ref.startswith("@"):
+            found = await self.users.get_profile(viewer.user_id, username=ref[1:]) if len(ref) <= 31 else None
+            if found is None:
+                raise NotFound("no such user")
+            return found[0].id
+        user_id = parse_id(ref)
+        if user_id is None:
+            raise NotFound("no such user")
+        return user_id
+
+    async def profile(self, viewer: Principal, ref: str) -> User:
+        """A User; `following`/`followed_by` when it is someone else."""
+        if ref.startswith("@"):
+            found = await self.users.get_profile(viewer.user_id, username=ref[1:]) if len(ref) <= 31 else None
+        else:
+            found = await self.users.get_profile(viewer.user_id, user_id=await self.resolve(viewer, ref))
+        if found is None:
+            raise NotFound("no such user")
+        user, relation = found
+        return User.of(user, None if user.id == viewer.user_id else relation)
+
+    async def update_me(
+        self, viewer: Principal, *, name: str | None, bio: str | None, avatar_url: str | None = None
+    ) -> User:
+        user = await self.users.update_profile(viewer.user_id, name=name, bio=bio, avatar_url=avatar_url)
+        if user is None:
+            raise NotFound("no such user")
+        return User.of(user)
+
+    async def follow(self, viewer: Principal, target_id: int) -> FollowState:
+        """Idempotent: following twice is one follow."""
+        if target_id == viewer.user_id:
+            raise ValidationFailed("you cannot follow yourself", fields={"id": "cannot follow yourself"})
+        async with self.db.transaction() as conn:
+            await self.users.insert_follow(conn, viewer.user_id, target_id)
+        return FollowState(following=True)
+
+    async def unfollow(self, viewer: Principal, target_id: int) -> FollowState:
+        """Idempotent (a soft delete)."""
+        if target_id == viewer.user_id:
+            raise ValidationFailed("you cannot unfollow yourself", fields={"id": "cannot unfollow yourself"})
+        if await self.users.get_user(target_id) is None:
+            raise NotFound("no such user")
+        async with self.db.transaction() as conn:
+            await self.users.delete_follow(conn, viewer.user_id, target_id)
+        return FollowState(following=False)
+
+    async def follow_list(self, viewer: Principal, user_id: int, *, followers: bool, page: PageRequest) -> Page[User]:
+        if await self.users.get_user(user_id) is None:
+            raise NotFound("no such user")
+        entries = await self.users.get_follow_list(
+            user_id, viewer.user_id, followers=followers, before=page.before, limit=page.limit
+        )
+        items = [User.of(e.user, None if e.user.id == viewer.user_id else e.relation) for e in entries]
+        return page_of(items, [e.follow_id for e in entries], page.limit)
+
+    async def counts(self, viewer: Principal) -> Counts:
+        user = await self.users.get_user(viewer.user_id)
+        if user is None:
+            raise NotFound("no such user")
+        return Counts(followers=user.followers_count, following=user.following_count)

@@ -1,0 +1,178 @@
+"""SQL for users and follows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from socialhub.domain.users import FollowEntry, Relation, UserRecord
+from socialhub.errors import Conflict, NotFound
+from socialhub.storage.database import Database
+
+USER_COLUMNS = (
+    "u.id, u.username, u.email, u.name, u.bio, u.avatar_url, u.password_hash, "
+    "u.followers_count, u.following_count, u.posts_count, u.created_at"
+)
+# Relation of viewer $2 to user u, computed in the same query as the user.
+RELATION_COLUMNS = (
+    "EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $2 AND f.followee_id = u.id"
+    " AND f.deleted_at IS NULL) AS rel_following, "
+    "EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = u.id AND f.followee_id = $2"
+    " AND f.deleted_at IS NULL) AS rel_followed_by"
+)
+
+
+def user_from_row(row: asyncpg.Record) -> UserRecord:
+    return UserRecord(
+        id=row["id"],
+        username=row["username"],
+        email=row["email"],
+        name=row["name"],
+        bio=row["bio"],
+        avatar_url=row["avatar_url"],
+        password_hash=row["password_hash"],
+        followers_count=row["followers_count"],
+        following_count=row["following_count"],
+        posts_count=row["posts_count"],
+        created_at=row["created_at"],
+    )
+
+
+def _relation(row: asyncpg.Record) -> Relation:
+    return Relation(following=row["rel_following"], followed_by=row["rel_followed_by"])
+
+
+class UserStore:
+    """users and follows tables."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert_user(self, *, username: str, email: str, name: str, password_hash: str) -> UserRecord:
+        """Create a user; Conflict naming the field when the username or email is taken."""
+        try:
+            row = await self.db.fetchrow(
+                f"""INSERT INTO users AS u (username, email, name, password_hash)
+                    VALUES ($1, $2, $3, $4) RETURNING {USER_COLUMNS}""",
+                username,
+                email,
+                name,
+                password_hash,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            field = "username" if "username" in (exc.constraint_name or "") else "email"
+            raise Conflict(f"that {field} is already taken", fields={field: "already taken"}) from None
+        assert row is not None
+        return user_from_row(row)
+
+    async def get_user(self, user_id: int) -> UserRecord | None:
+        row = await self.db.fetchrow(f"SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1", user_id)
+        return user_from_row(row) if row else None
+
+    async def get_user_by_login(self, identifier: str) -> UserRecord | None:
+        """By email when it holds an @, else by username; both case-insensitive."""
+        column = "email" if "@" in identifier else "username"
+        row = await self.db.fetchrow(
+            f"SELECT {USER_COLUMNS} FROM users u WHERE lower(u.{column}) = lower($1)", identifier
+        )
+        return user_from_row(row) if row else None
+
+    async def get_profile(
+        self, viewer_id: int, *, user_id: int | None = None, username: str | None = None
+    ) -> tuple[UserRecord, Relation] | None:
+        """A user by id or username, with the viewer's relation to them, in one round trip."""
+        where = "u.id = $1" if user_id is not None else "lower(u.username) = lower($1)"
+        key: Any = user_id if user_id is not None else username
+        row = await self.db.fetchrow(
+            f"SELECT {USER_COLUMNS}, {RELATION_COLUMNS} FROM users u WHERE {where}", key, viewer_id
+        )
+        return (user_from_row(row), _relation(row)) if row else None
+
+    async def update_profile(
+        self, user_id: int, *, name: str | None, bio: str | None, avatar_url: str | None
+    ) -> UserRecord | None:
+        row = await self.db.fetchrow(
+            f"""UPDATE users u SET name = coalesce($2, u.name), bio = coalesce($3, u.bio),
+                    avatar_url = coalesce($4, u.avatar_url), updated_at = now()
+                WHERE u.id = $1 RETURNING {USER_COLUMNS}""",
+            user_id,
+            name,
+            bio,
+            avatar_url,
+        )
+        return user_from_row(row) if row else None
+
+    async def update_password(self, conn: asyncpg.Connection, user_id: int, password_hash: str) -> None:
+        await conn.execute(
+            "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", user_id, password_hash
+        )
+
+    async def insert_follow(self, conn: asyncpg.Connection, follower_id: int, followee_id: int) -> bool:
+        """Follow (or revive a soft-deleted follow). True when the state changed; NotFound
+        when either user does not exist.
+
+        The follows row lock serialises concurrent follows of one pair, so each change
+        moves the counters exactly once; both counters move in one UPDATE, which locks
+        the two users rows in primary-key order (no deadlock between A→B and B→A).
+        """
+        try:
+            changed = await self._insert_follow(conn, follower_id, followee_id)
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound("no such user") from None
+        return bool(changed)
+
+    async def _insert_follow(self, conn: asyncpg.Connection, follower_id: int, followee_id: int) -> Any:
+        return await conn.fetchval(
+            """WITH f AS (
+                   INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2)
+                   ON CONFLICT (follower_id, followee_id) DO UPDATE
+                       SET deleted_at = NULL, id = socialhub_id(), created_at = now()
+                       WHERE follows.deleted_at IS NOT NULL
+                   RETURNING 1),
+               c AS (
+                   UPDATE users SET
+                       following_count = following_count + (id = $1)::int,
+                       followers_count = followers_count + (id = $2)::int
+                   WHERE id IN ($1, $2) AND EXISTS (SELECT 1 FROM f)
+                   RETURNING 1)
+               SELECT count(*) FROM c""",
+            follower_id,
+            followee_id,
+        )
+
+    async def delete_follow(self, conn: asyncpg.Connection, follower_id: int, followee_id: int) -> bool:
+        """Unfollow (a soft delete). True when the state changed."""
+        changed = await conn.fetchval(
+            """WITH f AS (
+                   UPDATE follows SET deleted_at = now()
+                   WHERE follower_id = $1 AND followee_id = $2 AND deleted_at IS NULL
+                   RETURNING 1),
+               c AS (
+                   UPDATE users SET
+                       following_count = following_count - (id = $1)::int,
+                       followers_count = followers_count - (id = $2)::int
+                   WHERE id IN ($1, $2) AND EXISTS (SELECT 1 FROM f)
+                   RETURNING 1)
+               SELECT count(*) FROM c""",
+            follower_id,
+            followee_id,
+        )
+        return bool(changed)
+
+    async def get_follow_list(
+        self, user_id: int, viewer_id: int, *, followers: bool, before: int | None, limit: int
+    ) -> list[FollowEntry]:
+        """Followers (or followees) of `user_id`, newest follow first, keyed by follow id."""
+        mine, theirs = ("followee_id", "follower_id") if followers else ("follower_id", "followee_id")
+        rows = await self.db.fetch(
+            f"""SELECT fl.id AS follow_id, {USER_COLUMNS}, {RELATION_COLUMNS}
+                FROM follows fl JOIN users u ON u.id = fl.{theirs}
+                WHERE fl.{mine} = $1 AND fl.deleted_at IS NULL AND ($3::bigint IS NULL OR fl.id < $3)
+                ORDER BY fl.id DESC LIMIT $4""",
+            user_id,
+            viewer_id,
+            before,
+            limit,
+        )
+        return [FollowEntry(follow_id=r["follow_id"], user=user_from_row(r), relation=_relation(r)) for r in rows]
