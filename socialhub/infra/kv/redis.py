@@ -14,7 +14,7 @@ reading limiter state, and keep both clear of other users of the same prefix.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -77,7 +77,7 @@ def client_from_url(url: str) -> aioredis.Redis:
 
 def check_binary(client: aioredis.Redis) -> None:
     """Values are bytes end to end; a decoding client would hand back str."""
-    if client.connection_pool.get_encoder().decode_responses:
+    if client.connection_pool.connection_kwargs.get("decode_responses", False):
         raise ValueError("the Redis client must be created with decode_responses=False")
 
 
@@ -122,10 +122,11 @@ class RedisKV(KeyValue):
 
     async def get(self, key: str) -> bytes | None:
         try:
-            value: bytes | None = await self._client.get(self._value_key(key))
+            value = await self._client.get(self._value_key(key))
         except (RedisError, OSError) as exc:
             raise Unavailable(f"key-value store unavailable: {exc}") from exc
-        return value
+        # The stubs allow str for decoding clients, which check_binary refused.
+        return cast(bytes | None, value)
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         ms = _ttl_ms(ttl)

@@ -36,7 +36,7 @@ INBOX_LIMIT = 1000
 DROP_LOG_EVERY = 1000
 
 
-async def _finish(tasks: list[asyncio.Task[None]]) -> None:
+async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel `tasks` and wait for them, without swallowing our own cancellation."""
     tasks = [t for t in tasks if t is not asyncio.current_task()]
     for task in tasks:
@@ -105,14 +105,14 @@ class LocalSubscription(Subscription):
         task = self._task
         await self._release(self)
         if task is not None:
-            await _finish([task])
+            await cancel_and_wait([task])
 
     async def abort(self) -> None:
         """End without telling the owner (the owner is shutting down)."""
         self._closed = True
         self._inbox.clear()
         if self._task is not None:
-            await _finish([self._task])
+            await cancel_and_wait([self._task])
 
 
 class Fanout:

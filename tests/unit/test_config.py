@@ -1,0 +1,111 @@
+"""Settings: defaults, file, env overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from socialhub.config import ConfigError, Rate, load_settings, parse_duration, parse_rate
+
+
+def test_defaults_match_the_spec() -> None:
+    s = load_settings(env={})
+    assert (s.server.host, s.server.port, s.server.data_dir) == ("127.0.0.1", 8000, "./data")
+    assert s.database.url == "" and s.redis.url == "" and s.kafka.bootstrap_servers == ""
+    assert (s.kafka.posts_topic, s.kafka.users_topic) == ("posts", "users")
+    assert s.auth.access_ttl == 900 and s.auth.refresh_ttl == 30 * 86400
+    assert s.media.store == "disk" and s.mail.backend == "file"
+    assert s.calls.ring_timeout == 30 and s.calls.stun_urls == ()
+    assert s.ratelimit.enabled and s.ratelimit.rule("login") == Rate(limit=10, period=60, burst=10)
+    assert s.metrics.enabled
+
+
+def test_file_then_env(tmp_path: Path) -> None:
+    cfg = tmp_path / "socialhub.toml"
+    cfg.write_text(
+        '[server]\nport = 9001\n[auth]\naccess_ttl = "5m"\n[calls]\nstun_urls = ["stun:a:3478"]\n'
+        '[ratelimit]\nlogin = "3/10s"\nsignup = "off"\n[mail]\nfrom = "me <me@x.test>"\n'
+    )
+    s = load_settings(cfg, env={"SOCIALHUB_SERVER_PORT": "9002", "SOCIALHUB_CALLS_TURN_URLS": "turn:a, turn:b"})
+    assert s.server.port == 9002  # env wins over the file
+    assert s.auth.access_ttl == 300
+    assert s.calls.stun_urls == ("stun:a:3478",) and s.calls.turn_urls == ("turn:a", "turn:b")
+    assert s.ratelimit.rule("login") == Rate(limit=3, period=10, burst=3)
+    assert s.ratelimit.rule("signup") is None
+    assert s.mail.from_address == "me <me@x.test>"
+    off = load_settings(cfg, env={"SOCIALHUB_RATELIMIT_ENABLED": "false"})
+    assert off.ratelimit.rule("login") is None
+
+
+def test_config_path_from_env(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nhost = '0.0.0.0'\n")
+    assert load_settings(env={"SOCIALHUB_CONFIG": str(cfg)}).server.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"SOCIALHUB_SERVER_PORT": "eighty"}, "server.port"),
+        ({"SOCIALHUB_SERVER_PORT": "70000"}, "server.port"),
+        ({"SOCIALHUB_SERVER_PROT": "1"}, "SOCIALHUB_SERVER_PROT"),
+        ({"SOCIALHUB_NOPE_X": "1"}, "SOCIALHUB_NOPE_X"),
+        ({"SOCIALHUB_DATABASE_URL": "mysql://x"}, "database.url"),
+        ({"SOCIALHUB_REDIS_URL": "http://x"}, "redis.url"),
+        ({"SOCIALHUB_AUTH_JWT_SECRET": "short"}, "auth.jwt_secret"),
+        ({"SOCIALHUB_AUTH_ACCESS_TTL": "soon"}, "auth.access_ttl"),
+        ({"SOCIALHUB_AUTH_ACCESS_TTL": "0"}, "auth.access_ttl"),
+        ({"SOCIALHUB_MEDIA_STORE": "ftp"}, "media.store"),
+        ({"SOCIALHUB_MAIL_BACKEND": "smtp"}, "mail.smtp_url"),
+        ({"SOCIALHUB_RATELIMIT_LOGIN": "ten per minute"}, "ratelimit.login"),
+        ({"SOCIALHUB_RATELIMIT_BOGUS": "1/1s"}, "ratelimit.bogus"),
+        ({"SOCIALHUB_RATELIMIT_ENABLED": "maybe"}, "ratelimit.enabled"),
+        ({"SOCIALHUB_METRICS_ENABLED": "perhaps"}, "metrics.enabled"),
+    ],
+)
+def test_bad_values_name_their_key(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(env=env)
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml", env={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\nport=")
+    with pytest.raises(ConfigError, match="broken.toml"):
+        load_settings(broken, env={})
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[servr]\nport = 1\n")
+    with pytest.raises(ConfigError, match="^servr"):
+        load_settings(unknown, env={})
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[server]\nprot = 1\n")
+    with pytest.raises(ConfigError, match=r"^server\.prot"):
+        load_settings(typo, env={})
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(env={})
+    with pytest.raises(AttributeError):
+        s.server.port = 1  # type: ignore[misc]
+
+
+def test_durations_and_rates() -> None:
+    assert parse_duration("1500ms", "k") == 1.5
+    assert parse_duration("2h", "k") == 7200
+    assert parse_duration(30, "k") == 30
+    assert parse_rate("30/1s burst 60", "k") == Rate(limit=30, period=1, burst=60)
+    assert parse_rate("OFF", "k") is None
+    assert parse_rate("5/2m", "k") == Rate(limit=5, period=120, burst=5)
+    for bad in ("0/1s", "1/0s", "x/1s", "5", 5):
+        with pytest.raises(ConfigError):
+            parse_rate(bad, "k")
+
+
+def test_example_file_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "socialhub.toml"
+    s = load_settings(example, env={})
+    assert s.server.port == 8000
