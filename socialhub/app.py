@@ -5,15 +5,16 @@ and the Starlette app, and returns it with an ordered lifespan: dependencies sta
 the order below and stop in reverse.
 
     start: embedded PostgreSQL (if no database.url) -> migrations -> pool
-           -> key-value store -> pub/sub -> session guard
-    stop:  session guard -> background mail -> pub/sub -> key-value -> pool
+           -> key-value store -> pub/sub -> session guard -> background workers
+    stop:  workers (event readers, sweepers) -> session guard -> background mail
+           -> Kafka producer -> media -> pub/sub -> key-value -> Redis -> pool
            -> embedded PostgreSQL
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
@@ -23,19 +24,32 @@ from starlette.routing import BaseRoute
 
 from socialhub.api.http.auth import AuthRoutes
 from socialhub.api.http.errors import handle_http_exception, handle_socialhub_error, handle_unexpected
+from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import Check, HealthRoutes
+from socialhub.api.http.media import MediaRoutes
 from socialhub.api.http.middleware import AccessLog
+from socialhub.api.http.openapi import OpenApiRoutes
+from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.ratelimit import RateLimitMiddleware
 from socialhub.api.http.security import Authenticator
 from socialhub.api.http.users import UserRoutes
-from socialhub.config import Settings
+from socialhub.config import ConfigError, Settings
+from socialhub.domain import events
 from socialhub.errors import SocialhubError
+from socialhub.infra.events.base import Consumer, EventSource, Publisher
+from socialhub.infra.events.outbox import OutboxSource
+from socialhub.infra.events.relay import KafkaRelay
 from socialhub.infra.kv.base import KeyValue
 from socialhub.infra.mail.base import Mailer
+from socialhub.infra.media.base import MediaStore
 from socialhub.infra.pubsub.base import PubSub
 from socialhub.secrets_file import load_or_create_secret
 from socialhub.services.accounts import AccountService
+from socialhub.services.feed import FeedService
+from socialhub.services.janitor import Janitor
+from socialhub.services.notifications import NotificationService
 from socialhub.services.passwords import Passwords
+from socialhub.services.posts import PostService
 from socialhub.services.sessions import SessionGuard
 from socialhub.services.tokens import TokenCodec
 from socialhub.services.users import UserService
@@ -43,29 +57,63 @@ from socialhub.storage.auth import AuthStore
 from socialhub.storage.database import Database
 from socialhub.storage.embedded import EmbeddedPostgres
 from socialhub.storage.migrate import migrate
+from socialhub.storage.notifications import NotificationStore
+from socialhub.storage.outbox import OutboxStore
+from socialhub.storage.posts import PostStore
 from socialhub.storage.users import UserStore
+from socialhub.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
 
-def make_kv(settings: Settings) -> KeyValue:
+def make_kv_pubsub(settings: Settings) -> tuple[KeyValue, PubSub, Callable[[], Awaitable[None]]]:
+    """The key-value store and pub/sub: in process, or Redis (one client shared by both)."""
     if settings.redis.url:
-        from socialhub.infra.kv.redis import RedisKV
-
-        return RedisKV.from_url(settings.redis.url, prefix=settings.redis.key_prefix)
-    from socialhub.infra.kv.memory import MemoryKV
-
-    return MemoryKV()
-
-
-def make_pubsub(settings: Settings) -> PubSub:
-    if settings.redis.url:
+        from socialhub.infra.kv.redis import RedisKV, client_from_url
         from socialhub.infra.pubsub.redis import RedisPubSub
 
-        return RedisPubSub(settings.redis.url, prefix=settings.redis.key_prefix)
+        client = client_from_url(settings.redis.url)
+        kv = RedisKV(client, settings.redis.key_prefix)
+        pubsub = RedisPubSub(client, settings.redis.key_prefix)
+        return kv, pubsub, client.aclose
+    from socialhub.infra.kv.memory import MemoryKV
     from socialhub.infra.pubsub.memory import MemoryPubSub
 
-    return MemoryPubSub()
+    async def nothing() -> None:
+        return None
+
+    return MemoryKV(), MemoryPubSub(), nothing
+
+
+def make_media(settings: Settings) -> MediaStore:
+    if settings.media.store == "s3":
+        raise ConfigError("media.store: the s3 store is not available in this version; use disk")
+    from socialhub.infra.media.disk import DiskMediaStore
+
+    return DiskMediaStore(settings.data_path / "media")
+
+
+def make_event_sources(
+    settings: Settings, db: Database, consumers: list[Consumer]
+) -> tuple[dict[str, EventSource], Publisher | None]:
+    """Without Kafka each consumer reads the outbox; with it, a relay forwards the outbox
+    to Kafka and each consumer is a Kafka consumer group."""
+    outbox = OutboxStore(db)
+    if not settings.kafka.bootstrap_servers:
+        return {c.name: OutboxSource(db, outbox, c) for c in consumers}, None
+    from socialhub.infra.events.kafka import KafkaPublisher, KafkaSource
+
+    topics = {events.POSTS: settings.kafka.posts_topic, events.USERS: settings.kafka.users_topic}
+    publisher = KafkaPublisher(
+        settings.kafka.bootstrap_servers,
+        topics,
+        partitions=settings.kafka.partitions,
+        replication_factor=settings.kafka.replication_factor,
+    )
+    sources: dict[str, EventSource] = {"kafka-relay": OutboxSource(db, outbox, KafkaRelay(publisher))}
+    for c in consumers:
+        sources[c.name] = KafkaSource(settings.kafka.bootstrap_servers, topics, c)
+    return sources, publisher
 
 
 def make_mailer(settings: Settings) -> Mailer:
@@ -106,9 +154,10 @@ def create_app(settings: Settings) -> Starlette:
         )
 
     db = Database()
-    kv = make_kv(settings)
-    pubsub = make_pubsub(settings)
+    kv, pubsub, close_redis = make_kv_pubsub(settings)
     mailer = make_mailer(settings)
+    media = make_media(settings)
+    media_base = settings.server.public_url.rstrip("/")
     user_store = UserStore(db)
     auth_store = AuthStore(db)
     tokens = TokenCodec(secret, settings.auth.access_ttl)
@@ -132,6 +181,15 @@ def create_app(settings: Settings) -> Starlette:
         otp_max_attempts=settings.auth.otp_max_attempts,
     )
     users = UserService(db=db, users=user_store)
+    post_store = PostStore(db)
+    posts = PostService(db=db, posts=post_store, media=media, media_base=media_base)
+    feed = FeedService(posts=post_store, kv=kv, media_base=media_base, fanout_threshold=settings.feed.fanout_threshold)
+    notifications = NotificationService(db=db, store=NotificationStore(db), pubsub=pubsub)
+    sources, publisher = make_event_sources(settings, db, [feed, notifications])
+    supervisor = Supervisor()
+    for name, source in sources.items():
+        supervisor.add(f"events:{name}", source.run)
+    supervisor.add("janitor", Janitor(posts=post_store, outbox=OutboxStore(db), media=media).run)
     authenticator = Authenticator(guard)
     max_body = settings.server.max_body_bytes
 
@@ -142,24 +200,44 @@ def create_app(settings: Settings) -> Starlette:
     if settings.redis.url:
         checks["redis"] = kv.ping
         checks["pubsub"] = pubsub_ok
+    if publisher is not None:
+        checks["kafka"] = publisher.ping
 
+    health_routes = HealthRoutes(checks, metrics=settings.metrics.enabled)
+    api: list[AuthRoutes | UserRoutes | PostRoutes | FeedRoutes] = [
+        AuthRoutes(accounts, authenticator, max_body),
+        UserRoutes(users, authenticator, max_body),
+        PostRoutes(posts, authenticator, media, settings.media, max_body),
+        FeedRoutes(feed, notifications, authenticator, max_body),
+    ]
+    docs_routes = OpenApiRoutes(
+        [*health_routes.operations(), *(op for group in api for op in group.operations())],
+        rate_limits=settings.ratelimit.enabled,
+    )
     routes: list[BaseRoute] = [
-        *HealthRoutes(checks, metrics=settings.metrics.enabled).routes(),
-        *AuthRoutes(accounts, authenticator, max_body).routes(),
-        *UserRoutes(users, authenticator, max_body).routes(),
+        *health_routes.routes(),
+        *(route for group in api for route in group.routes()),
+        *MediaRoutes(media).routes(),
+        *docs_routes.routes(),
     ]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await open_database(settings, db, stack)
+            stack.push_async_callback(close_redis)
             stack.push_async_callback(kv.close)
             await pubsub.start()
             stack.push_async_callback(pubsub.close)
+            stack.push_async_callback(media.close)
+            if publisher is not None:
+                stack.push_async_callback(publisher.close)
             await guard.start()
             stack.push_async_callback(mailer.close)
             stack.push_async_callback(accounts.drain)
             stack.push_async_callback(guard.stop)
+            await supervisor.start()
+            stack.push_async_callback(supervisor.stop)
             logger.info("socialhub ready")
             yield
             logger.info("socialhub stopping")

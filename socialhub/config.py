@@ -67,6 +67,16 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bootstrap_servers: str = ""
     posts_topic: str = "posts"
     users_topic: str = "users"
+    # Used only when socialhub creates a missing topic; set replication_factor to 3 on a
+    # real cluster.
+    partitions: int = 6
+    replication_factor: int = 1
+
+
+class FeedSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Accounts with at least this many followers are not fanned out on write; their posts
+    # are merged into followers' feeds at read time.
+    fanout_threshold: int = 10_000
 
 
 class AuthSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -141,6 +151,7 @@ class Settings(msgspec.Struct, frozen=True):
     database: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()
     kafka: KafkaSettings = KafkaSettings()
+    feed: FeedSettings = FeedSettings()
     auth: AuthSettings = AuthSettings()
     media: MediaSettings = MediaSettings()
     mail: MailSettings = MailSettings()
@@ -158,6 +169,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "database": DatabaseSettings,
     "redis": RedisSettings,
     "kafka": KafkaSettings,
+    "feed": FeedSettings,
     "auth": AuthSettings,
     "media": MediaSettings,
     "mail": MailSettings,
@@ -312,6 +324,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("auth.argon2_*: memory must be at least 8 KiB per lane and time_cost at least 1")
     if s.auth.otp_max_attempts < 1:
         raise ConfigError("auth.otp_max_attempts: must be at least 1")
+    if s.kafka.partitions < 1 or s.kafka.replication_factor < 1:
+        raise ConfigError("kafka.partitions/replication_factor: must be at least 1")
+    if s.feed.fanout_threshold < 1:
+        raise ConfigError("feed.fanout_threshold: must be at least 1")
     if s.media.store not in ("disk", "s3"):
         raise ConfigError(f"media.store: expected disk or s3, got {s.media.store!r}")
     if s.mail.backend not in ("file", "smtp"):

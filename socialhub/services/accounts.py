@@ -163,21 +163,24 @@ class AccountService:
             if user is None or user.email.lower() != email.lower():
                 return
             otp = f"{secrets.randbelow(10**OTP_DIGITS):0{OTP_DIGITS}d}"
-            await self.auth.upsert_password_reset(
-                user.id, self._otp_hash(user.id, otp), utcnow() + timedelta(seconds=self.otp_ttl)
-            )
             minutes = round(self.otp_ttl / 60)
-            await self.mailer.send(
-                Mail(
-                    to=user.email,
-                    subject="Your socialhub password reset code",
-                    text=(
-                        f"Hello {user.name},\n\nYour code is {otp}. It is valid for {minutes} minutes "
-                        f"and {self.otp_max_attempts} tries.\n\nIf you did not ask for it, ignore this mail; "
-                        "your password has not changed.\n"
-                    ),
-                )
+            mail = Mail(
+                to=user.email,
+                subject="Your socialhub password reset code",
+                text=(
+                    f"Hello {user.name},\n\nYour code is {otp}. It is valid for {minutes} minutes "
+                    f"and {self.otp_max_attempts} tries.\n\nIf you did not ask for it, ignore this mail; "
+                    "your password has not changed.\n"
+                ),
             )
+            # The mail goes out while the user's reset row is locked: two requests at once
+            # store and send in the same order, so the newest mail holds the valid code; a
+            # mail that cannot be sent leaves no code behind.
+            async with self.db.transaction() as conn:
+                await self.auth.upsert_password_reset(
+                    conn, user.id, self._otp_hash(user.id, otp), utcnow() + timedelta(seconds=self.otp_ttl)
+                )
+                await self.mailer.send(mail)
         except Exception:
             logger.exception("sending a password reset code failed")
 

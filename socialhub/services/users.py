@@ -6,11 +6,13 @@ import logging
 
 import msgspec
 
+from socialhub.domain import events
 from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.users import Principal, User
 from socialhub.errors import NotFound, ValidationFailed
 from socialhub.ids import parse_id
 from socialhub.storage.database import Database
+from socialhub.storage.outbox import insert_event
 from socialhub.storage.users import UserStore
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,8 @@ class UserService:
         if target_id == viewer.user_id:
             raise ValidationFailed("you cannot follow yourself", fields={"id": "cannot follow yourself"})
         async with self.db.transaction() as conn:
-            await self.users.insert_follow(conn, viewer.user_id, target_id)
+            if await self.users.insert_follow(conn, viewer.user_id, target_id):
+                await insert_event(conn, events.follow_created(viewer.user_id, target_id))
         return FollowState(following=True)
 
     async def unfollow(self, viewer: Principal, target_id: int) -> FollowState:
@@ -80,7 +83,8 @@ class UserService:
         if await self.users.get_user(target_id) is None:
             raise NotFound("no such user")
         async with self.db.transaction() as conn:
-            await self.users.delete_follow(conn, viewer.user_id, target_id)
+            if await self.users.delete_follow(conn, viewer.user_id, target_id):
+                await insert_event(conn, events.unfollow_created(viewer.user_id, target_id))
         return FollowState(following=False)
 
     async def follow_list(self, viewer: Principal, user_id: int, *, followers: bool, page: PageRequest) -> Page[User]:

@@ -120,9 +120,12 @@ class AuthStore:
         )
         return [r["id"] for r in rows]
 
-    async def upsert_password_reset(self, user_id: int, otp_hash: bytes, expires_at: datetime) -> None:
-        """A new code replaces the user's previous one (and its try counter)."""
-        await self.db.execute(
+    async def upsert_password_reset(
+        self, conn: asyncpg.Connection, user_id: int, otp_hash: bytes, expires_at: datetime
+    ) -> None:
+        """A new code replaces the user's previous one (and its try counter); the row
+        stays locked until the caller's transaction ends."""
+        await conn.execute(
             """INSERT INTO password_resets (user_id, otp_hash, expires_at) VALUES ($1, $2, $3)
                ON CONFLICT (user_id) DO UPDATE SET otp_hash = $2, expires_at = $3, attempts = 0,
                    spent_at = NULL, created_at = now()""",

@@ -26,6 +26,7 @@ class Database:
 
     def __init__(self) -> None:
         self._pool: asyncpg.Pool | None = None
+        self._url = ""
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -34,6 +35,7 @@ class Database:
         return self._pool
 
     async def open(self, url: str, *, min_size: int = 2, max_size: int = 20, statement_timeout: float = 30.0) -> None:
+        self._url = url
         self._pool = await asyncpg.create_pool(
             url,
             min_size=min_size,
@@ -55,6 +57,12 @@ class Database:
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         async with self.pool.acquire() as conn:
             yield conn
+
+    async def connect_dedicated(self) -> asyncpg.Connection:
+        """A connection outside the pool, for LISTEN and session-level advisory locks
+        (the caller closes it)."""
+        conn: asyncpg.Connection = await asyncpg.connect(self._url, server_settings={"application_name": "socialhub"})
+        return conn
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self.pool.fetch(query, *args)

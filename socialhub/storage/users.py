@@ -113,8 +113,9 @@ class UserStore:
         when either user does not exist.
 
         The follows row lock serialises concurrent follows of one pair, so each change
-        moves the counters exactly once; both counters move in one UPDATE, which locks
-        the two users rows in primary-key order (no deadlock between A→B and B→A).
+        moves the counters exactly once. The two users rows are locked in primary-key
+        order before they are updated (an UPDATE alone may visit them in heap order), so
+        A→B and B→A at once cannot deadlock.
         """
         try:
             changed = await self._insert_follow(conn, follower_id, followee_id)
@@ -130,11 +131,14 @@ class UserStore:
                        SET deleted_at = NULL, id = socialhub_id(), created_at = now()
                        WHERE follows.deleted_at IS NOT NULL
                    RETURNING 1),
+               locked AS (
+                   SELECT id FROM users WHERE id IN ($1, $2) AND EXISTS (SELECT 1 FROM f)
+                   ORDER BY id FOR UPDATE),
                c AS (
                    UPDATE users SET
                        following_count = following_count + (id = $1)::int,
                        followers_count = followers_count + (id = $2)::int
-                   WHERE id IN ($1, $2) AND EXISTS (SELECT 1 FROM f)
+                   WHERE id IN (SELECT id FROM locked)
                    RETURNING 1)
                SELECT count(*) FROM c""",
             follower_id,
@@ -148,11 +152,14 @@ class UserStore:
                    UPDATE follows SET deleted_at = now()
                    WHERE follower_id = $1 AND followee_id = $2 AND deleted_at IS NULL
                    RETURNING 1),
+               locked AS (
+                   SELECT id FROM users WHERE id IN ($1, $2) AND EXISTS (SELECT 1 FROM f)
+                   ORDER BY id FOR UPDATE),
                c AS (
                    UPDATE users SET
                        following_count = following_count - (id = $1)::int,
                        followers_count = followers_count - (id = $2)::int
-                   WHERE id IN ($1, $2) AND EXISTS (SELECT 1 FROM f)
+                   WHERE id IN (SELECT id FROM locked)
                    RETURNING 1)
                SELECT count(*) FROM c""",
             follower_id,

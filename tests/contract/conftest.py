@@ -223,10 +223,10 @@ async def redis_proxy(redis_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
     await proxy.cut()
 
 
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 3.0) -> None:
-    """Wait until `check()` is true, polling; fail after `timeout` seconds."""
+async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 3.0) -> None:
+    """Wait until `check()` is true, polling; fail after `within` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         result = check()
         if not isinstance(result, bool):
@@ -234,5 +234,5 @@ async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float
         if result:
             return
         if loop.time() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
+            pytest.fail(f"condition not met within {within}s")
         await asyncio.sleep(0.01)

@@ -75,11 +75,11 @@ def test_bad_files(tmp_path: Path) -> None:
         load_settings(tmp_path / "missing.toml", env={})
     broken = tmp_path / "broken.toml"
     broken.write_text("[server\nport=")
-    with pytest.raises(ConfigError, match="broken.toml"):
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
         load_settings(broken, env={})
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[servr]\nport = 1\n")
-    with pytest.raises(ConfigError, match="^servr"):
+    with pytest.raises(ConfigError, match=r"^servr"):
         load_settings(unknown, env={})
     typo = tmp_path / "typo.toml"
     typo.write_text("[server]\nprot = 1\n")

@@ -10,8 +10,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from socialhub.api.http.codec import json_response, read_json
+from socialhub.api.http.openapi import Operation
 from socialhub.api.http.security import Authenticator, client_ip
-from socialhub.services.accounts import AccountService
+from socialhub.domain.users import User
+from socialhub.services.accounts import AccountService, AuthResult, TokenPair, Verified
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 USERNAME_PATTERN = r"^[A-Za-z0-9_]{3,30}$"
@@ -70,6 +72,45 @@ class AuthRoutes:
             Route("/auth/me", self.me, methods=["GET"]),
             Route("/api/v1/auth/verify-user", self.verify_user, methods=["GET"]),
         ]
+
+    def operations(self) -> list[Operation]:
+        forgot = "Mails a 6-digit code (valid 10 min, 5 tries); the same answer whether or not the address is known."
+        return [
+            Operation(
+                method="POST", path="/auth/signup", summary="Create an account and sign in", tag="auth",
+                body=SignupBody, response=AuthResult, status=201, auth=False, errors=(409,),
+                description="409 when the email or username is taken.",
+            ),
+            Operation(
+                method="POST", path="/auth/login", summary="Sign in with email or username", tag="auth",
+                body=LoginBody, response=AuthResult, auth=False, errors=(401,),
+            ),
+            Operation(
+                method="POST", path="/auth/refresh", summary="Trade a refresh token for a new pair", tag="auth",
+                body=RefreshBody, response=TokenPair, auth=False, errors=(401,),
+                description="A refresh token works once: presenting a spent one again ends its whole session.",
+            ),
+            Operation(method="POST", path="/auth/logout", summary="End this session", tag="auth", status=204),
+            Operation(
+                method="POST", path="/auth/forgot-password", summary="Ask for a password reset code", tag="auth",
+                body=ForgotBody, response=Accepted, status=202, auth=False, description=forgot,
+            ),
+            Operation(
+                method="POST", path="/auth/request-password-reset", summary="Alias of /auth/forgot-password",
+                tag="auth", body=ForgotBody, response=Accepted, status=202, auth=False,
+                description="Kept for the original clients. " + forgot,
+            ),
+            Operation(
+                method="POST", path="/auth/reset-password", summary="Set a new password with the mailed code",
+                tag="auth", body=ResetBody, response=Accepted, auth=False,
+                description="400 when the code is wrong, spent or expired. Every session of the user is signed out.",
+            ),
+            Operation(method="GET", path="/auth/me", summary="The caller, with email", tag="auth", response=User),
+            Operation(
+                method="GET", path="/api/v1/auth/verify-user", summary="Check a token (for an external gateway)",
+                tag="auth", response=Verified,
+            ),
+        ]  # fmt: skip
 
     async def signup(self, request: Request) -> Response:
         body = await read_json(request, SignupBody, self.max_body)

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from socialhub.api.http.codec import json_response
+from socialhub.api.http.openapi import Operation
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -32,6 +33,26 @@ class HealthRoutes:
         ]
         if self.metrics:
             out.append(Route("/metrics", self.metrics_text, methods=["GET"]))
+        return out
+
+    def operations(self) -> list[Operation]:
+        out = [
+            Operation(
+                method="GET", path="/healthz", summary="Liveness: the process answers", tag="health",
+                response=Status, auth=False,
+            ),
+            Operation(
+                method="GET", path="/readyz", summary="Readiness: the database (and Redis) answer", tag="health",
+                response=Status, auth=False, also=(503,), description="503 with each check's result when not ready.",
+            ),
+        ]
+        if self.metrics:
+            out.append(
+                Operation(
+                    method="GET", path="/metrics", summary="Prometheus metrics", tag="health", auth=False,
+                    media_type="text/plain",
+                )
+            )
         return out
 
     async def healthz(self, request: Request) -> Response:

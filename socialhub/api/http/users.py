@@ -10,10 +10,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from socialhub.api.http.codec import is_form, json_response, page_request, read_json, validate
+from socialhub.api.http.openapi import Operation
 from socialhub.api.http.security import Authenticator
+from socialhub.domain.pages import Page
+from socialhub.domain.users import User
 from socialhub.errors import NotFound, UnsupportedMediaType
 from socialhub.ids import parse_id
-from socialhub.services.users import UserService
+from socialhub.services.users import Counts, FollowState, UserService
+
+REF = "`ref` is a user id, `@username` or `me`."
 
 
 class ProfilePatch(msgspec.Struct, frozen=True):
@@ -41,6 +46,51 @@ class UserRoutes:
             Route("/users/{ref}/following", self.following, methods=["GET"]),
             Route("/users/{ref}", self.profile, methods=["GET"]),
         ]
+
+    def operations(self) -> list[Operation]:
+        page = ("limit", "before")
+        return [
+            Operation(
+                method="PATCH", path="/users/me", summary="Edit the caller's profile", tag="users",
+                body=ProfilePatch, response=User, multipart=True, errors=(404,),
+                description="JSON, or the same fields as multipart/form-data. "
+                "An `avatar` file is refused with 415: avatar upload is not available yet.",
+            ),
+            Operation(method="GET", path="/users/counts", summary="The caller's counts", tag="users", response=Counts,
+                      errors=(404,)),
+            Operation(
+                method="GET", path="/users/followers/list", summary="The caller's followers", tag="users",
+                response=Page[User], query=page, errors=(404,),
+            ),
+            Operation(
+                method="GET", path="/users/following/list", summary="Whom the caller follows", tag="users",
+                response=Page[User], query=page, errors=(404,),
+            ),
+            Operation(
+                method="POST", path="/users/follow/{id}", summary="Follow a user (idempotent)", tag="users",
+                response=FollowState, errors=(404, 422), description="422 when it is the caller.",
+            ),
+            Operation(
+                method="DELETE", path="/users/follow/{id}", summary="Unfollow a user (idempotent)", tag="users",
+                response=FollowState, errors=(404, 422),
+            ),
+            Operation(
+                method="POST", path="/users/unfollow/{id}", summary="Alias of DELETE /users/follow/{id}",
+                tag="users", response=FollowState, errors=(404, 422), description="Kept for the original clients.",
+            ),
+            Operation(
+                method="GET", path="/users/{ref}/followers", summary="A user's followers", tag="users",
+                response=Page[User], query=page, errors=(404,), description=REF,
+            ),
+            Operation(
+                method="GET", path="/users/{ref}/following", summary="Whom a user follows", tag="users",
+                response=Page[User], query=page, errors=(404,), description=REF,
+            ),
+            Operation(
+                method="GET", path="/users/{ref}", summary="A profile", tag="users", response=User, errors=(404,),
+                description=REF + " `following`/`followed_by` are there for another user.",
+            ),
+        ]  # fmt: skip
 
     async def profile(self, request: Request) -> Response:
         viewer = await self.auth(request)

@@ -8,6 +8,7 @@ contract tests (tests/contract/test_kv.py).
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 import msgspec
 
@@ -50,6 +51,30 @@ class KeyValue(abc.ABC):
     @abc.abstractmethod
     async def delete(self, key: str) -> None:
         """Remove `key` (no error when absent)."""
+
+    # -- timelines: capped sets of ids, read newest first --------------------------------
+    # A timeline exists once created (it may be empty); adding to a missing timeline does
+    # nothing, so fan-out never resurrects one that expired: it is rebuilt on read.
+
+    @abc.abstractmethod
+    async def timeline_create(self, key: str, ids: Sequence[int], cap: int, ttl: float) -> None:
+        """Create (or merge into) the timeline, keep the newest `cap` ids, expire after `ttl`."""
+
+    @abc.abstractmethod
+    async def timeline_add(self, key: str, ids: Sequence[int], cap: int) -> bool:
+        """Add ids to an existing timeline and trim it to `cap`; False when it does not exist."""
+
+    @abc.abstractmethod
+    async def timeline_remove(self, key: str, ids: Sequence[int]) -> None:
+        """Remove ids (absent ones are ignored)."""
+
+    @abc.abstractmethod
+    async def timeline_range(self, key: str, before: int | None, limit: int) -> list[int] | None:
+        """Up to `limit` ids below `before`, newest first; None when the timeline does not exist."""
+
+    @abc.abstractmethod
+    async def timeline_touch(self, key: str, ttl: float) -> None:
+        """Push the timeline's expiry to `ttl` from now (no-op when it does not exist)."""
 
     @abc.abstractmethod
     async def ping(self) -> bool:

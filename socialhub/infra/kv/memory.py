@@ -12,9 +12,10 @@ small entries; the price is that under such a flood the oldest keys are forgiven
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from socialhub.config import Rate
 from socialhub.infra.kv.base import KeyValue, RateDecision
@@ -27,6 +28,9 @@ MAX_RATE_KEYS = 100_000
 # is capped, not the bytes, because callers store small values (the largest are
 # timeline id lists of a few KB).
 MAX_VALUE_KEYS = 100_000
+# Timelines hold at most `cap` ints each (400 in the feed: ~15 KB); a dropped one is
+# rebuilt from PostgreSQL on its next read, so evicting the least recently used is safe.
+MAX_TIMELINES = 50_000
 # A full sweep is O(n); once a minute keeps expired entries from piling up without
 # letting a busy limiter pay for a scan on every call.
 SWEEP_INTERVAL = 60.0
@@ -72,6 +76,8 @@ class MemoryKV(KeyValue):
         self._rates: OrderedDict[str, int] = OrderedDict()
         # key -> (value, expires at ns or None); in least-recently-used order.
         self._values: OrderedDict[str, tuple[bytes, int | None]] = OrderedDict()
+        # key -> ([ids ascending], expires at ns); in least-recently-used order.
+        self._timelines: OrderedDict[str, tuple[list[int], int]] = OrderedDict()
         self._next_sweep = clock() + round(SWEEP_INTERVAL * _NS)
 
     async def rate_limit(self, key: str, rate: Rate, cost: int = 1) -> RateDecision:
@@ -123,16 +129,74 @@ class MemoryKV(KeyValue):
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
 
+    async def timeline_create(self, key: str, ids: Sequence[int], cap: int, ttl: float) -> None:
+        ttl_ns = _ttl_ns(ttl)
+        assert ttl_ns is not None
+        now = self._tick()
+        current = self._timeline(key, now)
+        merged = sorted(set(current or ()) | set(ids))[-cap:] if cap > 0 else []
+        self._timelines[key] = (merged, now + ttl_ns)
+        self._timelines.move_to_end(key)
+        while len(self._timelines) > MAX_TIMELINES:
+            self._timelines.popitem(last=False)
+
+    async def timeline_add(self, key: str, ids: Sequence[int], cap: int) -> bool:
+        current = self._timeline(key, self._tick())
+        if current is None:
+            return False
+        for i in ids:
+            pos = bisect.bisect_left(current, i)
+            if pos == len(current) or current[pos] != i:
+                current.insert(pos, i)
+        if len(current) > cap:
+            del current[: len(current) - cap]
+        return True
+
+    async def timeline_remove(self, key: str, ids: Sequence[int]) -> None:
+        current = self._timeline(key, self._tick())
+        if current is None:
+            return
+        for i in ids:
+            pos = bisect.bisect_left(current, i)
+            if pos < len(current) and current[pos] == i:
+                del current[pos]
+
+    async def timeline_range(self, key: str, before: int | None, limit: int) -> list[int] | None:
+        current = self._timeline(key, self._tick())
+        if current is None:
+            return None
+        end = len(current) if before is None else bisect.bisect_left(current, before)
+        return current[max(0, end - limit) : end][::-1]
+
+    async def timeline_touch(self, key: str, ttl: float) -> None:
+        ttl_ns = _ttl_ns(ttl)
+        assert ttl_ns is not None
+        now = self._tick()
+        current = self._timeline(key, now)
+        if current is not None:
+            self._timelines[key] = (current, now + ttl_ns)
+
+    def _timeline(self, key: str, now: int) -> list[int] | None:
+        entry = self._timelines.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self._timelines[key]
+            return None
+        self._timelines.move_to_end(key)
+        return entry[0]
+
     async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
         self._rates.clear()
         self._values.clear()
+        self._timelines.clear()
 
     def __len__(self) -> int:
         """Entries held (live or not yet swept); for tests and metrics."""
-        return len(self._rates) + len(self._values)
+        return len(self._rates) + len(self._values) + len(self._timelines)
 
     def _tick(self) -> int:
         """The current time, sweeping expired entries when a sweep is due."""
@@ -148,6 +212,8 @@ class MemoryKV(KeyValue):
             del self._rates[key]
         for key in [k for k, (_, exp) in self._values.items() if exp is not None and exp <= now]:
             del self._values[key]
+        for key in [k for k, (_, exp) in self._timelines.items() if exp <= now]:
+            del self._timelines[key]
 
     def _store_rate(self, key: str, tat: int) -> None:
         self._rates[key] = tat

@@ -14,6 +14,7 @@ reading limiter state, and keep both clear of other users of the same prefix.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -36,6 +37,7 @@ RETRIES = 2
 _US = 1_000_000
 
 # KEYS[1] = the rate key; ARGV = burst, emission interval (us), cost.
+# Writing after TIME needs effect replication, the default since Redis 5.
 # Returns {allowed (1/0), remaining, reset_after (us), retry_after (us)}.
 GCRA_SCRIPT = """
 local burst = tonumber(ARGV[1])
@@ -89,6 +91,26 @@ def _ttl_ms(ttl: float | None) -> int | None:
     return max(1, math.ceil(ttl * 1000))
 
 
+# Timelines are sorted sets whose members all score 0, so they sort by member: ids
+# zero-padded to 19 digits sort as numbers (a float score would lose precision above
+# 2**53). SENTINEL ("-" sorts before every digit) marks that the timeline exists even
+# when it holds no ids; it stays at rank 0 when trimming.
+SENTINEL = b"-"
+ID_WIDTH = 19
+
+# KEYS[1] timeline; ARGV[1] cap; ARGV[2..] padded ids. Adds only to an existing timeline.
+TIMELINE_ADD_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+redis.call('ZREMRANGEBYRANK', KEYS[1], 1, -(tonumber(ARGV[1]) + 1))
+return 1
+"""
+
+
+def _pad(value: int) -> bytes:
+    return str(value).zfill(ID_WIDTH).encode()
+
+
 class RedisKV(KeyValue):
     """Rate limits and values in Redis, shared by every instance using `prefix`."""
 
@@ -98,6 +120,7 @@ class RedisKV(KeyValue):
         self._prefix = prefix
         self._owns_client = owns_client
         self._gcra = client.register_script(GCRA_SCRIPT)
+        self._timeline_add = client.register_script(TIMELINE_ADD_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> RedisKV:
@@ -149,6 +172,55 @@ class RedisKV(KeyValue):
         except (RedisError, OSError) as exc:
             raise Unavailable(f"key-value store unavailable: {exc}") from exc
 
+    async def timeline_create(self, key: str, ids: Sequence[int], cap: int, ttl: float) -> None:
+        ms = _ttl_ms(ttl) or 1
+        k = self._timeline_key(key)
+        members: dict[bytes, float] = {SENTINEL: 0, **{_pad(i): 0 for i in ids}}
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zadd(k, members)
+                pipe.zremrangebyrank(k, 1, -(cap + 1))
+                pipe.pexpire(k, ms)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"key-value store unavailable: {exc}") from exc
+
+    async def timeline_add(self, key: str, ids: Sequence[int], cap: int) -> bool:
+        if not ids:
+            return bool(await self._call(self._client.exists(self._timeline_key(key))))
+        reply = await self._call(
+            self._timeline_add(keys=[self._timeline_key(key)], args=[cap, *(_pad(i) for i in ids)])
+        )
+        return bool(reply)
+
+    async def timeline_remove(self, key: str, ids: Sequence[int]) -> None:
+        if ids:
+            await self._call(self._client.zrem(self._timeline_key(key), *(_pad(i) for i in ids)))
+
+    async def timeline_range(self, key: str, before: int | None, limit: int) -> list[int] | None:
+        k = self._timeline_key(key)
+        top = b"(" + _pad(before) if before is not None else b"+"
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.exists(k)
+                pipe.zrevrangebylex(k, top, b"(" + SENTINEL, start=0, num=limit)
+                exists, members = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"key-value store unavailable: {exc}") from exc
+        if not exists:
+            return None
+        return [int(m) for m in members]
+
+    async def timeline_touch(self, key: str, ttl: float) -> None:
+        ms = _ttl_ms(ttl) or 1
+        await self._call(self._client.pexpire(self._timeline_key(key), ms))
+
+    async def _call(self, pending: Awaitable[Any]) -> Any:
+        try:
+            return await pending
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"key-value store unavailable: {exc}") from exc
+
     async def ping(self) -> bool:
         try:
             return bool(await self._client.ping())
@@ -164,3 +236,6 @@ class RedisKV(KeyValue):
 
     def _value_key(self, key: str) -> str:
         return f"{self._prefix}kv:{key}"
+
+    def _timeline_key(self, key: str) -> str:
+        return f"{self._prefix}tl:{key}"

@@ -9,11 +9,11 @@ own bounded inbox drained by its own task, so:
 - a listener that raises is logged and keeps receiving.
 
 Overflow policy, DROP OLDEST: when an inbox already holds `INBOX_LIMIT` messages the
-oldest is discarded (logged on the first drop and every `DROP_LOG_EVERY`
-after; `LocalSubscription.dropped` counts them). Pub/sub is live and at-most-once by contract, so a listener
-that fell that far behind wants the newest state (typing, presence, the latest frames)
-more than a complete past. The drain task exists only while an inbox has a backlog;
-an idle subscription costs no task.
+oldest is discarded, logged on the first drop and every `DROP_LOG_EVERY` after, and
+counted in `LocalSubscription.dropped`. Pub/sub is live and at-most-once by contract,
+so a listener that fell that far behind wants the newest state (typing, presence,
+the latest frames) more than a complete past. The drain task exists only while an
+inbox has a backlog; an idle subscription costs no task.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Fanout:
 
     def __init__(
         self,
-        on_change: Callable[[], Awaitable[None]] | None = None,
+        on_change: Callable[[str], Awaitable[None]] | None = None,
         inbox_limit: int = INBOX_LIMIT,
     ) -> None:
         # Called after a channel gains its first or loses its last listener, so a
@@ -133,12 +133,15 @@ class Fanout:
         """Channels with at least one listener."""
         return set(self._channels)
 
+    def has(self, channel: str) -> bool:
+        return channel in self._channels
+
     async def add(self, channel: str, handler: Handler) -> LocalSubscription:
         sub = LocalSubscription(channel, handler, self._remove, self._inbox_limit)
         listeners = self._channels.setdefault(channel, [])
         listeners.append(sub)
         if len(listeners) == 1 and self._on_change is not None:
-            await self._on_change()
+            await self._on_change(channel)
         return sub
 
     async def _remove(self, sub: LocalSubscription) -> None:
@@ -149,7 +152,7 @@ class Fanout:
         if not listeners:
             del self._channels[sub.channel]
             if self._on_change is not None:
-                await self._on_change()
+                await self._on_change(sub.channel)
 
     def deliver(self, channel: str, payload: bytes) -> int:
         """Queue `payload` for every listener of `channel`; how many there were."""

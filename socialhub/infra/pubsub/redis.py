@@ -85,9 +85,9 @@ class RedisPubSub(PubSub):
         # Serialises writes on the subscriber link so SUBSCRIBE/UNSUBSCRIBE reach Redis
         # in the order the bookkeeping below assumes.
         self._send_lock = asyncio.Lock()
-        # Wire name -> the confirmation of the latest SUBSCRIBE sent for it: what the
+        # Channel -> the confirmation of the latest SUBSCRIBE sent for it: what the
         # broker has been told about this connection.
-        self._broker: dict[bytes, asyncio.Future[bool]] = {}
+        self._broker: dict[str, asyncio.Future[bool]] = {}
         # Wire name -> SUBSCRIBEs not yet confirmed, oldest first; Redis confirms each
         # command in order, so each confirmation resolves the oldest.
         self._pending: dict[bytes, deque[asyncio.Future[bool]]] = {}
@@ -122,7 +122,8 @@ class RedisPubSub(PubSub):
             return
         self._closed = True
         self._healthy = False
-        # Reader first, so nothing is delivered into listeners being torn down.
+        # The reader and reset callbacks stop before the listeners, so nothing is
+        # delivered into a listener being torn down.
         tasks = [*self._side_tasks, *([self._reader] if self._reader is not None else [])]
         await cancel_and_wait(tasks)
         await self._fanout.close()
@@ -150,7 +151,7 @@ class RedisPubSub(PubSub):
         if self._closed:
             raise Unavailable("pub/sub is closed")
         sub = await self._fanout.add(channel, handler)
-        confirmed = self._broker.get(self._wire(channel))
+        confirmed = self._broker.get(channel)
         if confirmed is not None and not confirmed.done():
             try:
                 await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
@@ -181,37 +182,44 @@ class RedisPubSub(PubSub):
         conn = self._new_connection()
         try:
             await conn.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            self._conn = conn
+            await self._sync()
         except BaseException:
+            if self._conn is conn:
+                self._conn = None
+                self._forget_broker()
             await conn.disconnect(nowait=True)
             raise
-        self._conn = conn
-        await self._sync()
         self._check_ready()
         return conn
 
-    async def _sync(self) -> None:
-        """Make the broker's channels for this link equal the channels with listeners."""
+    async def _sync(self, channel: str | None = None) -> None:
+        """Make the broker's view of `channel` (default: every channel) match the listeners.
+
+        Per channel on the hot path, so a process with 100k user channels does not
+        pay O(channels) for each connection that comes or goes.
+        """
         async with self._send_lock:
             conn = self._conn
             # A disconnected Connection would reconnect itself on send: leave that to the reader.
             if conn is None or not conn.is_connected:
                 return
-            wanted = {self._wire(c) for c in self._fanout.channels()}
-            subscribe = sorted(wanted - self._broker.keys())
-            unsubscribe = sorted(self._broker.keys() - wanted)
+            names = self._fanout.channels() | self._broker.keys() if channel is None else {channel}
+            subscribe = sorted(c for c in names if self._fanout.has(c) and c not in self._broker)
+            unsubscribe = sorted(c for c in names if not self._fanout.has(c) and c in self._broker)
             # Book-keep before sending: the reader may see the confirmation before send returns.
             loop = asyncio.get_running_loop()
             for name in subscribe:
                 future: asyncio.Future[bool] = loop.create_future()
-                self._pending.setdefault(name, deque()).append(future)
+                self._pending.setdefault(self._wire(name), deque()).append(future)
                 self._broker[name] = future
             for name in unsubscribe:
                 del self._broker[name]
             try:
                 if subscribe:
-                    await conn.send_command("SUBSCRIBE", *subscribe, check_health=False)
+                    await conn.send_command("SUBSCRIBE", *map(self._wire, subscribe), check_health=False)
                 if unsubscribe:
-                    await conn.send_command("UNSUBSCRIBE", *unsubscribe, check_health=False)
+                    await conn.send_command("UNSUBSCRIBE", *map(self._wire, unsubscribe), check_health=False)
             except _ERRORS as exc:
                 # The link is broken; the reader will notice, reconnect and resubscribe all.
                 logger.warning("Redis pub/sub: (un)subscribe not sent: %s", exc)
@@ -226,6 +234,9 @@ class RedisPubSub(PubSub):
                 await self._read(conn)
             except _ERRORS as exc:
                 logger.warning("Redis pub/sub connection lost (%s); reconnecting", exc)
+            except Exception:
+                # A bug here must not end delivery for the whole process: start afresh.
+                logger.exception("Redis pub/sub reader failed; reconnecting")
             await self._lost(conn)
             # A link that stayed up a while earns a fast retry; one that keeps dying does not.
             if loop.time() - connected_at > self._reconnect_max:
@@ -239,6 +250,8 @@ class RedisPubSub(PubSub):
                     break
                 except _ERRORS as exc:
                     logger.warning("Redis pub/sub reconnect failed (%s); next try within %.1fs", exc, delay)
+                except Exception:
+                    logger.exception("Redis pub/sub reconnect failed; next try within %.1fs", delay)
 
     async def _read(self, conn: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -273,7 +286,7 @@ class RedisPubSub(PubSub):
     def _deliver(self, name: bytes, payload: bytes) -> None:
         if not name.startswith(self._prefix_bytes):
             return
-        channel = name[len(self._prefix_bytes):].decode()
+        channel = name[len(self._prefix_bytes):].decode(errors="replace")
         self._fanout.deliver(channel, payload)
 
     def _confirm(self, name: bytes) -> None:

@@ -1,0 +1,212 @@
+"""The server side of a benchmark: start `socialhub serve` for it, and watch what it uses.
+
+`SpawnedServer` runs the server on a free port with a throw-away data dir (embedded
+PostgreSQL, rate limits off) and stops it with SIGTERM, as an operator would.
+`ServerWatch` reads CPU time and memory of the server process and of the embedded
+PostgreSQL cluster, which `pg_ctl` detaches from the server (its postmaster is not a
+child of the server process), so it is found by its data directory instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import msgspec
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
+# Embedded PostgreSQL runs initdb on first start; a slow disk can make that take a while.
+START_TIMEOUT_S = 120.0
+# uvicorn's graceful shutdown is 15 s (cli.py), then the cluster is stopped.
+STOP_TIMEOUT_S = 45.0
+MIB = 1024 * 1024
+
+# A process's identity: (pid, create_time) tells a reused pid from the original.
+ProcessKey = tuple[int, float]
+
+
+class CpuSnapshot(msgspec.Struct, frozen=True):
+    """CPU seconds (user + system) per process, for the app and for PostgreSQL."""
+
+    app: dict[ProcessKey, float]
+    postgres: dict[ProcessKey, float]
+
+
+class ServerUsage(msgspec.Struct, frozen=True):
+    """What the server used over one measured window."""
+
+    app_cpu_s: float
+    postgres_cpu_s: float | None
+    app_rss_mib: float
+    app_peak_rss_mib: float
+    postgres_pss_mib: float | None
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class SpawnedServer:
+    """`socialhub serve` in a temporary data dir, started and stopped by the benchmark."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="socialhub-bench-")
+        self.data_dir = Path(self._tmp.name)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.data_dir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # The operator's SOCIALHUB_* settings (a database URL, a config file) are left out
+        # on purpose: a spawned server always runs on the embedded defaults.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("SOCIALHUB_")}
+        env["SOCIALHUB_SERVER_DATA_DIR"] = str(self.data_dir)
+        env["SOCIALHUB_RATELIMIT_ENABLED"] = "false"
+        cmd = [sys.executable, "-m", "socialhub.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerStartError(f"socialhub serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise ServerStartError(f"no answer on {self.url}/healthz after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait for the graceful shutdown, clean up; the server's exit code."""
+        code: int | None = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                code = self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                code = self.proc.wait()
+        elif self.proc is not None:
+            code = self.proc.returncode
+        # A server that was killed leaves its cluster running; stop that one postmaster.
+        postmaster = find_postmaster(self.data_dir / "postgres")
+        if postmaster is not None:
+            postmaster.send_signal(signal.SIGINT)  # PostgreSQL's "fast" shutdown
+            try:
+                postmaster.wait(STOP_TIMEOUT_S)
+            except psutil.TimeoutExpired:
+                postmaster.kill()
+        self._tmp.cleanup()
+        return code
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no server log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def find_postmaster(pgdata: Path) -> psutil.Process | None:
+    """The postmaster serving `pgdata`, from the pid file PostgreSQL keeps there."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        proc = psutil.Process(pid)
+        return proc if "postgres" in proc.name() else None
+    except (OSError, ValueError, psutil.Error):
+        return None
+
+
+class ServerWatch:
+    """CPU and memory of a server process (and its embedded PostgreSQL, when known)."""
+
+    def __init__(self, pid: int, pgdata: Path | None = None) -> None:
+        self.app = psutil.Process(pid)
+        self.pgdata = pgdata
+        self._peak_rss = 0
+
+    def snapshot(self) -> CpuSnapshot:
+        self.sample_memory()
+        return CpuSnapshot(app=_cpu_times(_with_children(self.app)), postgres=_cpu_times(self._postgres()))
+
+    def sample_memory(self) -> None:
+        try:
+            self._peak_rss = max(self._peak_rss, self.app.memory_info().rss)
+        except psutil.Error:
+            pass
+
+    def usage(self, before: CpuSnapshot, after: CpuSnapshot) -> ServerUsage:
+        try:
+            rss = self.app.memory_info().rss
+        except psutil.Error:
+            rss = 0
+        self._peak_rss = max(self._peak_rss, rss)
+        postgres = self._postgres()
+        pss: float | None = None
+        if postgres:
+            # PSS shares each shared page out among the processes mapping it, so the sum
+            # over the cluster is its real footprint (a sum of RSS counts shared_buffers
+            # once per backend).
+            pss = sum(_pss(proc) for proc in postgres) / MIB
+        return ServerUsage(
+            app_cpu_s=_cpu_delta(before.app, after.app),
+            postgres_cpu_s=_cpu_delta(before.postgres, after.postgres) if self.pgdata is not None else None,
+            app_rss_mib=rss / MIB,
+            app_peak_rss_mib=self._peak_rss / MIB,
+            postgres_pss_mib=pss,
+        )
+
+    def _postgres(self) -> list[psutil.Process]:
+        if self.pgdata is None:
+            return []
+        postmaster = find_postmaster(self.pgdata)
+        return _with_children(postmaster) if postmaster is not None else []
+
+
+def _with_children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return [proc]
+
+
+def _cpu_times(procs: list[psutil.Process]) -> dict[ProcessKey, float]:
+    out: dict[ProcessKey, float] = {}
+    for proc in procs:
+        try:
+            with proc.oneshot():
+                times = proc.cpu_times()
+                out[(proc.pid, proc.create_time())] = times.user + times.system
+        except psutil.Error:
+            pass  # ended between the listing and the read
+    return out
+
+
+def _cpu_delta(before: dict[ProcessKey, float], after: dict[ProcessKey, float]) -> float:
+    # A process born during the window counts in full; one that ended during it is lost
+    # (PostgreSQL backends live as long as the pool's connections, so that is rare).
+    return sum(cpu - before.get(key, 0.0) for key, cpu in after.items())
+
+
+def _pss(proc: psutil.Process) -> int:
+    try:
+        info = proc.memory_full_info()
+        return int(getattr(info, "pss", info.rss))
+    except psutil.Error:
+        return 0

@@ -1,0 +1,387 @@
+"""GET /openapi.json and GET /docs: the OpenAPI 3.1 document of this API, made from the code.
+
+Each Routes class lists its `Operation`s next to its routes; the schemas come from the
+very msgspec Structs the endpoints decode and encode, so the document cannot describe a
+field the code does not have. The page at /docs renders the document with a small inline
+script: the servers this runs on have no internet, so nothing is loaded from a CDN.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import re
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from socialhub import __version__
+from socialhub.api.http.errors import CODE_OF_STATUS, ErrorEnvelope
+from socialhub.api.http.ratelimit import PUBLIC_RULES, WRITE_METHODS
+from socialhub.domain.pages import DEFAULT_LIMIT, MAX_LIMIT
+
+REF = "#/components/schemas/{name}"
+_PATH_PARAM = re.compile(r"\{(\w+)\}")
+_GENERIC_TITLE = re.compile(r"(\w+)\[(.+)\]")
+
+QUERY: dict[str, dict[str, Any]] = {
+    "limit": {
+        "description": f"items per page: default {DEFAULT_LIMIT}; more than {MAX_LIMIT} is taken as {MAX_LIMIT}",
+        "schema": {"type": "integer", "minimum": 1, "default": DEFAULT_LIMIT},
+    },
+    "before": {
+        "description": "the `next` of the previous page: only items with a smaller id",
+        "schema": {"type": "string"},
+    },
+    "after": {
+        "description": "the `next` of the previous page: only items with a larger id (oldest-first lists)",
+        "schema": {"type": "string"},
+    },
+}
+
+RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+HEADERS: dict[str, dict[str, Any]] = {
+    "RateLimit-Limit": {"description": "requests allowed in the window", "schema": {"type": "integer"}},
+    "RateLimit-Remaining": {"description": "requests left in the window", "schema": {"type": "integer"}},
+    "RateLimit-Reset": {"description": "seconds until the window resets", "schema": {"type": "integer"}},
+    "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}},
+}
+
+DESCRIPTION = """\
+JSON in and out; ids are strings. Errors answer `{"error": {"code", "message", "fields"?}}`.
+Lists take `?limit=` and `?before=` and answer `{"items": [...], "next": id | null}`.
+Routes marked with bearerAuth want `Authorization: Bearer <access token>`."""
+
+
+class Operation(msgspec.Struct, frozen=True, kw_only=True):
+    """One method on one path, as a Routes class declares it.
+
+    `body` and `response` are the msgspec types decoded and encoded (None: no body).
+    `errors` are the statuses this operation answers with the error envelope besides
+    those every such operation can answer, which the document adds by itself: 401 when
+    `auth`, 400/413/415/422 with a `body`, 422 with `query`, 429 on a rate-limited route.
+    `also` are other success statuses answering the same `response` type (e.g. 503 of
+    /readyz); `media_type` is that of the response.
+    """
+
+    method: str
+    path: str  # OpenAPI form: /users/{ref}
+    summary: str
+    tag: str
+    body: type | None = None
+    response: type | None = None
+    status: int = 200
+    auth: bool = True
+    errors: tuple[int, ...] = ()
+    multipart: bool = False
+    query: tuple[str, ...] = ()
+    description: str = ""
+    also: tuple[int, ...] = ()
+    media_type: str = "application/json"
+
+
+def rate_limited(op: Operation) -> bool:
+    """Whether RateLimitMiddleware limits this operation (the same tables it reads)."""
+    if (op.method, op.path) in PUBLIC_RULES:
+        return True
+    return op.auth and op.method in WRITE_METHODS and not op.path.startswith("/auth/")
+
+
+def operation_id(op: Operation) -> str:
+    slash = "_slash" if op.path.endswith("/") and op.path != "/" else ""
+    return op.method.lower() + "_" + "_".join(re.findall(r"[A-Za-z0-9]+", op.path)) + slash
+
+
+def _error_statuses(op: Operation, limited: bool) -> list[int]:
+    statuses = set(op.errors)
+    if op.auth:
+        statuses.add(401)
+    if op.body is not None:
+        statuses.update((400, 413, 415, 422))
+    if op.query:
+        statuses.add(422)
+    if limited:
+        statuses.add(429)
+    return sorted(statuses)
+
+
+def _components(types: list[Any]) -> tuple[dict[Any, dict[str, Any]], dict[str, Any]]:
+    """{type: its $ref} and the schemas; generic names become readable (Page[User] -> UserPage)."""
+    refs, schemas = msgspec.json.schema_components(types, ref_template=REF)
+    renames: dict[str, str] = {}
+    for name, schema in schemas.items():
+        m = _GENERIC_TITLE.fullmatch(str(schema.get("title", "")))
+        if m is not None:
+            renames[name] = "".join(re.findall(r"\w+", m.group(2))) + m.group(1)
+    for old, new in renames.items():
+        if new in schemas or list(renames.values()).count(new) > 1:
+            raise ValueError(f"schema name {new!r} (for {old!r}) is taken")
+
+    def rename(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: rename(v) for k, v in node.items()}
+            ref = out.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+                name = ref.rsplit("/", 1)[1]
+                out["$ref"] = REF.format(name=renames.get(name, name))
+            return out
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        return node
+
+    schemas = {renames.get(name, name): rename(schema) for name, schema in schemas.items()}
+    return {t: rename(r) for t, r in zip(types, refs, strict=True)}, schemas
+
+
+def _header_refs(names: Iterable[str]) -> dict[str, Any]:
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
+def _operation(op: Operation, refs: dict[Any, dict[str, Any]], limited: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"operationId": operation_id(op), "summary": op.summary, "tags": [op.tag]}
+    if op.description:
+        out["description"] = op.description
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAM.findall(op.path)
+    ]
+    for name in op.query:
+        if name not in QUERY:
+            raise ValueError(f"{op.method} {op.path}: unknown query parameter {name!r}")
+        params.append({"name": name, "in": "query", "required": False, **QUERY[name]})
+    if params:
+        out["parameters"] = params
+    if op.body is not None:
+        content = {"application/json": {"schema": refs[op.body]}}
+        if op.multipart:
+            content["multipart/form-data"] = {"schema": refs[op.body]}
+        required = any(f.required for f in msgspec.structs.fields(op.body))
+        out["requestBody"] = {"required": required, "content": content}
+    success: dict[str, Any] = {"description": HTTPStatus(op.status).phrase}
+    if op.response is not None:
+        success["content"] = {op.media_type: {"schema": refs[op.response]}}
+    elif op.status != 204:
+        success["content"] = {op.media_type: {}}
+    if limited:
+        success["headers"] = _header_refs(RATE_HEADERS)
+    responses: dict[str, Any] = {str(op.status): success}
+    for status in op.also:
+        responses[str(status)] = {**success, "description": HTTPStatus(status).phrase}
+    for status in _error_statuses(op, limited):
+        if status not in CODE_OF_STATUS:
+            raise ValueError(f"{op.method} {op.path}: no error code answers {status}")
+        error: dict[str, Any] = {
+            "description": f"{HTTPStatus(status).phrase}: `{CODE_OF_STATUS[status]}`",
+            "content": {"application/json": {"schema": refs[ErrorEnvelope]}},
+        }
+        if limited:
+            error["headers"] = _header_refs((*RATE_HEADERS, "Retry-After") if status == 429 else RATE_HEADERS)
+        responses[str(status)] = error
+    out["responses"] = responses
+    out["security"] = [{"bearerAuth": []}] if op.auth else []
+    return out
+
+
+def build_document(
+    operations: Iterable[Operation], title: str, version: str, *, rate_limits: bool = True
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `operations`; ValueError on a duplicate or an unknown status."""
+    ops = list(operations)
+    types: list[Any] = []
+    for t in (*(o.body for o in ops), *(o.response for o in ops), ErrorEnvelope):
+        if t is not None and t not in types:
+            types.append(t)
+    refs, schemas = _components(types)
+    paths: dict[str, dict[str, Any]] = {}
+    tags: list[str] = []
+    ids: set[str] = set()
+    for op in ops:
+        item = paths.setdefault(op.path, {})
+        method = op.method.lower()
+        if method in item or operation_id(op) in ids:
+            raise ValueError(f"{op.method} {op.path} is declared twice")
+        ids.add(operation_id(op))
+        item[method] = _operation(op, refs, rate_limits and rate_limited(op))
+        if op.tag not in tags:
+            tags.append(op.tag)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": DESCRIPTION},
+        "tags": [{"name": t} for t in tags],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "headers": HEADERS,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    }
+
+
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+class OpenApiRoutes:
+    """/openapi.json and /docs, both public; the document is built once, at construction."""
+
+    def __init__(
+        self,
+        operations: Iterable[Operation],
+        *,
+        title: str = "socialhub",
+        version: str = __version__,
+        rate_limits: bool = True,
+    ) -> None:
+        self.document = build_document([*operations, *self.operations()], title, version, rate_limits=rate_limits)
+        self.json = msgspec.json.encode(self.document)
+        # "<" only occurs inside JSON strings, where \u003c means the same: no "</script>" can end the block.
+        embedded = self.json.decode().replace("<", "\\u003c")
+        self.html = PAGE.format(title=html.escape(title), doc=embedded, style=STYLE, script=SCRIPT).encode()
+        self.csp = (
+            f"default-src 'none'; script-src {_sha256(SCRIPT)}; style-src {_sha256(STYLE)}; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/openapi.json", self.openapi_json, methods=["GET"]),
+            Route("/docs", self.docs, methods=["GET"]),
+        ]
+
+    def operations(self) -> list[Operation]:
+        return [
+            Operation(method="GET", path="/openapi.json", summary="This document", tag="docs", auth=False),
+            Operation(
+                method="GET", path="/docs", summary="This document, rendered", tag="docs", auth=False,
+                media_type="text/html",
+            ),
+        ]  # fmt: skip
+
+    async def openapi_json(self, request: Request) -> Response:
+        return Response(self.json, media_type="application/json")
+
+    async def docs(self, request: Request) -> Response:
+        return Response(self.html, media_type="text/html", headers={"Content-Security-Policy": self.csp})
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{title} API</title><style>{style}</style></head>
+<body><main id="root"><p>The API reference needs JavaScript; the document itself is at
+<a href="openapi.json">openapi.json</a>.</p></main>
+<script type="application/json" id="doc">{doc}</script>
+<script>{script}</script></body></html>
+"""
+
+STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:60rem;padding:1rem;color:#222}
+h2{border-bottom:1px solid #ccc;margin-top:2rem}details{border:1px solid #ddd;border-radius:4px;margin:.4rem 0}
+summary{cursor:pointer;padding:.4rem .6rem}details[open] summary{background:#f4f4f4}
+details>div{padding:0 .8rem .6rem}.m{display:inline-block;width:4.5rem;font-weight:bold;font-family:monospace}
+.GET{color:#06c}.POST{color:#080}.PATCH{color:#a60}.DELETE{color:#c00}.lock{color:#888;font-size:.85em}
+pre{background:#f8f8f8;padding:.5rem;overflow-x:auto;margin:.2rem 0}table{border-collapse:collapse}
+td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
+"""
+
+SCRIPT = """
+"use strict";
+const doc = JSON.parse(document.getElementById("doc").textContent);
+const schemas = (doc.components || {}).schemas || {};
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = text;
+  if (cls) e.className = cls;
+  return e;
+}
+function add(parent, ...children) { for (const c of children) parent.appendChild(c); return parent; }
+function limits(s) {
+  if (!s) return [];
+  if (s.anyOf) return s.anyOf.flatMap(limits);
+  const c = [];
+  if (s.minLength !== undefined || s.maxLength !== undefined)
+    c.push("length " + (s.minLength ?? 0) + ".." + (s.maxLength ?? "*"));
+  if (s.pattern) c.push("pattern " + s.pattern);
+  if (s.minimum !== undefined) c.push(">= " + s.minimum);
+  if (s.maximum !== undefined) c.push("<= " + s.maximum);
+  if (s.default !== undefined && s.default !== null) c.push("default " + JSON.stringify(s.default));
+  return c;
+}
+function show(s, depth, seen) {
+  if (!s || Object.keys(s).length === 0) return "any";
+  const pad = "  ".repeat(depth);
+  if (s.$ref) {
+    const name = s.$ref.split("/").pop();
+    if (seen.includes(name)) return name;
+    return name + " " + show(schemas[name], depth, seen.concat([name]));
+  }
+  if (s.anyOf) return s.anyOf.map((x) => show(x, depth, seen)).join(" | ");
+  if (s.enum) return s.enum.map((x) => JSON.stringify(x)).join(" | ");
+  if (s.const !== undefined) return JSON.stringify(s.const);
+  if (s.type === "array") return show(s.items, depth, seen) + "[]";
+  if (s.type === "object" && s.properties) {
+    const required = new Set(s.required || []);
+    const lines = Object.entries(s.properties).map(([k, v]) => {
+      const c = limits(v);
+      return pad + "  " + k + (required.has(k) ? "" : "?") + ": " + show(v, depth + 1, seen) +
+        (c.length ? "    // " + c.join(", ") : "");
+    });
+    return "{\\n" + lines.join("\\n") + "\\n" + pad + "}";
+  }
+  if (s.type === "object" && s.additionalProperties)
+    return "{[key: string]: " + show(s.additionalProperties, depth, seen) + "}";
+  return Array.isArray(s.type) ? s.type.join(" | ") : (s.type || "any");
+}
+function operation(path, method, op) {
+  const d = el("details");
+  const sum = add(el("summary"), el("span", method.toUpperCase(), "m " + method.toUpperCase()),
+    el("code", path), document.createTextNode(" " + (op.summary || "")));
+  add(sum, el("span", (op.security || []).length ? " (bearer token)" : " (public)", "lock"));
+  const body = el("div");
+  add(d, sum, body);
+  if (op.description) add(body, el("p", op.description));
+  if ((op.parameters || []).length) {
+    const t = add(el("table"), add(el("tr"), el("th", "parameter"), el("th", "in"), el("th", "type"), el("th", "")));
+    for (const p of op.parameters)
+      add(t, add(el("tr"), el("td", p.name + (p.required ? "" : "?")), el("td", p.in), el("td", show(p.schema, 0, [])),
+        el("td", [p.description || "", ...limits(p.schema)].filter(Boolean).join("; "))));
+    add(body, el("h4", "Parameters"), t);
+  }
+  if (op.requestBody) {
+    add(body, el("h4", "Request body" + (op.requestBody.required ? "" : " (optional)")));
+    for (const [type, media] of Object.entries(op.requestBody.content))
+      add(body, el("div", type), el("pre", show(media.schema, 0, [])));
+  }
+  add(body, el("h4", "Responses"));
+  for (const [status, r] of Object.entries(op.responses)) {
+    const head = status + " " + r.description +
+      (r.headers ? "   [headers: " + Object.keys(r.headers).join(", ") + "]" : "");
+    add(body, el("div", head));
+    for (const [type, media] of Object.entries(r.content || {})) {
+      // Errors all share one envelope: name it here, it is spelled out under Schemas.
+      const brief = Number(status) >= 400 && media.schema && media.schema.$ref;
+      const shown = brief ? media.schema.$ref.split("/").pop() : media.schema ? show(media.schema, 0, []) : "";
+      add(body, el("pre", type + "  " + shown));
+    }
+  }
+  return d;
+}
+const root = document.getElementById("root");
+root.textContent = "";
+add(root, el("h1", doc.info.title + " " + doc.info.version), el("pre", doc.info.description || ""));
+add(root, add(el("p", "The document: "), Object.assign(el("a", "openapi.json"), {href: "openapi.json"})));
+for (const tag of doc.tags || []) {
+  add(root, el("h2", tag.name));
+  for (const [path, item] of Object.entries(doc.paths))
+    for (const [method, op] of Object.entries(item))
+      if ((op.tags || []).includes(tag.name)) add(root, operation(path, method, op));
+}
+add(root, el("h2", "Schemas"));
+for (const name of Object.keys(schemas))
+  add(root, add(el("details"), el("summary", name), el("pre", show({$ref: "#/components/schemas/" + name}, 0, []))));
+"""

@@ -1,0 +1,313 @@
+"""/posts/*: posts (JSON or multipart with media), comments and likes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from socialhub.api.http.codec import json_response, page_request, read_json, validate
+from socialhub.api.http.openapi import Operation
+from socialhub.api.http.security import Authenticator
+from socialhub.api.http.uploads import MEDIA_FIELDS, read_upload
+from socialhub.config import MediaSettings
+from socialhub.domain.pages import DEFAULT_LIMIT, MAX_LIMIT, Page
+from socialhub.domain.posts import Comment, LikeState, Post
+from socialhub.domain.users import Principal
+from socialhub.errors import NotFound, ValidationFailed
+from socialhub.ids import parse_id
+from socialhub.infra.media.base import MediaStore
+from socialhub.services.posts import PostService
+
+# Mastodon allows 500 characters; the original system had no cap. A long-form limit
+# that still keeps one post well inside a JSON body.
+MAX_POST_CHARS = 5000
+MAX_COMMENT_CHARS = 2000
+# Printable ASCII, like Stripe's keys: enough for UUIDs and ULIDs.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+PAGE = ("limit", "before")
+
+PostText = Annotated[str, msgspec.Meta(max_length=MAX_POST_CHARS)]
+CommentText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_COMMENT_CHARS, pattern=r"\S")]
+
+
+class PostBody(msgspec.Struct, frozen=True):
+    content: PostText
+
+
+class PostEdit(msgspec.Struct, frozen=True):
+    content: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_POST_CHARS, pattern=r"\S")]
+
+
+class CommentBody(msgspec.Struct, frozen=True):
+    content: CommentText
+
+
+class IdempotencyKey(msgspec.Struct, frozen=True):
+    key: Annotated[str, msgspec.Meta(pattern=IDEMPOTENCY_KEY_PATTERN)]
+
+
+def _id(request: Request, name: str, what: str) -> int:
+    value = parse_id(request.path_params[name])
+    if value is None:
+        raise NotFound(f"no such {what}")
+    return value
+
+
+class PostRoutes:
+    def __init__(
+        self, posts: PostService, auth: Authenticator, media: MediaStore, limits: MediaSettings, max_body: int
+    ) -> None:
+        self.posts = posts
+        self.auth = auth
+        self.media = media
+        self.limits = limits
+        self.max_body = max_body
+
+    def routes(self) -> list[Route]:
+        # Fixed paths before /posts/{id}.
+        return [
+            Route("/posts/", self.create, methods=["POST"]),
+            Route("/posts", self.create, methods=["POST"]),
+            Route("/posts/getall", self.my_posts, methods=["GET"]),
+            Route("/posts/user/{user_id}", self.user_posts, methods=["GET"]),
+            Route("/posts/comment/{post_id}", self.comment, methods=["POST"]),
+            Route("/posts/comment/{comment_id}", self.edit_comment, methods=["PATCH"]),
+            Route("/posts/comment/{comment_id}", self.delete_comment, methods=["DELETE"]),
+            Route("/posts/like/{post_id}", self.like, methods=["POST"]),
+            Route("/posts/like/{post_id}", self.unlike, methods=["DELETE", "PATCH"]),
+            Route("/posts/{post_id}/comments", self.comments, methods=["GET"]),
+            Route("/posts/{id}", self.get, methods=["GET"]),
+            Route("/posts/{id}", self.edit, methods=["PATCH"]),
+            Route("/posts/{id}", self.delete, methods=["DELETE"]),
+        ]
+
+    def operations(self) -> list[Operation]:
+        return [
+            Operation(
+                method="POST",
+                path="/posts/",
+                summary="Create a post",
+                tag="posts",
+                body=PostBody,
+                response=Post,
+                status=201,
+                multipart=True,
+                also=(200,),
+                errors=(415,),
+                description="JSON `{content}`, or multipart/form-data with `content` and up to 10 files in "
+                "`media` (or `file`), 10 MB each: images, video, audio, recognised by their bytes. "
+                "Text or at least one file is required. With an `Idempotency-Key` header a retry answers "
+                "200 with the post the first request made.",
+            ),
+            Operation(
+                method="POST",
+                path="/posts",
+                summary="Create a post (no trailing slash)",
+                tag="posts",
+                body=PostBody,
+                response=Post,
+                status=201,
+                multipart=True,
+                also=(200,),
+                errors=(415,),
+            ),
+            Operation(
+                method="GET",
+                path="/posts/getall",
+                summary="The caller's posts (original clients)",
+                tag="posts",
+                response=Page[Post],
+                query=PAGE,
+            ),
+            Operation(
+                method="GET",
+                path="/posts/user/{user_id}",
+                summary="A user's posts, newest first",
+                tag="posts",
+                response=Page[Post],
+                query=PAGE,
+            ),
+            Operation(method="GET", path="/posts/{id}", summary="A post", tag="posts", response=Post, errors=(404,)),
+            Operation(
+                method="PATCH",
+                path="/posts/{id}",
+                summary="Edit a post (its author)",
+                tag="posts",
+                body=PostEdit,
+                response=Post,
+                errors=(403, 404),
+            ),
+            Operation(
+                method="DELETE",
+                path="/posts/{id}",
+                summary="Delete a post (its author)",
+                tag="posts",
+                status=204,
+                errors=(403, 404),
+                description="It leaves every feed too.",
+            ),
+            Operation(
+                method="POST",
+                path="/posts/comment/{post_id}",
+                summary="Comment on a post",
+                tag="posts",
+                body=CommentBody,
+                response=Comment,
+                status=201,
+                errors=(404,),
+            ),
+            Operation(
+                method="GET",
+                path="/posts/{post_id}/comments",
+                summary="A post's comments, oldest first",
+                tag="posts",
+                response=Page[Comment],
+                query=("limit", "after"),
+                errors=(404,),
+                description="`next` is passed back as `after`.",
+            ),
+            Operation(
+                method="PATCH",
+                path="/posts/comment/{comment_id}",
+                summary="Edit a comment (its author)",
+                tag="posts",
+                body=CommentBody,
+                response=Comment,
+                errors=(403, 404),
+            ),
+            Operation(
+                method="DELETE",
+                path="/posts/comment/{comment_id}",
+                summary="Delete a comment (its author or the post's)",
+                tag="posts",
+                status=204,
+                errors=(403, 404),
+            ),
+            Operation(
+                method="POST",
+                path="/posts/like/{post_id}",
+                summary="Like (idempotent)",
+                tag="posts",
+                response=LikeState,
+                errors=(404,),
+            ),
+            Operation(
+                method="DELETE",
+                path="/posts/like/{post_id}",
+                summary="Unlike (idempotent)",
+                tag="posts",
+                response=LikeState,
+                errors=(404,),
+            ),
+            Operation(
+                method="PATCH",
+                path="/posts/like/{post_id}",
+                summary="Unlike (original clients)",
+                tag="posts",
+                response=LikeState,
+                errors=(404,),
+            ),
+        ]
+
+    async def create(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            key = validate({"key": key}, IdempotencyKey).key
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            upload = await read_upload(
+                request,
+                self.media,
+                file_fields=MEDIA_FIELDS,
+                max_files=self.limits.max_files,
+                max_file_bytes=self.limits.max_file_bytes,
+            )
+            try:
+                content = validate({"content": upload.fields.get("content", "")}, PostBody).content
+                _require_something(content, bool(upload.files))
+                post, created = await self.posts.create(viewer, content.strip(), upload.files, key)
+            finally:
+                await upload.discard()  # a no-op for the files the service committed
+        else:
+            content = (await read_json(request, PostBody, self.max_body)).content
+            _require_something(content, False)
+            post, created = await self.posts.create(viewer, content.strip(), (), key)
+        return json_response(post, 201 if created else 200)
+
+    async def get(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        return json_response(await self.posts.get(viewer, _id(request, "id", "post")))
+
+    async def _list(self, request: Request, viewer: Principal, author_id: int) -> Response:
+        return json_response(await self.posts.user_posts(viewer, author_id, page_request(request)))
+
+    async def user_posts(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        return await self._list(request, viewer, _id(request, "user_id", "user"))
+
+    async def my_posts(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        return await self._list(request, viewer, viewer.user_id)
+
+    async def edit(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        post_id = _id(request, "id", "post")
+        body = await read_json(request, PostEdit, self.max_body)
+        return json_response(await self.posts.update(viewer, post_id, body.content.strip()))
+
+    async def delete(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        await self.posts.delete(viewer, _id(request, "id", "post"))
+        return Response(status_code=204)
+
+    async def comment(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        post_id = _id(request, "post_id", "post")
+        body = await read_json(request, CommentBody, self.max_body)
+        return json_response(await self.posts.comment(viewer, post_id, body.content.strip()), 201)
+
+    async def comments(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        post_id = _id(request, "post_id", "post")
+        q = request.query_params
+        limit = DEFAULT_LIMIT
+        if (raw := q.get("limit")) is not None:
+            if not raw.isdigit() or int(raw) < 1:
+                raise ValidationFailed("limit must be a positive integer", fields={"limit": "expected 1..100"})
+            limit = min(int(raw), MAX_LIMIT)
+        after = None
+        if raw_after := q.get("after"):
+            after = parse_id(raw_after)
+            if after is None:
+                raise ValidationFailed("after must be an id", fields={"after": "expected an id"})
+        return json_response(await self.posts.comments(viewer, post_id, after, limit))
+
+    async def edit_comment(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        comment_id = _id(request, "comment_id", "comment")
+        body = await read_json(request, CommentBody, self.max_body)
+        return json_response(await self.posts.edit_comment(viewer, comment_id, body.content.strip()))
+
+    async def delete_comment(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        await self.posts.delete_comment(viewer, _id(request, "comment_id", "comment"))
+        return Response(status_code=204)
+
+    async def like(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        return json_response(await self.posts.like(viewer, _id(request, "post_id", "post")))
+
+    async def unlike(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        return json_response(await self.posts.unlike(viewer, _id(request, "post_id", "post")))
+
+
+def _require_something(content: str, has_files: bool) -> None:
+    """A post needs text or at least one file (Mastodon's rule)."""
+    if not content.strip() and not has_files:
+        raise ValidationFailed("a post needs text or media", fields={"content": "required unless media is attached"})

@@ -1,0 +1,113 @@
+"""Posts, media, comments: stored records and their public views (SPEC, Objects)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from socialhub.domain.time import rfc3339
+from socialhub.domain.users import UserSummary
+
+
+class MediaRecord(msgspec.Struct, frozen=True):
+    id: int
+    storage_key: str
+    content_type: str
+    size: int
+    width: int | None = None
+    height: int | None = None
+
+
+class PostRecord(msgspec.Struct, frozen=True):
+    """A post with what a viewer sees of it (author, media, counters, liked)."""
+
+    id: int
+    author: UserSummary
+    content: str
+    media: list[MediaRecord]
+    created_at: datetime
+    likes_count: int
+    comments_count: int
+    liked: bool
+
+
+class MediaView(msgspec.Struct, frozen=True):
+    id: str
+    url: str
+    content_type: str
+    size: int
+    width: int | UnsetType = UNSET
+    height: int | UnsetType = UNSET
+
+
+class Post(msgspec.Struct, frozen=True):
+    id: str
+    author: UserSummary
+    content: str
+    media: list[MediaView]
+    created_at: str
+    likes_count: int
+    comments_count: int
+    liked: bool
+
+    @classmethod
+    def of(cls, p: PostRecord, media_base: str) -> Post:
+        return cls(
+            id=str(p.id),
+            author=p.author,
+            content=p.content,
+            media=[
+                MediaView(
+                    id=str(m.id),
+                    url=f"{media_base}/media/{m.storage_key}",
+                    content_type=m.content_type,
+                    size=m.size,
+                    width=m.width if m.width is not None else UNSET,
+                    height=m.height if m.height is not None else UNSET,
+                )
+                for m in p.media
+            ],
+            created_at=rfc3339(p.created_at),
+            likes_count=p.likes_count,
+            comments_count=p.comments_count,
+            liked=p.liked,
+        )
+
+
+class CommentRecord(msgspec.Struct, frozen=True):
+    id: int
+    post_id: int
+    author: UserSummary
+    content: str
+    created_at: datetime
+
+
+class Comment(msgspec.Struct, frozen=True):
+    id: str
+    post_id: str
+    author: UserSummary
+    content: str
+    created_at: str
+
+    @classmethod
+    def of(cls, c: CommentRecord) -> Comment:
+        return cls(
+            id=str(c.id), post_id=str(c.post_id), author=c.author, content=c.content, created_at=rfc3339(c.created_at)
+        )
+
+
+class LikeState(msgspec.Struct, frozen=True):
+    liked: bool
+    likes_count: int
+
+
+class NewMedia(msgspec.Struct, frozen=True):
+    """A file already committed to the media store, to be attached to a new post."""
+
+    storage_key: str
+    content_type: str
+    size: int
+    width: int | None
+    height: int | None

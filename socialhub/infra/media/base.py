@@ -1,0 +1,164 @@
+"""The media port: where uploaded files live.
+
+One implementation today, `disk.DiskMediaStore` (`data_dir/media`); an S3-compatible
+adapter (`s3.py`) is the planned second. Both must pass the same contract tests
+(tests/contract/test_media_store.py).
+
+The life of a file:
+
+    staged = await store.stage()          # a private, writable temp object
+    await staged.write(chunk) ...         # streamed; size and SHA-256 kept as it goes
+    await store.commit(staged, key, ct)   # atomically readable under `key`
+      or  await staged.discard()          # nothing left behind
+
+Readers never see a half-written file: nothing is visible under a key until
+`commit` returns. Keys are never reused, so a stored file never changes; that is
+what lets the HTTP layer cache it forever and derive a strong ETag from it.
+
+How S3 maps (for the adapter to come):
+
+    stage()        CreateMultipartUpload under a staging prefix, or a local temp
+                   file uploaded at commit (small files: one PUT is cheaper)
+    write()        buffer to 5 MiB, UploadPart (S3's minimum part size); hash locally
+    commit()       CompleteMultipartUpload / PutObject to the final key, with
+                   Content-Type and x-amz-meta-sha256 (S3's own ETag is MD5 or a
+                   multipart digest, so the SHA-256 goes in metadata)
+    discard()      AbortMultipartUpload / remove the temp file
+    open()         HeadObject (size, Content-Type, metadata, LastModified)
+    read()         GetObject with `Range: bytes=start-(end-1)`, streamed
+    delete()       DeleteObject (already idempotent in S3)
+    list_keys()    ListObjectsV2 over the prefix, filtered on LastModified
+    sweep_staging  ListMultipartUploads + AbortMultipartUpload by Initiated (or a
+                   bucket lifecycle rule AbortIncompleteMultipartUpload)
+
+Errors: a malformed key given to `commit` or `delete` is a ValueError (a bug in the
+caller; `open` just answers None so a URL can be looked up as is), committing to a
+key that exists is FileExistsError, and using a staged file after commit or discard
+is RuntimeError. Storage failures are OSError.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+import secrets
+from collections.abc import AsyncIterator
+
+# Letters, digits, "_" and "-" only: no "/", "." or "\" can reach a path or an object
+# name, so a key cannot walk out of the store. 16..64 leaves room for other key schemes
+# (e.g. a content hash) while new_media_key() gives 22 characters.
+MEDIA_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+# 128 random bits: unguessable (media are public by URL) and never colliding in practice.
+KEY_BYTES = 16
+
+
+def new_media_key() -> str:
+    """A fresh random key: 22 URL-safe characters, 128 bits."""
+    return secrets.token_urlsafe(KEY_BYTES)
+
+
+def is_media_key(key: str) -> bool:
+    """True for a well-formed key (see MEDIA_KEY)."""
+    return MEDIA_KEY.fullmatch(key) is not None
+
+
+def check_key(key: str) -> str:
+    """`key` when well formed; ValueError otherwise."""
+    if not is_media_key(key):
+        raise ValueError(f"not a media key: {key!r}")
+    return key
+
+
+class StagedFile(abc.ABC):
+    """A file being received, not yet visible to readers.
+
+    Writes are sequential (await one before the next). `discard` is idempotent and a
+    no-op once the file is committed, so a caller can discard everything it staged in
+    a `finally` without tracking which files a service committed.
+    """
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Bytes written so far."""
+
+    @property
+    @abc.abstractmethod
+    def sha256(self) -> str:
+        """Hex SHA-256 of the bytes written so far."""
+
+    @abc.abstractmethod
+    async def write(self, chunk: bytes) -> None:
+        """Append `chunk`. RuntimeError after commit or discard."""
+
+    @abc.abstractmethod
+    async def discard(self) -> None:
+        """Drop the file and whatever it holds; idempotent; a no-op after commit."""
+
+
+class StoredFile(abc.ABC):
+    """A committed file: what `MediaStore.open` found, and a way to read it.
+
+    `etag` is a strong validator without quotes: it changes whenever the bytes do (the
+    content's SHA-256 on disk). `mtime` is the commit time, seconds since the epoch.
+    """
+
+    def __init__(self, key: str, size: int, content_type: str, etag: str, mtime: float) -> None:
+        self.key = key
+        self.size = size
+        self.content_type = content_type
+        self.etag = etag
+        self.mtime = mtime
+
+    @abc.abstractmethod
+    def read(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) in chunks of bounded size (an async generator).
+
+        ValueError unless 0 <= start <= end <= size. OSError when the file vanished
+        since `open` (it was deleted) or the storage fails mid-way.
+        """
+
+
+class MediaStore(abc.ABC):
+    """Stores immutable files under random keys (see the module docstring)."""
+
+    @abc.abstractmethod
+    async def stage(self) -> StagedFile:
+        """A new, empty staged file."""
+
+    @abc.abstractmethod
+    async def commit(self, staged: StagedFile, key: str, content_type: str) -> None:
+        """Make `staged` readable under `key`, all at once, with its content type.
+
+        `staged` must come from this store and be neither committed nor discarded.
+        ValueError for a malformed key, FileExistsError when `key` is taken.
+        """
+
+    @abc.abstractmethod
+    async def open(self, key: str) -> StoredFile | None:
+        """The file under `key`, or None when there is none (or `key` is malformed)."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove the file under `key`; no error when absent. ValueError for a malformed key."""
+
+    @abc.abstractmethod
+    def list_keys(self, older_than: float) -> AsyncIterator[str]:
+        """Every key committed at least `older_than` seconds ago (an async generator).
+
+        For the orphan sweep: a file committed by a request whose database transaction
+        then failed has no row pointing at it; the sweep lists keys older than any
+        request can take and deletes those no row refers to. The order is unspecified.
+        """
+
+    @abc.abstractmethod
+    async def sweep_staging(self, older_than: float) -> int:
+        """Drop staged files untouched for `older_than` seconds; how many were dropped.
+
+        Cleans up after a crash between `stage` and `commit`/`discard`. A staged file
+        being written is touched by every write, so an age well above the slowest
+        upload never takes one from under a live request.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook; the disk store has nothing to release
+        """Release connections."""

@@ -1,0 +1,131 @@
+"""The home feed: fan-out on write into capped per-user timelines, merged at read time
+with the few accounts too big to fan out.
+
+Timelines live behind the key-value port (Redis sorted sets, or in process), as post
+ids, newest `TIMELINE_CAP` kept. Like Mastodon, a post fans out only to followers
+active in the last `ACTIVE_WINDOW`, and a timeline not read for that long expires; a
+missing timeline is rebuilt from PostgreSQL on the next read. Every read is filtered
+by the live follow graph in the same query that hydrates the posts, so a deleted post
+or an unfollowed author is gone from the feed at once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from socialhub.domain import events
+from socialhub.domain.events import Envelope
+from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.posts import Post, PostRecord
+from socialhub.domain.users import Principal
+from socialhub.infra.events.base import Consumer
+from socialhub.infra.kv.base import KeyValue
+from socialhub.storage.posts import PostStore
+
+logger = logging.getLogger(__name__)
+
+TIMELINE_CAP = 400  # Mastodon's home feed size
+ACTIVE_WINDOW = 7 * 86400.0  # Mastodon fans out to users active in the last week
+# Reads fetch a few more ids than asked, since some drop out at hydration (deleted posts).
+READ_SLACK = 10
+FANOUT_CHUNK = 1000
+# How many of a newly followed account's posts are merged into the follower's timeline.
+FOLLOW_BACKFILL = 40
+# At most one last_active_at write per user per this many seconds.
+ACTIVITY_WRITE_EVERY = 3600.0
+
+
+def timeline_key(user_id: int) -> str:
+    return f"tl:{user_id}"
+
+
+class FeedService(Consumer):
+    """The feed consumer (fan-out) and GET /feed."""
+
+    name = "feed"
+
+    def __init__(self, *, posts: PostStore, kv: KeyValue, media_base: str, fanout_threshold: int) -> None:
+        self.posts = posts
+        self.kv = kv
+        self.media_base = media_base
+        # Authors with at least this many followers are merged at read time instead.
+        self.fanout_threshold = fanout_threshold
+
+    # -- writes (the consumer) --------------------------------------------------------
+
+    async def handle(self, envelope: Envelope) -> None:
+        e = envelope.event
+        if e.type == events.POST_CREATED:
+            await self._fan_out(int(e.data["author_id"]), int(e.data["post_id"]), add=True)
+        elif e.type == events.POST_DELETED:
+            await self._fan_out(int(e.data["author_id"]), int(e.data["post_id"]), add=False)
+        elif e.type == events.FOLLOW_CREATED:
+            follower, followee = int(e.data["follower_id"]), int(e.data["followee_id"])
+            if await self.posts.get_followers_count(followee) < self.fanout_threshold:
+                recent = await self.posts.get_recent_post_ids(followee, FOLLOW_BACKFILL)
+                await self.kv.timeline_add(timeline_key(follower), recent, TIMELINE_CAP)
+        elif e.type == events.UNFOLLOW_CREATED:
+            follower, followee = int(e.data["follower_id"]), int(e.data["followee_id"])
+            recent = await self.posts.get_recent_post_ids(followee, TIMELINE_CAP)
+            await self.kv.timeline_remove(timeline_key(follower), recent)
+
+    async def _fan_out(self, author_id: int, post_id: int, *, add: bool) -> None:
+        """Into the author's timeline and each active follower's (only timelines that
+        exist: a missing one is rebuilt on read). Adding twice is adding once."""
+        keys = [timeline_key(author_id)]
+        if await self.posts.get_followers_count(author_id) < self.fanout_threshold or not add:
+            after = 0
+            while True:
+                chunk = await self.posts.get_follower_ids(author_id, ACTIVE_WINDOW, after, FANOUT_CHUNK)
+                keys += [timeline_key(f) for f in chunk]
+                if len(chunk) < FANOUT_CHUNK:
+                    break
+                after = chunk[-1]
+        for key in keys:
+            if add:
+                await self.kv.timeline_add(key, [post_id], TIMELINE_CAP)
+            else:
+                await self.kv.timeline_remove(key, [post_id])
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def home(self, viewer: Principal, page: PageRequest) -> Page[Post]:
+        uid = viewer.user_id
+        await self._seen(uid)
+        key = timeline_key(uid)
+        want = page.limit + READ_SLACK
+        ids = await self.kv.timeline_range(key, page.before, want)
+        if ids is None:
+            await self._rebuild(uid)
+            ids = await self.kv.timeline_range(key, page.before, want) or []
+        found: dict[int, PostRecord] = {}
+        if ids:
+            for p in await self.posts.get_home_posts(uid, ids, None, want):
+                found[p.id] = p
+        if len(ids) < want:
+            # Past the timeline's end (its cap, or posts that were never fanned out):
+            # straight from the follow graph.
+            older_than = min(ids) if ids else page.before
+            for p in await self.posts.get_home_posts(uid, None, older_than, page.limit):
+                found.setdefault(p.id, p)
+        # The big accounts, never fanned out, merged in.
+        for p in await self.posts.get_home_posts(uid, None, page.before, page.limit, self.fanout_threshold):
+            found.setdefault(p.id, p)
+        records = sorted(found.values(), key=lambda p: p.id, reverse=True)[: page.limit]
+        return page_of([Post.of(r, self.media_base) for r in records], [r.id for r in records], page.limit)
+
+    async def _rebuild(self, user_id: int) -> None:
+        """Fill a missing timeline from PostgreSQL. Posts committed while this runs are
+        caught by the second query: the consumer skips a timeline until it exists."""
+        key = timeline_key(user_id)
+        ids = await self.posts.get_home_ids(user_id, TIMELINE_CAP, self.fanout_threshold)
+        await self.kv.timeline_create(key, ids, TIMELINE_CAP, ACTIVE_WINDOW)
+        newest = await self.posts.get_home_ids(user_id, TIMELINE_CAP, self.fanout_threshold, after=max(ids, default=0))
+        if newest:
+            await self.kv.timeline_add(key, newest, TIMELINE_CAP)
+
+    async def _seen(self, user_id: int) -> None:
+        """Keep the user in the fan-out set and their timeline alive."""
+        if await self.kv.set_if_absent(f"active:{user_id}", b"1", ACTIVITY_WRITE_EVERY):
+            await self.posts.touch_active(user_id)
+            await self.kv.timeline_touch(timeline_key(user_id), ACTIVE_WINDOW)

@@ -1,0 +1,90 @@
+"""Notifications: made by the consumer from events, read through the notify routes,
+and pushed on the user's live channel the moment they are stored."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from socialhub.domain import events
+from socialhub.domain.events import Envelope
+from socialhub.domain.notifications import NewNotification, Notification, NotificationFrame, user_channel
+from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.users import Principal
+from socialhub.errors import SocialhubError
+from socialhub.infra.events.base import Consumer
+from socialhub.infra.pubsub.base import PubSub
+from socialhub.storage.database import Database
+from socialhub.storage.notifications import NotificationStore
+
+logger = logging.getLogger(__name__)
+
+
+class UnreadCount(msgspec.Struct, frozen=True):
+    count: int
+
+
+def notification_for(envelope: Envelope) -> NewNotification | None:
+    """Who an event notifies, if anyone. Nobody hears of their own action, except the
+    author's `post` notification ("your post is out"), which the original system sent."""
+    e = envelope.event
+    d = e.data
+    actor = int(e.actor_id)
+    if e.type == events.POST_CREATED:
+        return NewNotification(user_id=actor, type="post", actor_id=actor, post_id=int(d["post_id"]))
+    if e.type == events.COMMENT_CREATED:
+        target = int(d["post_author_id"])
+        if target == actor:
+            return None
+        return NewNotification(
+            user_id=target, type="comment", actor_id=actor, post_id=int(d["post_id"]), comment_id=int(d["comment_id"])
+        )
+    if e.type == events.LIKE_CREATED:
+        target = int(d["post_author_id"])
+        return None if target == actor else NewNotification(target, "like", actor, post_id=int(d["post_id"]))
+    if e.type == events.FOLLOW_CREATED:
+        return NewNotification(user_id=int(d["followee_id"]), type="follow", actor_id=actor)
+    return None
+
+
+class NotificationService(Consumer):
+    """The notifications consumer and the notify routes' rules."""
+
+    name = "notifications"
+
+    def __init__(self, *, db: Database, store: NotificationStore, pubsub: PubSub) -> None:
+        self.db = db
+        self.store = store
+        self.pubsub = pubsub
+
+    async def handle(self, envelope: Envelope) -> None:
+        new = notification_for(envelope)
+        if new is None:
+            return
+        await self.notify(new, envelope.event.event_id)
+
+    async def notify(self, new: NewNotification, event_id: int | None = None) -> Notification | None:
+        """Store a notification (once per event and user) and push it live."""
+        # (event_id, user_id) is unique: a second delivery of the event inserts nothing.
+        async with self.db.transaction() as conn:
+            record = await self.store.insert_notification(conn, new, event_id)
+        if record is None:
+            return None
+        view = Notification.of(record)
+        try:
+            await self.pubsub.publish(user_channel(new.user_id), msgspec.json.encode(NotificationFrame(view)))
+        except SocialhubError:
+            # Stored is what counts; the live push is best effort (clients list on reconnect).
+            logger.warning("could not push notification %s live", record.id)
+        return view
+
+    async def page(self, viewer: Principal, page: PageRequest) -> Page[Notification]:
+        records = await self.store.get_page_and_mark_read(viewer.user_id, page.before, page.limit)
+        return page_of([Notification.of(r) for r in records], [r.id for r in records], page.limit)
+
+    async def unread_count(self, viewer: Principal) -> UnreadCount:
+        return UnreadCount(count=await self.store.get_unread_count(viewer.user_id))
+
+    async def mark_read(self, viewer: Principal, ids: list[int] | None) -> None:
+        await self.store.mark_read(viewer.user_id, ids)

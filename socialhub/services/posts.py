@@ -1,0 +1,153 @@
+"""Posts, comments and likes. Every change that others react to writes its event to
+the outbox in the same transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from socialhub.domain import events
+from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.posts import Comment, LikeState, NewMedia, Post
+from socialhub.domain.users import Principal
+from socialhub.errors import Forbidden, NotFound
+from socialhub.infra.media.base import MediaStore, new_media_key
+from socialhub.services.media import UploadedFile
+from socialhub.storage.database import Database
+from socialhub.storage.outbox import insert_event
+from socialhub.storage.posts import PostStore
+
+logger = logging.getLogger(__name__)
+
+
+class PostService:
+    def __init__(self, *, db: Database, posts: PostStore, media: MediaStore, media_base: str) -> None:
+        self.db = db
+        self.posts = posts
+        self.media = media
+        self.media_base = media_base
+
+    async def _view(self, post_id: int, viewer_id: int) -> Post:
+        record = await self.posts.get_post(post_id, viewer_id)
+        if record is None:
+            raise NotFound("no such post")
+        return Post.of(record, self.media_base)
+
+    async def create(
+        self, viewer: Principal, content: str, files: Sequence[UploadedFile] = (), idempotency_key: str | None = None
+    ) -> tuple[Post, bool]:
+        """(post, created). Files are committed to the media store, then the post, its
+        media rows, its event and the idempotency key in one transaction; if that fails
+        the files are deleted again, and a retry with a used key gets the first post."""
+        if idempotency_key is not None:
+            existing = await self.posts.get_post_by_key(viewer.user_id, idempotency_key)
+            if existing is not None:
+                await self._discard(files)
+                return await self._view(existing, viewer.user_id), False
+        stored: list[NewMedia] = []
+        try:
+            for f in files:
+                key = new_media_key()
+                await self.media.commit(f.staged, key, f.content_type)
+                stored.append(NewMedia(key, f.content_type, f.size, f.width, f.height))
+            async with self.db.transaction() as conn:
+                post_id, created = await self.posts.insert_post(conn, viewer.user_id, content, idempotency_key)
+                if created:
+                    if stored:
+                        await self.posts.insert_media(conn, post_id, viewer.user_id, stored)
+                    await insert_event(conn, events.post_created(viewer.user_id, post_id))
+        except BaseException:
+            await self._discard(files)
+            await self._delete_keys([m.storage_key for m in stored])
+            raise
+        if not created:
+            await self._delete_keys([m.storage_key for m in stored])
+        return await self._view(post_id, viewer.user_id), created
+
+    async def _discard(self, files: Sequence[UploadedFile]) -> None:
+        for f in files:
+            try:
+                await f.staged.discard()
+            except Exception:
+                logger.warning("could not discard a staged upload", exc_info=True)
+
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            try:
+                await self.media.delete(key)
+            except Exception:
+                # The orphan sweep removes it later.
+                logger.warning("could not delete media %s", key, exc_info=True)
+
+    async def get(self, viewer: Principal, post_id: int) -> Post:
+        return await self._view(post_id, viewer.user_id)
+
+    async def user_posts(self, viewer: Principal, author_id: int, page: PageRequest) -> Page[Post]:
+        records = await self.posts.get_user_posts(author_id, viewer.user_id, page.before, page.limit)
+        return page_of([Post.of(r, self.media_base) for r in records], [r.id for r in records], page.limit)
+
+    async def update(self, viewer: Principal, post_id: int, content: str) -> Post:
+        if not await self.posts.update_post(post_id, viewer.user_id, content):
+            author = await self.posts.get_post_author(post_id)
+            if author is None:
+                raise NotFound("no such post")
+            raise Forbidden("only the author may edit a post")
+        return await self._view(post_id, viewer.user_id)
+
+    async def delete(self, viewer: Principal, post_id: int) -> None:
+        async with self.db.transaction() as conn:
+            keys = await self.posts.delete_post(conn, post_id, viewer.user_id)
+            if keys is not None:
+                await insert_event(conn, events.post_deleted(viewer.user_id, post_id))
+        if keys is None:
+            if await self.posts.get_post_author(post_id) is None:
+                raise NotFound("no such post")
+            raise Forbidden("only the author may delete a post")
+        await self._delete_keys(keys)
+
+    # -- comments -----------------------------------------------------------------
+
+    async def comment(self, viewer: Principal, post_id: int, content: str) -> Comment:
+        async with self.db.transaction() as conn:
+            record, post_author = await self.posts.insert_comment(conn, post_id, viewer.user_id, content)
+            await insert_event(conn, events.comment_created(viewer.user_id, post_id, post_author, record.id))
+        return Comment.of(record)
+
+    async def comments(self, viewer: Principal, post_id: int, after: int | None, limit: int) -> Page[Comment]:
+        """Oldest first; `next` is passed back as `after`."""
+        records = await self.posts.get_comments(post_id, after, limit)
+        if not records and not await self.posts.post_exists(post_id):
+            raise NotFound("no such post")
+        return page_of([Comment.of(r) for r in records], [r.id for r in records], limit)
+
+    async def edit_comment(self, viewer: Principal, comment_id: int, content: str) -> Comment:
+        record = await self.posts.update_comment(comment_id, viewer.user_id, content)
+        if record is None:
+            if await self.posts.get_comment_owners(comment_id) is None:
+                raise NotFound("no such comment")
+            raise Forbidden("only the comment's author may edit it")
+        return Comment.of(record)
+
+    async def delete_comment(self, viewer: Principal, comment_id: int) -> None:
+        owners = await self.posts.get_comment_owners(comment_id)
+        if owners is None:
+            raise NotFound("no such comment")
+        comment_author, _, post_author = owners
+        if viewer.user_id not in (comment_author, post_author):
+            raise Forbidden("only the comment's author or the post's author may delete it")
+        await self.posts.delete_comment(comment_id)
+
+    # -- likes ----------------------------------------------------------------------
+
+    async def like(self, viewer: Principal, post_id: int) -> LikeState:
+        """Idempotent; the event is written only when the like is new."""
+        async with self.db.transaction() as conn:
+            changed, count, author = await self.posts.insert_like(conn, post_id, viewer.user_id)
+            if changed:
+                await insert_event(conn, events.like_created(viewer.user_id, post_id, author))
+        return LikeState(liked=True, likes_count=count)
+
+    async def unlike(self, viewer: Principal, post_id: int) -> LikeState:
+        async with self.db.transaction() as conn:
+            _, count, _ = await self.posts.delete_like(conn, post_id, viewer.user_id)
+        return LikeState(liked=False, likes_count=count)

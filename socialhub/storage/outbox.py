@@ -1,0 +1,93 @@
+"""SQL for the outbox and its readers' positions."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from socialhub.domain.events import Envelope, Event, NewEvent
+from socialhub.domain.time import rfc3339
+from socialhub.storage.database import Database
+
+OUTBOX_CHANNEL = "socialhub_outbox"  # NOTIFY channel, see migrations/0002
+
+
+Position = tuple[int, int]
+"""(xid, id) of the last event a reader has handled."""
+
+
+async def insert_event(conn: asyncpg.Connection, event: NewEvent) -> int:
+    """Write `event` in the caller's transaction; it is published only if that commits."""
+    event_id: int = await conn.fetchval(
+        "INSERT INTO outbox (topic, key, type, actor_id, data) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        event.topic,
+        event.key,
+        event.type,
+        event.actor_id,
+        event.data,
+    )
+    return event_id
+
+
+def _envelope(row: asyncpg.Record) -> Envelope:
+    return Envelope(
+        topic=row["topic"],
+        key=row["key"],
+        event=Event(
+            id=str(row["id"]),
+            type=row["type"],
+            occurred_at=rfc3339(row["occurred_at"]),
+            actor_id=str(row["actor_id"]),
+            data=row["data"],
+        ),
+    )
+
+
+class OutboxStore:
+    """The outbox table read in commit-safe order, and reader positions."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get_position(self, name: str) -> Position:
+        row = await self.db.fetchrow(
+            """INSERT INTO outbox_positions (name) VALUES ($1)
+               ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+               RETURNING xid::text::bigint AS xid, id""",
+            name,
+        )
+        assert row is not None
+        return (row["xid"], row["id"])
+
+    async def get_batch(self, after: Position, limit: int) -> list[tuple[Position, Envelope]]:
+        """Events after `after` in (xid, id) order, only from transactions older than every
+        transaction still running: nothing can later commit before them."""
+        rows = await self.db.fetch(
+            """SELECT id, xid::text::bigint AS xid, topic, key, type, actor_id, data, occurred_at
+               FROM outbox
+               WHERE (xid, id) > ($1::text::xid8, $2)
+                 AND xid < pg_snapshot_xmin(pg_current_snapshot())
+               ORDER BY xid, id
+               LIMIT $3""",
+            str(after[0]),
+            after[1],
+            limit,
+        )
+        return [((r["xid"], r["id"]), _envelope(r)) for r in rows]
+
+    async def update_position(self, name: str, position: Position) -> None:
+        await self.db.execute(
+            "UPDATE outbox_positions SET xid = $2::text::xid8, id = $3, updated_at = now() WHERE name = $1",
+            name,
+            str(position[0]),
+            position[1],
+        )
+
+    async def delete_consumed(self, keep_seconds: float) -> int:
+        """Drop events every reader is past and that are older than `keep_seconds`."""
+        result = await self.db.execute(
+            """DELETE FROM outbox o
+               WHERE o.occurred_at < now() - make_interval(secs => $1)
+                 AND NOT EXISTS (SELECT 1 FROM outbox_positions p WHERE (p.xid, p.id) < (o.xid, o.id))""",
+            keep_seconds,
+        )
+        return int(result.split()[-1])

@@ -1,0 +1,349 @@
+"""SQL for posts, media, comments and likes.
+
+Counters (likes_count, comments_count, posts_count) move in the statement that makes
+the change, guarded by whether a row really changed, so they stay exact under
+concurrency and retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from socialhub.domain.posts import CommentRecord, MediaRecord, NewMedia, PostRecord
+from socialhub.domain.users import UserSummary
+from socialhub.errors import NotFound
+from socialhub.storage.database import Database
+
+# One round trip for a page of posts: author, media, counters and the viewer's like.
+POST_SELECT = """
+    SELECT p.id, p.content, p.created_at, p.likes_count, p.comments_count,
+           u.id AS author_id, u.username, u.name, u.avatar_url,
+           EXISTS (SELECT 1 FROM likes l WHERE l.post_id = p.id AND l.user_id = $1) AS liked,
+           coalesce((SELECT jsonb_agg(jsonb_build_object(
+                        'id', m.id, 'storage_key', m.storage_key, 'content_type', m.content_type,
+                        'size', m.size, 'width', m.width, 'height', m.height) ORDER BY m.position)
+                     FROM media m WHERE m.post_id = p.id), '[]'::jsonb) AS media
+    FROM posts p JOIN users u ON u.id = p.author_id
+"""
+
+
+def _summary(row: asyncpg.Record, prefix: str = "author_") -> UserSummary:
+    return UserSummary(
+        id=str(row[f"{prefix}id"]), username=row["username"], name=row["name"], avatar_url=row["avatar_url"]
+    )
+
+
+def post_from_row(row: asyncpg.Record) -> PostRecord:
+    return PostRecord(
+        id=row["id"],
+        author=_summary(row),
+        content=row["content"],
+        media=[MediaRecord(**m) for m in row["media"]],
+        created_at=row["created_at"],
+        likes_count=row["likes_count"],
+        comments_count=row["comments_count"],
+        liked=row["liked"],
+    )
+
+
+def _comment(row: asyncpg.Record) -> CommentRecord:
+    return CommentRecord(
+        id=row["id"], post_id=row["post_id"], author=_summary(row), content=row["content"], created_at=row["created_at"]
+    )
+
+
+class PostStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- posts ------------------------------------------------------------------
+
+    async def insert_post(
+        self, conn: asyncpg.Connection, author_id: int, content: str, idempotency_key: str | None
+    ) -> tuple[int, bool]:
+        """(post id, created). With a key already used by this author: (that post, False).
+        A concurrent first request with the same key makes this wait for its commit."""
+        post_id = await conn.fetchval(
+            """INSERT INTO posts (author_id, content, idempotency_key) VALUES ($1, $2, $3)
+               ON CONFLICT (author_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+               RETURNING id""",
+            author_id,
+            content,
+            idempotency_key,
+        )
+        if post_id is not None:
+            await conn.execute("UPDATE users SET posts_count = posts_count + 1 WHERE id = $1", author_id)
+            return post_id, True
+        existing: int = await conn.fetchval(
+            "SELECT id FROM posts WHERE author_id = $1 AND idempotency_key = $2", author_id, idempotency_key
+        )
+        return existing, False
+
+    async def get_post_by_key(self, author_id: int, idempotency_key: str) -> int | None:
+        found: int | None = await self.db.fetchval(
+            "SELECT id FROM posts WHERE author_id = $1 AND idempotency_key = $2", author_id, idempotency_key
+        )
+        return found
+
+    async def insert_media(
+        self, conn: asyncpg.Connection, post_id: int, owner_id: int, files: Sequence[NewMedia]
+    ) -> None:
+        await conn.executemany(
+            """INSERT INTO media (post_id, owner_id, storage_key, content_type, size, width, height, position)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            [
+                (post_id, owner_id, f.storage_key, f.content_type, f.size, f.width, f.height, i)
+                for i, f in enumerate(files)
+            ],
+        )
+
+    async def get_known_media_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of these storage keys a row refers to (media of a post, or an avatar)."""
+        rows = await self.db.fetch(
+            """SELECT storage_key AS k FROM media WHERE storage_key = ANY($1::text[])
+               UNION SELECT avatar_key FROM users WHERE avatar_key = ANY($1::text[])""",
+            list(keys),
+        )
+        return {r["k"] for r in rows}
+
+    async def get_posts(self, ids: Sequence[int], viewer_id: int) -> dict[int, PostRecord]:
+        if not ids:
+            return {}
+        rows = await self.db.fetch(POST_SELECT + " WHERE p.id = ANY($2::bigint[])", viewer_id, list(ids))
+        return {r["id"]: post_from_row(r) for r in rows}
+
+    async def get_post(self, post_id: int, viewer_id: int) -> PostRecord | None:
+        return (await self.get_posts([post_id], viewer_id)).get(post_id)
+
+    async def get_user_posts(self, author_id: int, viewer_id: int, before: int | None, limit: int) -> list[PostRecord]:
+        rows = await self.db.fetch(
+            POST_SELECT + " WHERE p.author_id = $2 AND ($3::bigint IS NULL OR p.id < $3) ORDER BY p.id DESC LIMIT $4",
+            viewer_id,
+            author_id,
+            before,
+            limit,
+        )
+        return [post_from_row(r) for r in rows]
+
+    async def get_home_posts(
+        self,
+        viewer_id: int,
+        ids: Sequence[int] | None,
+        before: int | None,
+        limit: int,
+        min_followers: int | None = None,
+    ) -> list[PostRecord]:
+        """Posts for the viewer's home feed: by the viewer or by someone they follow now.
+
+        With `ids`: those posts, filtered (deleted ones and unfollowed authors drop out).
+        Without: straight from the follow graph (a cold timeline, or pages past its cap);
+        `min_followers` limits that to authors with at least that many followers (the
+        accounts not fanned out on write, merged in at read time).
+        """
+        follow_filter = """(p.author_id = $1 OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $1
+                             AND f.followee_id = p.author_id AND f.deleted_at IS NULL))"""
+        if ids is not None:
+            rows = await self.db.fetch(
+                POST_SELECT + f" WHERE p.id = ANY($2::bigint[]) AND {follow_filter} ORDER BY p.id DESC",
+                viewer_id,
+                list(ids),
+            )
+            return [post_from_row(r) for r in rows]
+        if min_followers is not None:
+            rows = await self.db.fetch(
+                POST_SELECT
+                + """ WHERE p.author_id IN (SELECT f.followee_id FROM follows f JOIN users fu ON fu.id = f.followee_id
+                                           WHERE f.follower_id = $1 AND f.deleted_at IS NULL
+                                             AND fu.followers_count >= $4)
+                        AND ($2::bigint IS NULL OR p.id < $2)
+                      ORDER BY p.id DESC LIMIT $3""",
+                viewer_id,
+                before,
+                limit,
+                min_followers,
+            )
+            return [post_from_row(r) for r in rows]
+        rows = await self.db.fetch(
+            POST_SELECT
+            + """ WHERE p.author_id IN (SELECT $1::bigint UNION ALL SELECT f.followee_id FROM follows f
+                                       WHERE f.follower_id = $1 AND f.deleted_at IS NULL)
+                    AND ($2::bigint IS NULL OR p.id < $2)
+                  ORDER BY p.id DESC LIMIT $3""",
+            viewer_id,
+            before,
+            limit,
+        )
+        return [post_from_row(r) for r in rows]
+
+    async def get_home_ids(self, viewer_id: int, limit: int, exclude_min_followers: int, after: int = 0) -> list[int]:
+        """Newest post ids (above `after`) for rebuilding a timeline: own posts and
+        those of followed authors that are fanned out."""
+        rows = await self.db.fetch(
+            """SELECT p.id FROM posts p
+               WHERE p.author_id IN (SELECT $1::bigint UNION ALL
+                                     SELECT f.followee_id FROM follows f JOIN users fu ON fu.id = f.followee_id
+                                     WHERE f.follower_id = $1 AND f.deleted_at IS NULL
+                                       AND fu.followers_count < $3)
+                 AND p.id > $4
+               ORDER BY p.id DESC LIMIT $2""",
+            viewer_id,
+            limit,
+            exclude_min_followers,
+            after,
+        )
+        return [r["id"] for r in rows]
+
+    async def get_recent_post_ids(self, author_id: int, limit: int) -> list[int]:
+        rows = await self.db.fetch(
+            "SELECT id FROM posts WHERE author_id = $1 ORDER BY id DESC LIMIT $2", author_id, limit
+        )
+        return [r["id"] for r in rows]
+
+    async def get_post_author(self, post_id: int) -> int | None:
+        author: int | None = await self.db.fetchval("SELECT author_id FROM posts WHERE id = $1", post_id)
+        return author
+
+    async def update_post(self, post_id: int, author_id: int, content: str) -> bool:
+        result = await self.db.execute(
+            "UPDATE posts SET content = $3, updated_at = now() WHERE id = $1 AND author_id = $2",
+            post_id,
+            author_id,
+            content,
+        )
+        return result.endswith(" 1")
+
+    async def delete_post(self, conn: asyncpg.Connection, post_id: int, author_id: int) -> list[str] | None:
+        """Delete the author's post; the storage keys of its media, or None when there was no such post."""
+        keys = await conn.fetch("SELECT storage_key FROM media WHERE post_id = $1", post_id)
+        deleted = await conn.fetchval(
+            """WITH d AS (DELETE FROM posts WHERE id = $1 AND author_id = $2 RETURNING author_id)
+               UPDATE users SET posts_count = posts_count - 1 WHERE id = (SELECT author_id FROM d) RETURNING 1""",
+            post_id,
+            author_id,
+        )
+        return [r["storage_key"] for r in keys] if deleted else None
+
+    async def get_follower_ids(self, user_id: int, active_within_seconds: float, after: int, limit: int) -> list[int]:
+        """Followers seen within the window, by id, for fan-out in chunks."""
+        rows = await self.db.fetch(
+            """SELECT f.follower_id FROM follows f JOIN users u ON u.id = f.follower_id
+               WHERE f.followee_id = $1 AND f.deleted_at IS NULL AND f.follower_id > $2
+                 AND u.last_active_at > now() - make_interval(secs => $3)
+               ORDER BY f.follower_id LIMIT $4""",
+            user_id,
+            after,
+            active_within_seconds,
+            limit,
+        )
+        return [r["follower_id"] for r in rows]
+
+    async def get_followers_count(self, user_id: int) -> int:
+        count: int | None = await self.db.fetchval("SELECT followers_count FROM users WHERE id = $1", user_id)
+        return count or 0
+
+    async def touch_active(self, user_id: int) -> None:
+        await self.db.execute("UPDATE users SET last_active_at = now() WHERE id = $1", user_id)
+
+    # -- comments ---------------------------------------------------------------
+
+    async def insert_comment(
+        self, conn: asyncpg.Connection, post_id: int, author_id: int, content: str
+    ) -> tuple[CommentRecord, int]:
+        """The comment and the post's author; NotFound when the post is gone."""
+        try:
+            row = await conn.fetchrow(
+                """WITH p AS (UPDATE posts SET comments_count = comments_count + 1 WHERE id = $1
+                              RETURNING author_id AS post_author_id),
+                        c AS (INSERT INTO comments (post_id, author_id, content)
+                              SELECT $1, $2, $3 FROM p RETURNING id, post_id, author_id, content, created_at)
+                   SELECT c.id, c.post_id, c.content, c.created_at, u.id AS author_id, u.username, u.name,
+                          u.avatar_url, (SELECT post_author_id FROM p) AS post_author_id
+                   FROM c JOIN users u ON u.id = c.author_id""",
+                post_id,
+                author_id,
+                content,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound("no such post") from None
+        if row is None:
+            raise NotFound("no such post")
+        return _comment(row), row["post_author_id"]
+
+    async def get_comments(self, post_id: int, after: int | None, limit: int) -> list[CommentRecord]:
+        rows = await self.db.fetch(
+            """SELECT c.id, c.post_id, c.content, c.created_at, u.id AS author_id, u.username, u.name, u.avatar_url
+               FROM comments c JOIN users u ON u.id = c.author_id
+               WHERE c.post_id = $1 AND ($2::bigint IS NULL OR c.id > $2)
+               ORDER BY c.id LIMIT $3""",
+            post_id,
+            after,
+            limit,
+        )
+        return [_comment(r) for r in rows]
+
+    async def post_exists(self, post_id: int) -> bool:
+        return bool(await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM posts WHERE id = $1)", post_id))
+
+    async def get_comment_owners(self, comment_id: int) -> tuple[int, int, int] | None:
+        """(comment author, post id, post author)."""
+        row = await self.db.fetchrow(
+            """SELECT c.author_id, c.post_id, p.author_id AS post_author_id
+               FROM comments c JOIN posts p ON p.id = c.post_id WHERE c.id = $1""",
+            comment_id,
+        )
+        return (row["author_id"], row["post_id"], row["post_author_id"]) if row else None
+
+    async def update_comment(self, comment_id: int, author_id: int, content: str) -> CommentRecord | None:
+        row = await self.db.fetchrow(
+            """WITH c AS (UPDATE comments SET content = $3, updated_at = now()
+                          WHERE id = $1 AND author_id = $2 RETURNING id, post_id, author_id, content, created_at)
+               SELECT c.id, c.post_id, c.content, c.created_at, u.id AS author_id, u.username, u.name, u.avatar_url
+               FROM c JOIN users u ON u.id = c.author_id""",
+            comment_id,
+            author_id,
+            content,
+        )
+        return _comment(row) if row else None
+
+    async def delete_comment(self, comment_id: int) -> bool:
+        deleted = await self.db.fetchval(
+            """WITH d AS (DELETE FROM comments WHERE id = $1 RETURNING post_id)
+               UPDATE posts SET comments_count = comments_count - 1 WHERE id = (SELECT post_id FROM d) RETURNING 1""",
+            comment_id,
+        )
+        return bool(deleted)
+
+    # -- likes ------------------------------------------------------------------
+
+    async def insert_like(self, conn: asyncpg.Connection, post_id: int, user_id: int) -> tuple[bool, int, int]:
+        """(changed, likes_count, post author); NotFound when the post is gone."""
+        return await self._like(conn, post_id, user_id, like=True)
+
+    async def delete_like(self, conn: asyncpg.Connection, post_id: int, user_id: int) -> tuple[bool, int, int]:
+        return await self._like(conn, post_id, user_id, like=False)
+
+    async def _like(self, conn: asyncpg.Connection, post_id: int, user_id: int, *, like: bool) -> tuple[bool, int, int]:
+        change = (
+            """INSERT INTO likes (post_id, user_id) SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM posts WHERE id = $1)
+               ON CONFLICT DO NOTHING RETURNING 1"""
+            if like
+            else "DELETE FROM likes WHERE post_id = $1 AND user_id = $2 RETURNING 1"
+        )
+        sign = "+" if like else "-"
+        try:
+            row: Any = await conn.fetchrow(
+                f"""WITH l AS ({change}),
+                        p AS (UPDATE posts SET likes_count = likes_count {sign} (SELECT count(*) FROM l)::int
+                              WHERE id = $1 RETURNING likes_count, author_id)
+                    SELECT p.likes_count, p.author_id, (SELECT count(*) FROM l) AS changed FROM p""",
+                post_id,
+                user_id,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound("no such post") from None
+        if row is None:
+            raise NotFound("no such post")
+        return bool(row["changed"]), row["likes_count"], row["author_id"]

@@ -1,0 +1,218 @@
+"""The OpenAPI document: valid 3.1, one operation per route and back, every $ref resolves,
+and the schemas accept what the code really encodes."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+import jsonschema
+import msgspec
+import pytest
+from openapi_spec_validator import validate
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from socialhub.api.http.auth import AuthRoutes
+from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
+from socialhub.api.http.health import HealthRoutes
+from socialhub.api.http.openapi import OpenApiRoutes, Operation, build_document
+from socialhub.api.http.users import UserRoutes
+from socialhub.domain.pages import Page
+from socialhub.domain.users import Relation, User, UserRecord
+from socialhub.services.accounts import AuthResult
+
+PUBLIC = {
+    ("POST", "/auth/signup"),
+    ("POST", "/auth/login"),
+    ("POST", "/auth/refresh"),
+    ("POST", "/auth/forgot-password"),
+    ("POST", "/auth/request-password-reset"),
+    ("POST", "/auth/reset-password"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+}
+
+
+class Declares(Protocol):
+    """What the route classes under test have in common."""
+
+    def routes(self) -> list[Route]: ...
+    def operations(self) -> list[Operation]: ...
+
+
+def route_classes() -> list[Any]:
+    # The collaborators are only stored by the constructors; no route is called here.
+    return [
+        AuthRoutes(None, None, 0),  # type: ignore[arg-type]
+        UserRoutes(None, None, 0),  # type: ignore[arg-type]
+        HealthRoutes({}, metrics=True),
+        HealthRoutes({}, metrics=False),
+        OpenApiRoutes([]),
+    ]
+
+
+def all_operations() -> list[Operation]:
+    return [
+        *HealthRoutes({}, metrics=True).operations(),
+        *AuthRoutes(None, None, 0).operations(),  # type: ignore[arg-type]
+        *UserRoutes(None, None, 0).operations(),  # type: ignore[arg-type]
+    ]
+
+
+@pytest.fixture(scope="module")
+def docs() -> OpenApiRoutes:
+    return OpenApiRoutes(all_operations())
+
+
+def declared(routes: list[Route]) -> set[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for route in routes:
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # Starlette converters are not OpenAPI
+        out.update((method, path) for method in route.methods or () if method != "HEAD")
+    return out
+
+
+@pytest.mark.parametrize("routes", route_classes(), ids=lambda r: type(r).__name__)
+def test_every_route_has_an_operation_and_back(routes: Declares) -> None:
+    operations = [(op.method, op.path) for op in routes.operations()]
+    assert len(operations) == len(set(operations))
+    assert set(operations) == declared(routes.routes())
+
+
+def test_document_is_valid_openapi_31(docs: OpenApiRoutes) -> None:
+    assert docs.document["openapi"] == "3.1.0"
+    validate(docs.document)
+
+
+def test_every_ref_resolves(docs: OpenApiRoutes) -> None:
+    refs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(docs.document)
+    assert refs
+    for ref in refs:
+        assert ref.startswith("#/"), ref
+        target: Any = docs.document
+        for part in ref[2:].split("/"):
+            assert isinstance(target, dict) and part in target, ref
+            target = target[part]
+
+
+def test_schema_names_are_plain_and_the_page_is_named(docs: OpenApiRoutes) -> None:
+    schemas = docs.document["components"]["schemas"]
+    assert all(re.fullmatch(r"[A-Za-z0-9]+", name) for name in schemas), list(schemas)
+    assert {"UserPage", "User", "AuthResult", "ErrorEnvelope", "ErrorBody", "SignupBody"} <= set(schemas)
+    listing = docs.document["paths"]["/users/{ref}/followers"]["get"]
+    assert listing["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/UserPage"
+    }
+    assert {p["name"]: p["in"] for p in listing["parameters"]} == {"ref": "path", "limit": "query", "before": "query"}
+
+
+def test_auth_and_errors(docs: OpenApiRoutes) -> None:
+    assert docs.document["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+    public: set[tuple[str, str]] = set()
+    for path, item in docs.document["paths"].items():
+        for method, op in item.items():
+            if op["security"] == []:
+                public.add((method.upper(), path))
+                assert "401" not in op["responses"] or path in ("/auth/login", "/auth/refresh")
+            else:
+                assert op["security"] == [{"bearerAuth": []}]
+                assert "401" in op["responses"]
+            for status, response in op["responses"].items():
+                if int(status) >= 400 and (path, status) != ("/readyz", "503"):
+                    assert response["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorEnvelope"
+                    }
+    assert public == PUBLIC
+    paths = docs.document["paths"]
+    assert set(paths["/auth/signup"]["post"]["responses"]) == {"201", "400", "409", "413", "415", "422", "429"}
+    assert set(paths["/auth/logout"]["post"]["responses"]) == {"204", "401"}
+    assert "content" not in paths["/auth/logout"]["post"]["responses"]["204"]
+    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
+    assert paths["/users/me"]["patch"]["requestBody"]["content"].keys() == {"application/json", "multipart/form-data"}
+
+
+def test_rate_limit_headers_follow_the_middleware(docs: OpenApiRoutes) -> None:
+    paths = docs.document["paths"]
+    login = paths["/auth/login"]["post"]["responses"]
+    assert set(login["429"]["headers"]) == {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"}
+    assert set(login["200"]["headers"]) == {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
+    assert "429" in paths["/users/follow/{id}"]["post"]["responses"]  # a write: limited per user
+    assert "429" not in paths["/users/{ref}"]["get"]["responses"]  # reads are not limited
+    assert "429" not in paths["/auth/logout"]["post"]["responses"]
+
+    unlimited = build_document(all_operations(), "t", "1", rate_limits=False)
+    text = json.dumps(unlimited)
+    assert '"429"' not in text and "RateLimit-Limit" not in json.dumps(unlimited["paths"])
+
+
+def _validator(document: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
+    # The document as the root resource, so "#/components/schemas/..." resolves inside it.
+    return jsonschema.Draft202012Validator({**document, "$ref": f"#/components/schemas/{name}"})
+
+
+def test_schemas_accept_what_the_code_encodes(docs: OpenApiRoutes) -> None:
+    record = UserRecord(
+        id=42, username="ann", email="ann@example.test", name="Ann", bio="", avatar_url=None, password_hash="x",
+        followers_count=1, following_count=2, posts_count=3, created_at=datetime(2026, 1, 2, tzinfo=UTC),
+    )  # fmt: skip
+    page = Page(items=[User.of(record, Relation(following=True, followed_by=False))], next="41")
+    auth = AuthResult(user=User.of(record, with_email=True), token="t", refresh_token="r")
+    error = ErrorEnvelope(ErrorBody(code="validation_error", message="bad", fields={"name": "required"}))
+    for name, value in (("UserPage", page), ("AuthResult", auth), ("ErrorEnvelope", error)):
+        _validator(docs.document, name).validate(json.loads(msgspec.json.encode(value)))
+    with pytest.raises(jsonschema.ValidationError):
+        _validator(docs.document, "UserPage").validate({"items": [{"id": 1}], "next": None})
+
+
+def test_duplicates_and_unknown_statuses_are_refused() -> None:
+    op = Operation(method="GET", path="/x", summary="x", tag="t")
+    with pytest.raises(ValueError, match="twice"):
+        build_document([op, op], "t", "1")
+    with pytest.raises(ValueError, match="418"):
+        build_document([Operation(method="GET", path="/y", summary="y", tag="t", errors=(418,))], "t", "1")
+    with pytest.raises(ValueError, match="query"):
+        build_document([Operation(method="GET", path="/z", summary="z", tag="t", query=("page",))], "t", "1")
+
+
+async def test_served_document_and_page(docs: OpenApiRoutes) -> None:
+    app = Starlette(routes=docs.routes())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.get("/openapi.json")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.json() == docs.document
+
+        r = await client.get("/docs")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/html")
+        assert "script-src 'sha256-" in r.headers["content-security-policy"]
+        page = r.text
+    assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
+    embedded = re.search(r'<script type="application/json" id="doc">(.*?)</script>', page, re.S)
+    assert embedded is not None
+    assert json.loads(embedded.group(1)) == docs.document
+    assert page.count("</script>") == 2
