@@ -180,7 +180,7 @@ def create_app(settings: Settings) -> Starlette:
         otp_ttl=settings.auth.otp_ttl,
         otp_max_attempts=settings.auth.otp_max_attempts,
     )
-    users = UserService(db=db, users=user_store)
+    users = UserService(db=db, users=user_store, media=media, media_base=media_base)
     post_store = PostStore(db)
     posts = PostService(db=db, posts=post_store, media=media, media_base=media_base)
     feed = FeedService(posts=post_store, kv=kv, media_base=media_base, fanout_threshold=settings.feed.fanout_threshold)
@@ -204,11 +204,12 @@ def create_app(settings: Settings) -> Starlette:
         checks["kafka"] = publisher.ping
 
     health_routes = HealthRoutes(checks, metrics=settings.metrics.enabled)
-    api: list[AuthRoutes | UserRoutes | PostRoutes | FeedRoutes] = [
+    api: list[AuthRoutes | UserRoutes | PostRoutes | FeedRoutes | MediaRoutes] = [
         AuthRoutes(accounts, authenticator, max_body),
-        UserRoutes(users, authenticator, max_body),
+        UserRoutes(users, authenticator, media, settings.media.max_file_bytes, max_body),
         PostRoutes(posts, authenticator, media, settings.media, max_body),
         FeedRoutes(feed, notifications, authenticator, max_body),
+        MediaRoutes(media),
     ]
     docs_routes = OpenApiRoutes(
         [*health_routes.operations(), *(op for group in api for op in group.operations())],
@@ -217,7 +218,6 @@ def create_app(settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         *health_routes.routes(),
         *(route for group in api for route in group.routes()),
-        *MediaRoutes(media).routes(),
         *docs_routes.routes(),
     ]
 

@@ -11,6 +11,8 @@ from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.users import Principal, User
 from socialhub.errors import NotFound, ValidationFailed
 from socialhub.ids import parse_id
+from socialhub.infra.media.base import MediaStore, new_media_key
+from socialhub.services.media import UploadedFile
 from socialhub.storage.database import Database
 from socialhub.storage.outbox import insert_event
 from socialhub.storage.users import UserStore
@@ -30,9 +32,11 @@ class Counts(msgspec.Struct, frozen=True):
 class UserService:
     """Profiles, follows and follower lists."""
 
-    def __init__(self, *, db: Database, users: UserStore) -> None:
+    def __init__(self, *, db: Database, users: UserStore, media: MediaStore, media_base: str) -> None:
         self.db = db
         self.users = users
+        self.media = media
+        self.media_base = media_base
 
     async def resolve(self, viewer: Principal, ref: str) -> int:
         """A user id from a path segment: an id, `@username` or `me`; NotFound otherwise."""
@@ -60,11 +64,32 @@ class UserService:
         return User.of(user, None if user.id == viewer.user_id else relation)
 
     async def update_me(
-        self, viewer: Principal, *, name: str | None, bio: str | None, avatar_url: str | None = None
+        self, viewer: Principal, *, name: str | None, bio: str | None, avatar: UploadedFile | None = None
     ) -> User:
-        user = await self.users.update_profile(viewer.user_id, name=name, bio=bio, avatar_url=avatar_url)
-        if user is None:
+        """Edit the profile; a new avatar is stored first and the old file deleted after
+        the row points at the new one (a crash in between leaves an orphan the janitor
+        removes, never a profile pointing at nothing)."""
+        new: tuple[str, str] | None = None
+        if avatar is not None:
+            key = new_media_key()
+            await self.media.commit(avatar.staged, key, avatar.content_type)
+            new = (f"{self.media_base}/media/{key}", key)
+        try:
+            result = await self.users.update_profile(viewer.user_id, name=name, bio=bio, avatar=new)
+        except BaseException:
+            if new is not None:
+                await self.media.delete(new[1])
+            raise
+        if result is None:
+            if new is not None:
+                await self.media.delete(new[1])
             raise NotFound("no such user")
+        user, replaced = result
+        if replaced is not None and replaced != (new[1] if new else None):
+            try:
+                await self.media.delete(replaced)
+            except Exception:
+                logger.warning("could not delete the old avatar %s", replaced, exc_info=True)
         return User.of(user)
 
     async def follow(self, viewer: Principal, target_id: int) -> FollowState:

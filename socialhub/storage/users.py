@@ -90,18 +90,30 @@ class UserStore:
         return (user_from_row(row), _relation(row)) if row else None
 
     async def update_profile(
-        self, user_id: int, *, name: str | None, bio: str | None, avatar_url: str | None
-    ) -> UserRecord | None:
+        self,
+        user_id: int,
+        *,
+        name: str | None,
+        bio: str | None,
+        avatar: tuple[str, str] | None = None,
+    ) -> tuple[UserRecord, str | None] | None:
+        """Change what is given; `avatar` is (url, media key). Returns the user and the
+        media key of the avatar this replaced, if any (the caller deletes that file)."""
+        avatar_url, avatar_key = avatar if avatar else (None, None)
         row = await self.db.fetchrow(
-            f"""UPDATE users u SET name = coalesce($2, u.name), bio = coalesce($3, u.bio),
-                    avatar_url = coalesce($4, u.avatar_url), updated_at = now()
-                WHERE u.id = $1 RETURNING {USER_COLUMNS}""",
+            f"""WITH old AS (SELECT avatar_key FROM users WHERE id = $1 FOR UPDATE)
+                UPDATE users u SET name = coalesce($2, u.name), bio = coalesce($3, u.bio),
+                    avatar_url = coalesce($4, u.avatar_url), avatar_key = coalesce($5, u.avatar_key),
+                    updated_at = now()
+                FROM old WHERE u.id = $1
+                RETURNING {USER_COLUMNS}, CASE WHEN $5::text IS NOT NULL THEN old.avatar_key END AS replaced_key""",
             user_id,
             name,
             bio,
             avatar_url,
+            avatar_key,
         )
-        return user_from_row(row) if row else None
+        return (user_from_row(row), row["replaced_key"]) if row else None
 
     async def update_password(self, conn: asyncpg.Connection, user_id: int, password_hash: str) -> None:
         await conn.execute(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httpx
+
+from socialhub.config import Settings
 
 from tests.conftest import error_code, signup
 
@@ -124,3 +127,47 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and r.json() == {"status": "ok"}
     r = await client.get("/readyz")
     assert r.status_code == 200 and r.json()["checks"]["database"] is True
+
+
+async def test_avatar_upload_replaces_the_old_file(client: httpx.AsyncClient) -> None:
+    from tests.media_samples import png
+
+    a = await signup(client)
+    first = png(3, 2)
+    r = await a.patch("/users/me", data={"bio": "with face"}, files={"avatar": ("a.png", first, "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["bio"] == "with face" and body["avatar_url"].startswith("/media/")
+    got = await client.get(body["avatar_url"])
+    assert got.status_code == 200 and got.content == first and got.headers["content-type"] == "image/png"
+    r = await a.patch("/users/me", files={"avatar": ("b.png", png(5, 5), "image/png")})
+    second_url = r.json()["avatar_url"]
+    assert second_url != body["avatar_url"]
+    assert (await client.get(body["avatar_url"])).status_code == 404  # the old file is gone
+    assert (await client.get(second_url)).status_code == 200
+    # Only images, recognised by their bytes; the profile is untouched by a refused upload.
+    r = await a.patch("/users/me", files={"avatar": ("x.png", b"MZ" + b"\0" * 200, "image/png")})
+    assert r.status_code == 415 and error_code(r) == "unsupported_media_type"
+    assert (await a.get("/users/me")).json()["avatar_url"] == second_url
+
+
+async def test_every_route_is_in_the_openapi_document(
+    client: httpx.AsyncClient, make_settings: Callable[..., Settings]
+) -> None:
+    from starlette.routing import Route
+
+    from socialhub.app import create_app
+
+    doc = (await client.get("/openapi.json")).json()
+    documented = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
+    app = create_app(make_settings())
+    served = {
+        (m, r.path)
+        for r in app.routes
+        if isinstance(r, Route)
+        for m in (r.methods or ())
+        if m != "HEAD"
+    }
+    assert served == documented
+    page = await client.get("/docs")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]

@@ -20,7 +20,11 @@ from socialhub.api.http.auth import AuthRoutes
 from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
 from socialhub.api.http.health import HealthRoutes
 from socialhub.api.http.openapi import OpenApiRoutes, Operation, build_document
+from socialhub.api.http.feed import FeedRoutes
+from socialhub.api.http.media import MediaRoutes
+from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.users import UserRoutes
+from socialhub.config import MediaSettings
 from socialhub.domain.pages import Page
 from socialhub.domain.users import Relation, User, UserRecord
 from socialhub.services.accounts import AuthResult
@@ -37,6 +41,7 @@ PUBLIC = {
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
+    ("GET", "/media/{key}"),
 }
 
 
@@ -51,7 +56,10 @@ def route_classes() -> list[Any]:
     # The collaborators are only stored by the constructors; no route is called here.
     return [
         AuthRoutes(None, None, 0),  # type: ignore[arg-type]
-        UserRoutes(None, None, 0),  # type: ignore[arg-type]
+        UserRoutes(None, None, None, 0, 0),  # type: ignore[arg-type]
+        PostRoutes(None, None, None, MediaSettings(), 0),  # type: ignore[arg-type]
+        FeedRoutes(None, None, None, 0),  # type: ignore[arg-type]
+        MediaRoutes(None),  # type: ignore[arg-type]
         HealthRoutes({}, metrics=True),
         HealthRoutes({}, metrics=False),
         OpenApiRoutes([]),
@@ -62,7 +70,10 @@ def all_operations() -> list[Operation]:
     return [
         *HealthRoutes({}, metrics=True).operations(),
         *AuthRoutes(None, None, 0).operations(),  # type: ignore[arg-type]
-        *UserRoutes(None, None, 0).operations(),  # type: ignore[arg-type]
+        *UserRoutes(None, None, None, 0, 0).operations(),  # type: ignore[arg-type]
+        *PostRoutes(None, None, None, MediaSettings(), 0).operations(),  # type: ignore[arg-type]
+        *FeedRoutes(None, None, None, 0).operations(),  # type: ignore[arg-type]
+        *MediaRoutes(None).operations(),  # type: ignore[arg-type]
     ]
 
 

@@ -23,6 +23,7 @@ STATUS: dict[str, int] = {
     "conflict": 409,
     "too_large": 413,
     "unsupported_media_type": 415,
+    "range_not_satisfiable": 416,
     "validation_error": 422,
     "rate_limited": 429,
     "internal": 500,

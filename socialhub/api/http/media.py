@@ -20,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from socialhub.api.http.openapi import Operation
+
 from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
 from socialhub.errors import NotFound
 from socialhub.infra.media.base import MediaStore
@@ -95,6 +97,16 @@ class MediaRoutes:
 
     def routes(self) -> list[Route]:
         return [Route("/media/{key}", self.get, methods=["GET", "HEAD"])]
+
+    def operations(self) -> list[Operation]:
+        return [
+            Operation(
+                method="GET", path="/media/{key}", summary="A stored file", tag="media", auth=False,
+                media_type="application/octet-stream", also=(206, 304), errors=(404, 416),
+                description="Served with its content type, a strong ETag (If-None-Match answers 304), "
+                "`Range: bytes=...` (206, or 416 when unsatisfiable) and a one-year immutable cache lifetime.",
+            )
+        ]
 
     async def get(self, request: Request) -> Response:
         stored = await self.store.open(request.path_params["key"])

@@ -12,10 +12,13 @@ from starlette.routing import Route
 from socialhub.api.http.codec import is_form, json_response, page_request, read_json, validate
 from socialhub.api.http.openapi import Operation
 from socialhub.api.http.security import Authenticator
+from socialhub.api.http.uploads import AVATAR_FIELDS, read_upload
 from socialhub.domain.pages import Page
 from socialhub.domain.users import User
-from socialhub.errors import NotFound, UnsupportedMediaType
+from socialhub.errors import NotFound
 from socialhub.ids import parse_id
+from socialhub.infra.media.base import MediaStore
+from socialhub.services.media import IMAGE_ONLY
 from socialhub.services.users import Counts, FollowState, UserService
 
 REF = "`ref` is a user id, `@username` or `me`."
@@ -27,9 +30,13 @@ class ProfilePatch(msgspec.Struct, frozen=True):
 
 
 class UserRoutes:
-    def __init__(self, users: UserService, auth: Authenticator, max_body: int) -> None:
+    def __init__(
+        self, users: UserService, auth: Authenticator, media: MediaStore, max_avatar_bytes: int, max_body: int
+    ) -> None:
         self.users = users
         self.auth = auth
+        self.media = media
+        self.max_avatar_bytes = max_avatar_bytes
         self.max_body = max_body
 
     def routes(self) -> list[Route]:
@@ -52,9 +59,9 @@ class UserRoutes:
         return [
             Operation(
                 method="PATCH", path="/users/me", summary="Edit the caller's profile", tag="users",
-                body=ProfilePatch, response=User, multipart=True, errors=(404,),
-                description="JSON, or the same fields as multipart/form-data. "
-                "An `avatar` file is refused with 415: avatar upload is not available yet.",
+                body=ProfilePatch, response=User, multipart=True, errors=(404, 415),
+                description="JSON, or the same fields as multipart/form-data with an optional `avatar` image "
+                "(PNG, JPEG, GIF, WebP, AVIF, HEIC; recognised by its bytes; 415 for anything else).",
             ),
             Operation(method="GET", path="/users/counts", summary="The caller's counts", tag="users", response=Counts,
                       errors=(404,)),
@@ -98,11 +105,25 @@ class UserRoutes:
 
     async def update_me(self, request: Request) -> Response:
         viewer = await self.auth(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            upload = await read_upload(
+                request,
+                self.media,
+                file_fields=AVATAR_FIELDS,
+                max_files=1,
+                max_file_bytes=self.max_avatar_bytes,
+                kinds=IMAGE_ONLY,
+            )
+            try:
+                patch = validate(upload.fields, ProfilePatch)
+                avatar = upload.files[0] if upload.files else None
+                user = await self.users.update_me(viewer, name=patch.name, bio=patch.bio, avatar=avatar)
+            finally:
+                await upload.discard()  # a no-op for a committed avatar
+            return json_response(user)
         if is_form(request):
-            async with request.form(max_files=1, max_fields=10) as form:
-                if form.get("avatar") is not None:
-                    # Avatars are stored through the media port, which comes with posts and media.
-                    raise UnsupportedMediaType("avatar upload is not available yet")
+            async with request.form(max_files=0, max_fields=10) as form:
                 fields = {k: v for k, v in form.items() if isinstance(v, str)}
             patch = validate(fields, ProfilePatch)
         else:
