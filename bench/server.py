@@ -9,7 +9,9 @@ child of the server process), so it is found by its data directory instead.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +29,10 @@ START_TIMEOUT_S = 120.0
 # uvicorn's graceful shutdown is 15 s (cli.py), then the cluster is stopped.
 STOP_TIMEOUT_S = 45.0
 MIB = 1024 * 1024
+# The line of a traceback that names the exception ("pkg.SomeError: message"), not the
+# DETAIL/HINT lines asyncpg adds after it.
+LONG_NUMBER = re.compile(r"\d{6,}")
+EXCEPTION_LINE = re.compile(r"^(?!DETAIL|HINT)[A-Za-z_][\w.]*(: .*)?$")
 
 # A process's identity: (pid, create_time) tells a reused pid from the original.
 ProcessKey = tuple[int, float]
@@ -121,6 +127,29 @@ class SpawnedServer:
         except OSError:
             return "(no server log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    def logged_errors(self) -> dict[str, int]:
+        """The server's error-level log records, each as its message and the exception's
+        last line, with how often each occurred."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return {}
+        counts: dict[str, int] = {}
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # not one of socialhub's JSON log lines (a warning printed by a library)
+            if not isinstance(record, dict) or record.get("level") not in ("error", "critical"):
+                continue
+            summary = str(record.get("msg", "")).strip()
+            raised = [m.group(0) for m in map(EXCEPTION_LINE.match, str(record.get("exc", "")).splitlines()) if m]
+            if raised:
+                summary += f": {raised[-1]}"
+            summary = LONG_NUMBER.sub("{id}", summary)  # so that one error on many ids counts as one
+            counts[summary] = counts.get(summary, 0) + 1
+        return counts
 
 
 def find_postmaster(pgdata: Path) -> psutil.Process | None:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 import httpx
 
 from socialhub.config import Settings
-
 from tests.conftest import error_code, signup
 
 

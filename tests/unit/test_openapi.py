@@ -18,10 +18,10 @@ from starlette.routing import Route
 
 from socialhub.api.http.auth import AuthRoutes
 from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
-from socialhub.api.http.health import HealthRoutes
-from socialhub.api.http.openapi import OpenApiRoutes, Operation, build_document
 from socialhub.api.http.feed import FeedRoutes
+from socialhub.api.http.health import HealthRoutes
 from socialhub.api.http.media import MediaRoutes
+from socialhub.api.http.openapi import OpenApiRoutes, Operation, build_document
 from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.users import UserRoutes
 from socialhub.config import MediaSettings

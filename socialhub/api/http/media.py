@@ -20,9 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from socialhub.api.http.openapi import Operation
-
 from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
+from socialhub.api.http.openapi import Operation
 from socialhub.errors import NotFound
 from socialhub.infra.media.base import MediaStore
 
