@@ -102,9 +102,10 @@ class FeedService(Consumer):
         if ids:
             for p in await self.posts.get_home_posts(uid, ids, None, want):
                 found[p.id] = p
-        if len(ids) < want:
-            # Past the timeline's end (its cap, or posts that were never fanned out):
-            # straight from the follow graph.
+        if len(ids) < want or len(found) < page.limit:
+            # Past the timeline's end (its cap, or posts that were never fanned out), or
+            # too many of its ids dropped out (deleted posts and unfollowed authors the
+            # consumer has not removed yet): straight from the follow graph.
             older_than = min(ids) if ids else page.before
             for p in await self.posts.get_home_posts(uid, None, older_than, page.limit):
                 found.setdefault(p.id, p)
@@ -115,14 +116,15 @@ class FeedService(Consumer):
         return page_of([Post.of(r, self.media_base) for r in records], [r.id for r in records], page.limit)
 
     async def _rebuild(self, user_id: int) -> None:
-        """Fill a missing timeline from PostgreSQL. Posts committed while this runs are
-        caught by the second query: the consumer skips a timeline until it exists."""
+        """Fill a missing timeline from PostgreSQL. It is created empty first: from then on
+        the consumer adds to it every post it handles, and the query that follows finds
+        every post committed before it. (Querying first would miss a post that commits
+        in between with an id below the newest found, since ids are taken at insert.)"""
         key = timeline_key(user_id)
+        await self.kv.timeline_create(key, [], TIMELINE_CAP, ACTIVE_WINDOW)
         ids = await self.posts.get_home_ids(user_id, TIMELINE_CAP, self.fanout_threshold)
-        await self.kv.timeline_create(key, ids, TIMELINE_CAP, ACTIVE_WINDOW)
-        newest = await self.posts.get_home_ids(user_id, TIMELINE_CAP, self.fanout_threshold, after=max(ids, default=0))
-        if newest:
-            await self.kv.timeline_add(key, newest, TIMELINE_CAP)
+        if ids:
+            await self.kv.timeline_add(key, ids, TIMELINE_CAP)
 
     async def _seen(self, user_id: int) -> None:
         """Keep the user in the fan-out set and their timeline alive."""

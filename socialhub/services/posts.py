@@ -84,6 +84,8 @@ class PostService:
 
     async def user_posts(self, viewer: Principal, author_id: int, page: PageRequest) -> Page[Post]:
         records = await self.posts.get_user_posts(author_id, viewer.user_id, page.before, page.limit)
+        if not records and not await self.posts.user_exists(author_id):
+            raise NotFound("no such user")
         return page_of([Post.of(r, self.media_base) for r in records], [r.id for r in records], page.limit)
 
     async def update(self, viewer: Principal, post_id: int, content: str) -> Post:

@@ -287,6 +287,9 @@ class PostStore:
     async def post_exists(self, post_id: int) -> bool:
         return bool(await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM posts WHERE id = $1)", post_id))
 
+    async def user_exists(self, user_id: int) -> bool:
+        return bool(await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))
+
     async def get_comment_owners(self, comment_id: int) -> tuple[int, int, int] | None:
         """(comment author, post id, post author)."""
         row = await self.db.fetchrow(

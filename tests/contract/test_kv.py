@@ -239,3 +239,80 @@ async def test_timeline_expires_and_touch_extends(kv: KeyValue) -> None:
     await asyncio.sleep(0.35)
     assert await kv.timeline_range("a", None, 10) is None
     assert await kv.timeline_range("b", None, 10) == [1]
+
+
+# -- delete, get_many --------------------------------------------------------------------
+
+
+async def test_delete_says_whether_the_key_was_there(kv: KeyValue) -> None:
+    await kv.set("a", b"1")
+    await kv.set("gone", b"x", ttl=0.05)
+    await asyncio.sleep(0.1)
+    assert await kv.delete("a") is True
+    assert await kv.delete("a") is False
+    assert await kv.delete("gone") is False  # expired counts as absent
+
+
+async def test_delete_is_taken_by_exactly_one_of_many(kv: KeyValue) -> None:
+    await kv.set("flag", b"1")
+    results = await asyncio.gather(*(kv.delete("flag") for _ in range(20)))
+    assert sum(results) == 1
+
+
+async def test_get_many(kv: KeyValue) -> None:
+    assert await kv.get_many([]) == []
+    await kv.set("a", b"1")
+    await kv.set("b", b"\x00", ttl=0.05)
+    await kv.set("c", b"3")
+    await asyncio.sleep(0.1)
+    assert await kv.get_many(["a", "b", "missing", "c", "a"]) == [b"1", None, None, b"3", b"1"]
+
+
+# -- hashes of counters ------------------------------------------------------------------
+
+
+async def test_hash_incr_counts_and_deletes_a_field_at_zero(kv: KeyValue) -> None:
+    assert await kv.hash_get_all("h") == {}
+    assert await kv.hash_incr("h", "a", 1) == 1
+    assert await kv.hash_incr("h", "a", 2) == 3
+    assert await kv.hash_incr("h", "b", 1) == 1
+    assert await kv.hash_get_all("h") == {"a": 3, "b": 1}
+    assert await kv.hash_incr("h", "a", -3) == 0
+    assert await kv.hash_get_all("h") == {"b": 1}
+    assert await kv.hash_incr("h", "b", -1) == 0
+    assert await kv.hash_get_all("h") == {}
+    # Hashes live apart from values and timelines.
+    assert await kv.get("h") is None
+    assert await kv.timeline_range("h", None, 10) is None
+
+
+async def test_hash_increments_commute_through_negative(kv: KeyValue) -> None:
+    # A decrement that lands before its increment leaves -1, then 0 and absent.
+    assert await kv.hash_incr("h", "a", -1) == -1
+    assert await kv.hash_get_all("h") == {"a": -1}
+    assert await kv.hash_incr("h", "a", 1) == 0
+    assert await kv.hash_get_all("h") == {}
+
+
+async def test_hash_incr_many_in_order_across_keys(kv: KeyValue) -> None:
+    assert await kv.hash_incr_many([]) == []
+    out = await kv.hash_incr_many([("x", "f", 2), ("y", "f:1@i.2", 5), ("x", "f", -2), ("x", "g", 1)])
+    assert out == [2, 5, 0, 1]
+    assert await kv.hash_get_many(["x", "y", "z"]) == [{"g": 1}, {"f:1@i.2": 5}, {}]
+    assert await kv.hash_get_many([]) == []
+
+
+async def test_hash_incr_is_atomic_under_concurrency(kv: KeyValue) -> None:
+    await asyncio.gather(*(kv.hash_incr_many([("h", "n", 1), ("g", "n", 2)]) for _ in range(50)))
+    await asyncio.gather(*(kv.hash_incr("h", "n", -1) for _ in range(20)))
+    assert await kv.hash_get_many(["h", "g"]) == [{"n": 30}, {"n": 100}]
+
+
+async def test_hash_delete(kv: KeyValue) -> None:
+    await kv.hash_incr_many([("h", "a", 1), ("h", "b", 2), ("h", "c", 3), ("g", "a", 1)])
+    await kv.hash_delete("h", ["a", "missing"])
+    assert await kv.hash_get_all("h") == {"b": 2, "c": 3}
+    await kv.hash_delete_many([("h", "b"), ("h", "c"), ("g", "a"), ("nothing", "x")])
+    assert await kv.hash_get_many(["h", "g"]) == [{}, {}]
+    await kv.hash_delete_many([])
+    await kv.hash_delete("h", [])

@@ -130,6 +130,7 @@ class PostRoutes:
                 tag="posts",
                 response=Page[Post],
                 query=PAGE,
+                errors=(404,),
             ),
             Operation(method="GET", path="/posts/{id}", summary="A post", tag="posts", response=Post, errors=(404,)),
             Operation(

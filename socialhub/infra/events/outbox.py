@@ -66,6 +66,9 @@ class OutboxSource(EventSource):
             while not stop.is_set():
                 if conn.is_closed():
                     raise ConnectionError("listen connection closed")
+                # Cleared before reading, not before waiting: a NOTIFY that arrives while
+                # a batch is being handled must cut the next wait short.
+                self._wake.clear()
                 batch = await self.store.get_batch(position, BATCH_SIZE)
                 if batch:
                     await self.consumer.handle_batch([envelope for _, envelope in batch])
@@ -85,8 +88,8 @@ class OutboxSource(EventSource):
         self._wake.set()
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> bool:
-        """Sleep until a NOTIFY, `stop`, or the timeout; True when woken by a NOTIFY."""
-        self._wake.clear()
+        """Sleep until a NOTIFY (or one since the last read), `stop`, or the timeout;
+        True when woken by a NOTIFY."""
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)

@@ -1,4 +1,4 @@
-"""The key-value port: rate limits and small shared caches.
+"""The key-value port: rate limits, small shared caches, timelines and counters.
 
 Two implementations: `memory.MemoryKV` (one process; the default) and
 `redis.RedisKV` (shared by every instance). Both are real and pass the same
@@ -49,8 +49,12 @@ class KeyValue(abc.ABC):
         """Store `value` only when `key` is absent; True when stored."""
 
     @abc.abstractmethod
-    async def delete(self, key: str) -> None:
-        """Remove `key` (no error when absent)."""
+    async def delete(self, key: str) -> bool:
+        """Remove `key`, atomically; True when it was there (so one caller of many "takes" it)."""
+
+    @abc.abstractmethod
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The value of each key, in order (None when absent or expired), in one round trip."""
 
     # -- timelines: capped sets of ids, read newest first --------------------------------
     # A timeline exists once created (it may be empty); adding to a missing timeline does
@@ -75,6 +79,40 @@ class KeyValue(abc.ABC):
     @abc.abstractmethod
     async def timeline_touch(self, key: str, ttl: float) -> None:
         """Push the timeline's expiry to `ttl` from now (no-op when it does not exist)."""
+
+    # -- hashes of counters: key -> {field: int} ---------------------------------------------
+    # Counters that their owners bring back to zero (sockets, joins), so a field that
+    # reaches exactly 0 is deleted and a hash with no field is gone: absent reads as 0,
+    # and increments commute (-1 then +1 ends at 0 and absent, like +1 then -1). A
+    # negative count is kept. Hashes do not expire and are not evicted: evicting a
+    # counter would corrupt it.
+
+    @abc.abstractmethod
+    async def hash_incr_many(self, changes: Sequence[tuple[str, str, int]]) -> list[int]:
+        """Add each (key, field, delta), all atomically in one round trip; the new values, in order.
+
+        A field whose new value is 0 is deleted.
+        """
+
+    @abc.abstractmethod
+    async def hash_get_many(self, keys: Sequence[str]) -> list[dict[str, int]]:
+        """Every field of each hash, in order ({} when absent), in one round trip."""
+
+    @abc.abstractmethod
+    async def hash_delete_many(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Delete each (key, field) in one round trip (absent ones are ignored)."""
+
+    async def hash_incr(self, key: str, field: str, delta: int) -> int:
+        """Add `delta` to one field atomically; its new value (0: the field was deleted)."""
+        return (await self.hash_incr_many([(key, field, delta)]))[0]
+
+    async def hash_get_all(self, key: str) -> dict[str, int]:
+        """Every field of one hash ({} when absent)."""
+        return (await self.hash_get_many([key]))[0]
+
+    async def hash_delete(self, key: str, fields: Sequence[str]) -> None:
+        """Delete `fields` of one hash (absent ones are ignored)."""
+        await self.hash_delete_many([(key, f) for f in fields])
 
     @abc.abstractmethod
     async def ping(self) -> bool:

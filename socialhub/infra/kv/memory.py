@@ -8,6 +8,10 @@ a sweep that runs at most every `SWEEP_INTERVAL` seconds during normal calls, an
 when a table is still at its cap, by evicting the least recently used entry. So an
 attacker cycling IP addresses through the login limit costs at most `MAX_RATE_KEYS`
 small entries; the price is that under such a flood the oldest keys are forgiven.
+
+Hashes of counters are the exception: they are neither capped nor evicted (dropping a
+counter would corrupt it). Each field is a live count its owner brings back to zero
+(a socket, a room join), and a field at zero is deleted, so they hold only what is live.
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ class MemoryKV(KeyValue):
         self._values: OrderedDict[str, tuple[bytes, int | None]] = OrderedDict()
         # key -> ([ids ascending], expires at ns); in least-recently-used order.
         self._timelines: OrderedDict[str, tuple[list[int], int]] = OrderedDict()
+        # key -> {field: count}; a field at 0 is removed, an empty hash too.
+        self._hashes: dict[str, dict[str, int]] = {}
         self._next_sweep = clock() + round(SWEEP_INTERVAL * _NS)
 
     async def rate_limit(self, key: str, rate: Rate, cost: int = 1) -> RateDecision:
@@ -126,8 +132,38 @@ class MemoryKV(KeyValue):
         self._store_value(key, value, None if ttl_ns is None else now + ttl_ns)
         return True
 
-    async def delete(self, key: str) -> None:
-        self._values.pop(key, None)
+    async def delete(self, key: str) -> bool:
+        entry = self._values.pop(key, None)
+        return entry is not None and (entry[1] is None or entry[1] > self._clock())
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
+
+    async def hash_incr_many(self, changes: Sequence[tuple[str, str, int]]) -> list[int]:
+        # No await until the end: the whole batch is applied atomically.
+        out: list[int] = []
+        for key, field, delta in changes:
+            fields = self._hashes.setdefault(key, {})
+            value = fields.get(field, 0) + delta
+            if value == 0:
+                fields.pop(field, None)
+                if not fields:
+                    del self._hashes[key]
+            else:
+                fields[field] = value
+            out.append(value)
+        return out
+
+    async def hash_get_many(self, keys: Sequence[str]) -> list[dict[str, int]]:
+        return [dict(self._hashes.get(key, {})) for key in keys]
+
+    async def hash_delete_many(self, entries: Sequence[tuple[str, str]]) -> None:
+        for key, field in entries:
+            fields = self._hashes.get(key)
+            if fields is not None:
+                fields.pop(field, None)
+                if not fields:
+                    del self._hashes[key]
 
     async def timeline_create(self, key: str, ids: Sequence[int], cap: int, ttl: float) -> None:
         ttl_ns = _ttl_ns(ttl)
@@ -193,10 +229,11 @@ class MemoryKV(KeyValue):
         self._rates.clear()
         self._values.clear()
         self._timelines.clear()
+        self._hashes.clear()
 
     def __len__(self) -> int:
         """Entries held (live or not yet swept); for tests and metrics."""
-        return len(self._rates) + len(self._values) + len(self._timelines)
+        return len(self._rates) + len(self._values) + len(self._timelines) + len(self._hashes)
 
     def _tick(self) -> int:
         """The current time, sweeping expired entries when a sweep is due."""

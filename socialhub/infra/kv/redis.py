@@ -7,8 +7,9 @@ Times inside the script are integer microseconds: a double holds today's epoch i
 microseconds exactly (< 2**53), which keeps "remaining" free of rounding errors.
 
 Keys: `<prefix>rl:<key>` holds a rate key's theoretical arrival time (TAT);
-`<prefix>kv:<key>` holds a value. The two namespaces keep `get("x")` from ever
-reading limiter state, and keep both clear of other users of the same prefix.
+`<prefix>kv:<key>` holds a value; `<prefix>tl:<key>` a timeline (sorted set);
+`<prefix>h:<key>` a hash of counters. The namespaces keep `get("x")` from ever
+reading limiter state, and keep all of them clear of other users of the same prefix.
 """
 
 from __future__ import annotations
@@ -107,6 +108,20 @@ return 1
 """
 
 
+# KEYS[i] hash, ARGV[2i-1] field, ARGV[2i] delta: HINCRBY each, HDEL a field that
+# reaches 0. One script, so the batch is atomic and one round trip.
+HASH_INCR_SCRIPT = """
+local out = {}
+for i = 1, #KEYS do
+  local field = ARGV[2 * i - 1]
+  local value = redis.call('HINCRBY', KEYS[i], field, ARGV[2 * i])
+  if value == 0 then redis.call('HDEL', KEYS[i], field) end
+  out[i] = value
+end
+return out
+"""
+
+
 def _pad(value: int) -> bytes:
     return str(value).zfill(ID_WIDTH).encode()
 
@@ -121,6 +136,7 @@ class RedisKV(KeyValue):
         self._owns_client = owns_client
         self._gcra = client.register_script(GCRA_SCRIPT)
         self._timeline_add = client.register_script(TIMELINE_ADD_SCRIPT)
+        self._hash_incr = client.register_script(HASH_INCR_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, prefix: str) -> RedisKV:
@@ -166,9 +182,48 @@ class RedisKV(KeyValue):
             raise Unavailable(f"key-value store unavailable: {exc}") from exc
         return bool(stored)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str) -> bool:
+        return bool(await self._call(self._client.delete(self._value_key(key))))
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values = await self._call(self._client.mget([self._value_key(k) for k in keys]))
+        return cast(list[bytes | None], values)
+
+    async def hash_incr_many(self, changes: Sequence[tuple[str, str, int]]) -> list[int]:
+        if not changes:
+            return []
+        keys = [self._hash_key(key) for key, _, _ in changes]
+        args: list[str | int] = []
+        for _, field, delta in changes:
+            args += [field, delta]
+        reply = await self._call(self._hash_incr(keys=keys, args=args))
+        return [int(v) for v in reply]
+
+    async def hash_get_many(self, keys: Sequence[str]) -> list[dict[str, int]]:
+        if not keys:
+            return []
         try:
-            await self._client.delete(self._value_key(key))
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(self._hash_key(key))
+                replies: list[dict[bytes, bytes]] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"key-value store unavailable: {exc}") from exc
+        return [{f.decode(): int(v) for f, v in reply.items()} for reply in replies]
+
+    async def hash_delete_many(self, entries: Sequence[tuple[str, str]]) -> None:
+        by_key: dict[str, list[str]] = {}
+        for key, field in entries:
+            by_key.setdefault(key, []).append(field)
+        if not by_key:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, fields in by_key.items():
+                    pipe.hdel(self._hash_key(key), *fields)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable(f"key-value store unavailable: {exc}") from exc
 
@@ -239,3 +294,6 @@ class RedisKV(KeyValue):
 
     def _timeline_key(self, key: str) -> str:
         return f"{self._prefix}tl:{key}"
+
+    def _hash_key(self, key: str) -> str:
+        return f"{self._prefix}h:{key}"
