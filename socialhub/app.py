@@ -6,7 +6,8 @@ the order below and stop in reverse.
 
     start: embedded PostgreSQL (if no database.url) -> migrations -> pool
            -> key-value store -> pub/sub -> session guard -> background workers
-    stop:  workers (event readers, sweepers) -> session guard -> background mail
+    stop:  sockets (closed with 1012) -> chat timers -> presence -> workers (event
+           readers, presence, janitor) -> session guard -> background mail
            -> Kafka producer -> media -> pub/sub -> key-value -> Redis -> pool
            -> embedded PostgreSQL
 """
@@ -14,6 +15,8 @@ the order below and stop in reverse.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -23,6 +26,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from socialhub.api.http.auth import AuthRoutes
+from socialhub.api.http.chat import ChatRoutes
 from socialhub.api.http.errors import handle_http_exception, handle_socialhub_error, handle_unexpected
 from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import Check, HealthRoutes
@@ -33,6 +37,9 @@ from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.ratelimit import RateLimitMiddleware
 from socialhub.api.http.security import Authenticator
 from socialhub.api.http.users import UserRoutes
+from socialhub.api.ws.dispatch import Dispatcher
+from socialhub.api.ws.endpoint import SocketEndpoint
+from socialhub.api.ws.hub import Hub
 from socialhub.config import ConfigError, Settings
 from socialhub.domain import events
 from socialhub.errors import SocialhubError
@@ -45,15 +52,18 @@ from socialhub.infra.media.base import MediaStore
 from socialhub.infra.pubsub.base import PubSub
 from socialhub.secrets_file import load_or_create_secret
 from socialhub.services.accounts import AccountService
+from socialhub.services.chat import ChatService
 from socialhub.services.feed import FeedService
 from socialhub.services.janitor import Janitor
 from socialhub.services.notifications import NotificationService
 from socialhub.services.passwords import Passwords
 from socialhub.services.posts import PostService
+from socialhub.services.presence import PresenceService
 from socialhub.services.sessions import SessionGuard
 from socialhub.services.tokens import TokenCodec
 from socialhub.services.users import UserService
 from socialhub.storage.auth import AuthStore
+from socialhub.storage.chat import ChatStore
 from socialhub.storage.database import Database
 from socialhub.storage.embedded import EmbeddedPostgres
 from socialhub.storage.migrate import migrate
@@ -186,7 +196,27 @@ def create_app(settings: Settings) -> Starlette:
     feed = FeedService(posts=post_store, kv=kv, media_base=media_base, fanout_threshold=settings.feed.fanout_threshold)
     notifications = NotificationService(db=db, store=NotificationStore(db), pubsub=pubsub)
     sources, publisher = make_event_sources(settings, db, [feed, notifications])
+    presence = PresenceService(
+        kv,
+        pubsub,
+        instance_id=f"{socket.gethostname()}-{os.getpid()}",
+        save_last_seen=user_store.update_last_seen,
+        load_last_seen=user_store.get_last_seen,
+    )
+    chat = ChatService(
+        store=ChatStore(db), pubsub=pubsub, notify=notifications.notify, joined_users=presence.joined_users
+    )
+    hub = Hub(pubsub=pubsub, chat=chat, presence=presence)
+    guard.add_listener(hub.on_revoked)
+    pubsub.on_reset(hub.on_broker_reset)
+    sockets = SocketEndpoint(
+        guard=guard,
+        hub=hub,
+        dispatcher=Dispatcher(hub=hub, chat=chat, presence_status=presence.status),
+        rate=settings.ratelimit.rule("ws_frames"),
+    )
     supervisor = Supervisor()
+    supervisor.add("presence", presence.run)
     for name, source in sources.items():
         supervisor.add(f"events:{name}", source.run)
     supervisor.add("janitor", Janitor(posts=post_store, outbox=OutboxStore(db), media=media).run)
@@ -204,12 +234,13 @@ def create_app(settings: Settings) -> Starlette:
         checks["kafka"] = publisher.ping
 
     health_routes = HealthRoutes(checks, metrics=settings.metrics.enabled)
-    api: list[AuthRoutes | UserRoutes | PostRoutes | FeedRoutes | MediaRoutes] = [
+    api: list[AuthRoutes | UserRoutes | PostRoutes | FeedRoutes | MediaRoutes | ChatRoutes] = [
         AuthRoutes(accounts, authenticator, max_body),
         UserRoutes(users, authenticator, media, settings.media.max_file_bytes, max_body),
         PostRoutes(posts, authenticator, media, settings.media, max_body),
         FeedRoutes(feed, notifications, authenticator, max_body),
         MediaRoutes(media),
+        ChatRoutes(chat, users, presence, authenticator, max_body),
     ]
     docs_routes = OpenApiRoutes(
         [*health_routes.operations(), *(op for group in api for op in group.operations())],
@@ -218,6 +249,7 @@ def create_app(settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         *health_routes.routes(),
         *(route for group in api for route in group.routes()),
+        *sockets.routes(),
         *docs_routes.routes(),
     ]
 
@@ -238,6 +270,9 @@ def create_app(settings: Settings) -> Starlette:
             stack.push_async_callback(guard.stop)
             await supervisor.start()
             stack.push_async_callback(supervisor.stop)
+            stack.push_async_callback(presence.stop)
+            stack.callback(chat.stop)
+            stack.push_async_callback(hub.shutdown)
             logger.info("socialhub ready")
             yield
             logger.info("socialhub stopping")

@@ -46,6 +46,10 @@ def serve(settings: Settings) -> int:
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=15,
+        # SPEC: frames over 64 KiB close the socket (1009); ping every 20 s, drop the silent.
+        ws_max_size=64 * 1024,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
     )
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal under the

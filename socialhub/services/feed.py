@@ -29,8 +29,10 @@ ACTIVE_WINDOW = 7 * 86400.0  # Mastodon fans out to users active in the last wee
 # Reads fetch a few more ids than asked, since some drop out at hydration (deleted posts).
 READ_SLACK = 10
 FANOUT_CHUNK = 1000
-# How many of a newly followed account's posts are merged into the follower's timeline.
-FOLLOW_BACKFILL = 40
+# How many of a newly followed account's posts are merged into the follower's timeline:
+# as many as a timeline holds. Fewer would leave a gap: their older posts would fall
+# between the follower's timeline entries, where reads do not look in PostgreSQL.
+FOLLOW_BACKFILL = TIMELINE_CAP
 # At most one last_active_at write per user per this many seconds.
 ACTIVITY_WRITE_EVERY = 3600.0
 

@@ -121,6 +121,9 @@ class UserService:
         items = [User.of(e.user, None if e.user.id == viewer.user_id else e.relation) for e in entries]
         return page_of(items, [e.follow_id for e in entries], page.limit)
 
+    async def exists(self, user_id: int) -> bool:
+        return await self.users.user_exists(user_id)
+
     async def counts(self, viewer: Principal) -> Counts:
         user = await self.users.get_user(viewer.user_id)
         if user is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -195,3 +197,16 @@ class UserStore:
             limit,
         )
         return [FollowEntry(follow_id=r["follow_id"], user=user_from_row(r), relation=_relation(r)) for r in rows]
+
+    async def update_last_seen(self, user_id: int, when: datetime) -> None:
+        await self.db.execute("UPDATE users SET last_seen_at = $2 WHERE id = $1", user_id, when)
+
+    async def get_last_seen(self, user_ids: Sequence[int]) -> dict[int, datetime]:
+        rows = await self.db.fetch(
+            "SELECT id, last_seen_at FROM users WHERE id = ANY($1::bigint[]) AND last_seen_at IS NOT NULL",
+            list(user_ids),
+        )
+        return {r["id"]: r["last_seen_at"] for r in rows}
+
+    async def user_exists(self, user_id: int) -> bool:
+        return bool(await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))

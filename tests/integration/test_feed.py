@@ -372,6 +372,21 @@ async def test_nobody_sees_posts_of_people_they_do_not_follow(app: App) -> None:
         assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", bad
 
 
+async def test_following_someone_brings_all_their_posts_without_gaps(app: App) -> None:
+    c = app.client
+    a, b = await signup(c), await signup(c)
+    await feed_ids(b)
+    theirs, mine = [], []
+    for i in range(60):  # interleaved in time, so b's timeline spans a's older posts
+        theirs.append(await new_post(a, f"a {i}"))
+        mine.append(await new_post(b, f"b {i}"))
+    await caught_up(app.database_url)
+    assert await all_feed_ids(b, 20) == newest_first(mine)
+    await follow(b, a)
+    await caught_up(app.database_url)
+    assert await all_feed_ids(b, 20) == newest_first(theirs + mine)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="bug: fan-out and the read-time merge both key on the current followers_count, so posts "

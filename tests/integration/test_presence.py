@@ -247,6 +247,16 @@ async def test_a_lapsed_heartbeat_rebuilds_the_entries_without_flapping(env: Env
     assert env.statuses(1) == ["online"]
 
 
+async def test_a_lost_online_flag_is_announced_again(env: Env) -> None:
+    # What a Redis restart, or a lost race with another instance's offline check, leaves.
+    a = await env.node("a")
+    await env.watch(1)
+    await a.service.connected(1)
+    await eventually(lambda: env.statuses(1) == ["online"])
+    assert await (await env.kv()).delete("presence:on:1")
+    await eventually(lambda: env.statuses(1) == ["online", "online"], within=2)
+
+
 async def _registry_lacks(kv: KeyValue, iid: str) -> bool:
     return iid not in await kv.hash_get_all(REGISTRY)
 

@@ -1,0 +1,124 @@
+"""Frame type -> service call. Each handler answers the frame (ack, joined, pong...)
+or raises a SocialhubError, which the endpoint turns into an `error` frame."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from socialhub.api.ws.hub import Hub
+from socialhub.api.ws.protocol import (
+    Ack,
+    CallAnswer,
+    CallCandidate,
+    CallHangup,
+    CallInvite,
+    CallReject,
+    Frame,
+    JoinRoom,
+    LeaveRoom,
+    Ping,
+    Pong,
+    Read,
+    SendMessage,
+    SubscribePresence,
+    Typing,
+)
+from socialhub.api.ws.session import Session
+from socialhub.domain.users import Principal
+from socialhub.errors import BadRequest, NotFound
+from socialhub.ids import parse_id
+from socialhub.services.chat import ChatService
+
+_encoder = msgspec.json.Encoder()
+
+
+def _id(value: str, what: str) -> int:
+    parsed = parse_id(value)
+    if parsed is None:
+        raise NotFound(f"no such {what}")
+    return parsed
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        chat: ChatService,
+        presence_status: Callable[[list[int]], Awaitable[list[Any]]],
+        calls: Any = None,
+    ) -> None:
+        self.hub = hub
+        self.chat = chat
+        self.presence_status = presence_status
+        self.calls = calls
+        self._handlers: dict[type[Frame], Callable[[Session, Any], Awaitable[None]]] = {
+            JoinRoom: self.join_room,
+            LeaveRoom: self.leave_room,
+            SendMessage: self.send_message,
+            Typing: self.typing,
+            Read: self.read,
+            SubscribePresence: self.subscribe_presence,
+            Ping: self.ping,
+            CallInvite: self.call,
+            CallAnswer: self.call,
+            CallCandidate: self.call,
+            CallReject: self.call,
+            CallHangup: self.call,
+        }
+
+    async def dispatch(self, session: Session, frame: Frame) -> None:
+        handler = self._handlers.get(type(frame))
+        if handler is None:
+            raise BadRequest("this frame is only valid as the first frame")
+        await handler(session, frame)
+
+    @staticmethod
+    def _principal(session: Session) -> Principal:
+        return Principal(user_id=session.user_id, session_id=session.session_id)
+
+    @staticmethod
+    def _ack(session: Session, frame: Frame) -> None:
+        if frame.ref is not None:
+            session.send(_encoder.encode(Ack(ref=frame.ref)))
+
+    async def join_room(self, session: Session, frame: JoinRoom) -> None:
+        room_id = _id(frame.room_id, "room")
+        await self.chat.check_member(session.user_id, room_id)
+        await self.hub.join(session, room_id, frame.since_seq, frame.ref)
+
+    async def leave_room(self, session: Session, frame: LeaveRoom) -> None:
+        await self.hub.leave(session, _id(frame.room_id, "room"))
+        self._ack(session, frame)
+
+    async def send_message(self, session: Session, frame: SendMessage) -> None:
+        room_id = _id(frame.room_id, "room")
+        message = await self.chat.send(self._principal(session), room_id, frame.body, frame.client_msg_id)
+        session.send(_encoder.encode(Ack(ref=frame.ref, message=message)))
+
+    async def typing(self, session: Session, frame: Typing) -> None:
+        await self.chat.typing(self._principal(session), _id(frame.room_id, "room"), frame.state)
+        self._ack(session, frame)
+
+    async def read(self, session: Session, frame: Read) -> None:
+        await self.chat.read(self._principal(session), _id(frame.room_id, "room"), frame.seq)
+        self._ack(session, frame)
+
+    async def subscribe_presence(self, session: Session, frame: SubscribePresence) -> None:
+        ids = sorted({_id(u, "user") for u in frame.user_ids})
+        for user_id in ids:
+            await self.hub.watch(session, user_id)
+        for view in await self.presence_status(ids):
+            session.send(_encoder.encode(view))
+        self._ack(session, frame)
+
+    async def ping(self, session: Session, frame: Ping) -> None:
+        session.send(_encoder.encode(Pong() if frame.ref is None else Pong(ref=frame.ref)))
+
+    async def call(self, session: Session, frame: Frame) -> None:
+        if self.calls is None:
+            raise BadRequest("calls are not available on this server yet")
+        await self.calls.handle(session, frame)

@@ -1,0 +1,152 @@
+"""GET /ws: authenticate, then read frames until the socket closes.
+
+The first frame must be `authenticate` within AUTH_TIMEOUT, else close 4401. Every
+later frame is checked against the socket's budget (30/s, bursts of 60: an `error
+rate_limited` and the frame is dropped), decoded and validated (an `error` with the
+client's ref; the socket stays open) and dispatched. Frames over 64 KiB close the
+socket with 1009 (uvicorn's ws_max_size); uvicorn also pings every 20 s and drops a
+socket that does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from socialhub.api.ws.dispatch import Dispatcher
+from socialhub.api.ws.hub import Hub
+from socialhub.api.ws.protocol import (
+    CLOSE_CODES,
+    CLOSE_RESTART,
+    CLOSE_TOO_BIG,
+    CLOSE_UNAUTHENTICATED,
+    Authenticate,
+    Authenticated,
+    ClientFrame,
+    Envelope,
+    Error,
+)
+from socialhub.api.ws.session import Session
+from socialhub.config import Rate
+from socialhub.errors import SocialhubError
+from socialhub.services.sessions import SessionGuard
+
+logger = logging.getLogger(__name__)
+
+AUTH_TIMEOUT = 10.0  # SPEC
+MAX_FRAME_BYTES = 64 * 1024  # SPEC; uvicorn enforces it too (ws_max_size)
+
+_encoder = msgspec.json.Encoder()
+_frames = msgspec.json.Decoder(ClientFrame)
+_envelope = msgspec.json.Decoder(Envelope)
+
+
+def _error(code: str, message: str, ref: object = None) -> bytes:
+    if isinstance(ref, str):
+        return _encoder.encode(Error(code=code, message=message, ref=ref))
+    return _encoder.encode(Error(code=code, message=message))
+
+
+class SocketEndpoint:
+    def __init__(self, *, guard: SessionGuard, hub: Hub, dispatcher: Dispatcher, rate: Rate | None) -> None:
+        self.guard = guard
+        self.hub = hub
+        self.dispatcher = dispatcher
+        self.rate = rate
+
+    def routes(self) -> list[WebSocketRoute]:
+        return [WebSocketRoute("/ws", self.serve)]
+
+    async def serve(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        if self.hub.closing:
+            await websocket.close(CLOSE_RESTART, "server restarting")
+            return
+        try:
+            session = await self._authenticate(websocket)
+        except WebSocketDisconnect:
+            return
+        if session is None:
+            return
+        session.start()
+        await self.hub.add(session)
+        try:
+            session.send(
+                _encoder.encode(Authenticated(user_id=str(session.user_id), session_id=str(session.session_id)))
+            )
+            await self._read(websocket, session)
+        finally:
+            await session.flush_and_stop()
+            await self.hub.remove(session)
+
+    async def _authenticate(self, websocket: WebSocket) -> Session | None:
+        try:
+            raw = await asyncio.wait_for(self._receive(websocket), AUTH_TIMEOUT)
+        except TimeoutError:
+            await websocket.close(CLOSE_UNAUTHENTICATED, "authenticate within 10 s")
+            return None
+        if raw is None:
+            return None
+        ref = None
+        try:
+            ref = _envelope.decode(raw).ref
+            frame = _frames.decode(raw)
+            if not isinstance(frame, Authenticate):
+                raise SocialhubError("the first frame must be authenticate")
+            principal = await self.guard.authenticate(frame.token)
+        except (msgspec.DecodeError, SocialhubError):
+            await websocket.send_text(_error("unauthenticated", "authenticate with a valid access token", ref).decode())
+            await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
+            return None
+        return Session(websocket, principal.user_id, principal.session_id, self.rate)
+
+    async def _receive(self, websocket: WebSocket) -> bytes | None:
+        """The next frame's bytes; None when the socket is gone."""
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        data = message.get("bytes")
+        if data is None:
+            text = message.get("text") or ""
+            data = text.encode()
+        if len(data) > MAX_FRAME_BYTES:
+            await websocket.close(CLOSE_TOO_BIG, "frame over 64 KiB")
+            return None
+        return data
+
+    async def _read(self, websocket: WebSocket, session: Session) -> None:
+        while not session.closing:
+            try:
+                raw = await self._receive(websocket)
+            except WebSocketDisconnect:
+                return
+            if raw is None:
+                return
+            if not session.budget.allow():
+                session.send(_error("rate_limited", "more than 30 frames a second; frame dropped", _ref(raw)))
+                continue
+            try:
+                frame = _frames.decode(raw)
+            except msgspec.DecodeError as exc:
+                session.send(_error("bad_request", f"bad frame: {exc}", _ref(raw)))
+                continue
+            try:
+                await self.dispatcher.dispatch(session, frame)
+            except SocialhubError as exc:
+                session.send(_error(exc.code, exc.message, frame.ref))
+                if exc.code in CLOSE_CODES and exc.code != "too_large":
+                    session.close(CLOSE_CODES[exc.code], exc.message)
+            except Exception:
+                logger.exception("frame %s failed", type(frame).__name__)
+                session.send(_error("internal", "internal error", frame.ref))
+
+
+def _ref(raw: bytes) -> object:
+    try:
+        return _envelope.decode(raw).ref
+    except msgspec.DecodeError:
+        return None

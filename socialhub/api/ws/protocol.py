@@ -1,0 +1,154 @@
+"""The WebSocket frames (SPEC, "WebSocket: GET /ws"): JSON objects with a `type`.
+
+Client frames decode into one tagged union; a client may add `ref` to any frame and
+gets it back on the direct reply (`ack` or `error`). Server frames are encoded once
+and, for fan-out, sent as the same bytes to every socket.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from socialhub.domain.chat import Message
+
+Ref = Annotated[str, msgspec.Meta(max_length=100)] | None
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=20, pattern=r"^[0-9]+$")]
+# SPEC: body 1..4000 characters.
+Body = Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# An SDP offer of a few m-lines is 2-6 KB; the socket's 64 KiB frame cap bounds it anyway.
+Sdp = Annotated[str, msgspec.Meta(min_length=1, max_length=60_000)]
+MAX_PRESENCE_IDS = 1000
+
+
+class Frame(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    ref: Ref = None
+
+
+class Authenticate(Frame, frozen=True, tag="authenticate"):
+    token: Annotated[str, msgspec.Meta(max_length=4096)]
+
+
+class JoinRoom(Frame, frozen=True, tag="join_room"):
+    room_id: Id
+    since_seq: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class LeaveRoom(Frame, frozen=True, tag="leave_room"):
+    room_id: Id
+
+
+class SendMessage(Frame, frozen=True, tag="send_message"):
+    room_id: Id
+    body: Body
+    client_msg_id: ClientMsgId
+
+
+class Typing(Frame, frozen=True, tag="typing"):
+    room_id: Id
+    state: bool
+
+
+class Read(Frame, frozen=True, tag="read"):
+    room_id: Id
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class SubscribePresence(Frame, frozen=True, tag="subscribe_presence"):
+    user_ids: Annotated[list[Id], msgspec.Meta(max_length=MAX_PRESENCE_IDS)]
+
+
+class CallInvite(Frame, frozen=True, tag="call_invite"):
+    callee_id: Id
+    media: Literal["audio", "video"]
+    sdp: Sdp
+
+
+class CallAnswer(Frame, frozen=True, tag="call_answer"):
+    call_id: Id
+    sdp: Sdp
+
+
+class CallCandidate(Frame, frozen=True, tag="call_candidate"):
+    call_id: Id
+    candidate: Any
+
+
+class CallReject(Frame, frozen=True, tag="call_reject"):
+    call_id: Id
+
+
+class CallHangup(Frame, frozen=True, tag="call_hangup"):
+    call_id: Id
+
+
+class Ping(Frame, frozen=True, tag="ping"):
+    pass
+
+
+ClientFrame = (
+    Authenticate
+    | JoinRoom
+    | LeaveRoom
+    | SendMessage
+    | Typing
+    | Read
+    | SubscribePresence
+    | CallInvite
+    | CallAnswer
+    | CallCandidate
+    | CallReject
+    | CallHangup
+    | Ping
+)
+
+class Envelope(msgspec.Struct, frozen=True):
+    """Just enough of any frame to answer it: its type and ref."""
+
+    type: Any = None
+    ref: Any = None
+
+
+# -- server frames -------------------------------------------------------------------
+
+
+class Authenticated(msgspec.Struct, frozen=True, tag_field="type", tag="authenticated"):
+    user_id: str
+    session_id: str
+
+
+class Joined(msgspec.Struct, frozen=True, tag_field="type", tag="joined"):
+    room_id: str
+    last_seq: int
+    ref: str | UnsetType = UNSET
+
+
+class Ack(msgspec.Struct, frozen=True, tag_field="type", tag="ack", omit_defaults=True):
+    ref: str | None = None
+    message: Message | UnsetType = UNSET
+    call: Any = UNSET
+
+
+class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
+    code: str
+    message: str
+    ref: str | UnsetType = UNSET
+
+
+class Pong(msgspec.Struct, frozen=True, tag_field="type", tag="pong"):
+    ref: str | UnsetType = UNSET
+
+
+# Close codes, one table (STYLE rule 7): error code -> WebSocket close code.
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012  # service restart: reconnect (elsewhere) and resume with since_seq
+CLOSE_POLICY = 1008
+CLOSE_CODES: dict[str, int] = {
+    "unauthenticated": CLOSE_UNAUTHENTICATED,
+    "too_large": CLOSE_TOO_BIG,
+    "unavailable": CLOSE_RESTART,
+}

@@ -1,0 +1,115 @@
+"""One connected socket: its bounded send queue, its writer, its frame budget.
+
+Sending never blocks the sender: frames go into a bounded queue drained by one
+writer task. Overflow policy: a client whose queue is full does not read, and it is
+disconnected (close 1008) rather than buffered without bound; the frames it missed
+are in PostgreSQL and it resumes with `since_seq`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from socialhub.config import Rate
+
+logger = logging.getLogger(__name__)
+
+# Frames waiting for one slow socket. A chat burst of a few hundred messages fits;
+# more means the client is not reading. (~1 KB a frame: at most ~0.5 MB per socket.)
+SEND_QUEUE_FRAMES = 512
+CLOSE_SLOW = 1008
+
+
+class FrameBudget:
+    """The per-socket frame rate (GCRA): `rate.limit` per `rate.period`, bursts of `rate.burst`."""
+
+    def __init__(self, rate: Rate | None) -> None:
+        self.rate = rate
+        self._tat = 0.0
+
+    def allow(self) -> bool:
+        if self.rate is None:
+            return True
+        now = asyncio.get_running_loop().time()
+        interval = self.rate.interval
+        tat = max(self._tat, now)
+        if tat + interval - now > self.rate.burst * interval:
+            return False
+        self._tat = tat + interval
+        return True
+
+
+class Session:
+    """A socket of `user_id` in session `session_id` (one per device)."""
+
+    def __init__(self, websocket: WebSocket, user_id: int, session_id: int, rate: Rate | None) -> None:
+        self.websocket = websocket
+        self.user_id = user_id
+        self.session_id = session_id
+        self.budget = FrameBudget(rate)
+        self.rooms: dict[int, int] = {}  # room id -> highest seq sent to this socket
+        self.joining: dict[int, list[tuple[int, bytes]]] = {}  # room id -> live frames held during replay
+        self.watching: set[int] = set()  # users whose presence this socket follows
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_FRAMES)
+        self._writer: asyncio.Task[None] | None = None
+        self.closing = False
+        self.close_code = 1000
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write(), name=f"ws-writer:{self.session_id}")
+
+    def send(self, data: bytes) -> None:
+        """Queue a frame (JSON bytes); never waits."""
+        if self.closing:
+            return
+        try:
+            self._queue.put_nowait(data)
+        except asyncio.QueueFull:
+            logger.info("closing a socket of user %s: it does not read", self.user_id)
+            self.close(CLOSE_SLOW, "send queue full: the client does not read")
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                data = await self._queue.get()
+                await self.websocket.send_text(data.decode())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The socket went away under us; the reader sees the disconnect and cleans up.
+            logger.debug("socket write failed", exc_info=True)
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close from anywhere without waiting; queued frames are dropped."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        if self._writer is not None:
+            self._writer.cancel()
+        task = asyncio.create_task(self._close(code, reason))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.websocket.close(code, reason)
+
+    async def flush_and_stop(self) -> None:
+        """Called when the reader ends: stop the writer."""
+        self.closing = True
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._writer
+
+
+_closing: set[asyncio.Task[None]] = set()

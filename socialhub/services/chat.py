@@ -1,0 +1,226 @@
+"""Chat: rooms, messages with a gap-free seq, read receipts, typing.
+
+PostgreSQL is the truth; live frames go to the room's pub/sub channel after the
+transaction commits, so every instance with a socket in the room relays them. A
+socket that may have missed something resumes with `since_seq`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from socialhub.domain.chat import Message, MessageRecord, Room, room_channel
+from socialhub.domain.notifications import NewNotification
+from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.users import Principal
+from socialhub.errors import Forbidden, NotFound, SocialhubError, ValidationFailed
+from socialhub.infra.pubsub.base import PubSub
+from socialhub.storage.chat import ChatStore
+
+logger = logging.getLogger(__name__)
+
+# Enough for the 1,000-member fan-out benchmark and for real groups; Matrix rooms are
+# bigger, but they are not a chat of friends.
+MAX_ROOM_MEMBERS = 5000
+REPLAY_BATCH = 500
+# Membership never changes after a room is made (there is no leave or kick yet), so a
+# positive answer can be kept; negative ones are not cached.
+MEMBER_CACHE_SIZE = 100_000
+MEMBER_CACHE_TTL = 300.0
+# SPEC: `typing true` expires by itself after 6 s; the others then get `typing false`.
+TYPING_EXPIRES = 6.0
+
+
+class RoomEvent(msgspec.Struct, frozen=True):
+    """What a room channel carries: a server frame, already encoded once for every socket,
+    with what a relaying instance needs to know about it."""
+
+    frame: msgspec.Raw
+    seq: int = 0  # for new_message: lets a joining socket drop what its replay already sent
+    exclude_user: int = 0  # typing and read receipts are for the others in the room
+
+
+class NewMessageFrame(msgspec.Struct, frozen=True, tag_field="type", tag="new_message"):
+    message: Message
+
+
+class TypingFrame(msgspec.Struct, frozen=True, tag_field="type", tag="typing"):
+    room_id: str
+    user_id: str
+    state: bool
+
+
+class ReadFrame(msgspec.Struct, frozen=True, tag_field="type", tag="read"):
+    room_id: str
+    user_id: str
+    seq: int
+
+
+_encoder = msgspec.json.Encoder()
+
+Notifier = Callable[[NewNotification], Awaitable[object]]
+JoinedUsers = Callable[[int], Awaitable[set[int]]]
+
+
+def encode_room_event(frame: msgspec.Struct, *, seq: int = 0, exclude_user: int = 0) -> bytes:
+    return _encoder.encode(RoomEvent(frame=msgspec.Raw(_encoder.encode(frame)), seq=seq, exclude_user=exclude_user))
+
+
+class ChatService:
+    def __init__(self, *, store: ChatStore, pubsub: PubSub, notify: Notifier, joined_users: JoinedUsers) -> None:
+        self.store = store
+        self.pubsub = pubsub
+        self.notify = notify
+        self.joined_users = joined_users
+        self._members: OrderedDict[tuple[int, int], float] = OrderedDict()
+        self._typing: dict[tuple[int, int], asyncio.TimerHandle] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- rooms ---------------------------------------------------------------------------
+
+    async def create_room(self, viewer: Principal, member_ids: list[int], name: str | None) -> tuple[Room, bool]:
+        """(room, created). One other member and no name: a direct room, unique per pair."""
+        others = sorted({m for m in member_ids if m != viewer.user_id})
+        if not others:
+            raise ValidationFailed("a room needs at least one other member", fields={"members": "no other member"})
+        if len(others) + 1 > MAX_ROOM_MEMBERS:
+            raise ValidationFailed(
+                f"at most {MAX_ROOM_MEMBERS} members", fields={"members": f"at most {MAX_ROOM_MEMBERS}"}
+            )
+        found = await self.store.users_exist(others)
+        if len(found) != len(others):
+            raise NotFound("no such user among the members")
+        direct = len(others) == 1 and not name
+        key = f"{min(viewer.user_id, others[0])}:{max(viewer.user_id, others[0])}" if direct else None
+        async with self.store.db.transaction() as conn:
+            room_id, created = await self.store.insert_room(
+                conn,
+                kind="direct" if direct else "group",
+                name=name,
+                creator=viewer.user_id,
+                members=[viewer.user_id, *others],
+                direct_key=key,
+            )
+        room = await self.store.get_room(room_id, viewer.user_id)
+        assert room is not None
+        return Room.of(room), created
+
+    async def rooms(self, viewer: Principal, page: PageRequest) -> Page[Room]:
+        before = None
+        if page.before is not None:
+            activity = await self.store.get_activity(page.before)
+            if activity is None:
+                return Page(items=[], next=None)
+            before = (activity, page.before)
+        records = await self.store.get_rooms(viewer.user_id, before, page.limit)
+        return page_of([Room.of(r) for r in records], [r.id for r in records], page.limit)
+
+    async def check_member(self, viewer_id: int, room_id: int) -> None:
+        """Forbidden for a non-member (NotFound when the room does not exist)."""
+        key = (room_id, viewer_id)
+        seen = self._members.get(key)
+        now = time.monotonic()
+        if seen is not None and now - seen < MEMBER_CACHE_TTL:
+            return
+        if not await self.store.is_member(room_id, viewer_id):
+            if await self.store.get_activity(room_id) is None:
+                raise NotFound("no such room")
+            raise Forbidden("only the room's members may do that")
+        self._members[key] = now
+        self._members.move_to_end(key)
+        while len(self._members) > MEMBER_CACHE_SIZE:
+            self._members.popitem(last=False)
+
+    async def history(self, viewer: Principal, room_id: int, page: PageRequest) -> Page[Message]:
+        await self.check_member(viewer.user_id, room_id)
+        records = await self.store.get_history(room_id, page.before, page.limit)
+        return page_of([Message.of(r) for r in records], [r.id for r in records], page.limit)
+
+    # -- live ----------------------------------------------------------------------------
+
+    async def send(self, viewer: Principal, room_id: int, body: str, client_msg_id: str) -> Message:
+        """Store once per client_msg_id; the first time, relay it to the room and notify
+        the members with no socket in the room."""
+        result = await self.store.insert_message(room_id, viewer.user_id, body, client_msg_id)
+        if result is None:
+            await self.check_member(viewer.user_id, room_id)  # raises NotFound or Forbidden
+            raise Forbidden("only the room's members may do that")
+        record, created = result
+        message = Message.of(record)
+        if created:
+            await self._publish(room_id, NewMessageFrame(message), seq=record.seq)
+            await self._notify_absent(record)
+        return message
+
+    async def _notify_absent(self, record: MessageRecord) -> None:
+        try:
+            members = await self.store.get_member_ids(record.room_id)
+            present = await self.joined_users(record.room_id)
+        except SocialhubError:
+            logger.warning("could not tell who is in room %s; no message notifications", record.room_id)
+            return
+        sender = int(record.sender.id)
+        for user_id in members:
+            if user_id != sender and user_id not in present:
+                await self.notify(NewNotification(user_id, "message", sender, room_id=record.room_id))
+
+    async def replay(self, room_id: int, since_seq: int) -> list[MessageRecord]:
+        """Everything after since_seq, in order (all of it, in batches)."""
+        out: list[MessageRecord] = []
+        while True:
+            batch = await self.store.get_messages_after(room_id, since_seq, REPLAY_BATCH)
+            out += batch
+            if len(batch) < REPLAY_BATCH:
+                return out
+            since_seq = batch[-1].seq
+
+    async def last_seq(self, room_id: int) -> int:
+        return await self.store.get_last_seq(room_id)
+
+    async def typing(self, viewer: Principal, room_id: int, state: bool) -> None:
+        """Relay to the others; a `true` not renewed within TYPING_EXPIRES turns `false`."""
+        await self.check_member(viewer.user_id, room_id)
+        key = (room_id, viewer.user_id)
+        timer = self._typing.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if state:
+            loop = asyncio.get_running_loop()
+            self._typing[key] = loop.call_later(TYPING_EXPIRES, self._typing_expired, room_id, viewer.user_id)
+        await self._publish_typing(room_id, viewer.user_id, state)
+
+    def _typing_expired(self, room_id: int, user_id: int) -> None:
+        self._typing.pop((room_id, user_id), None)
+        task = asyncio.create_task(self._publish_typing(room_id, user_id, False))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _publish_typing(self, room_id: int, user_id: int, state: bool) -> None:
+        frame = TypingFrame(room_id=str(room_id), user_id=str(user_id), state=state)
+        await self._publish(room_id, frame, exclude_user=user_id)
+
+    def stop(self) -> None:
+        for timer in self._typing.values():
+            timer.cancel()
+        self._typing.clear()
+
+    async def read(self, viewer: Principal, room_id: int, seq: int) -> None:
+        position = await self.store.update_read(room_id, viewer.user_id, seq)
+        if position is None:
+            await self.check_member(viewer.user_id, room_id)
+            raise Forbidden("only the room's members may do that")
+        frame = ReadFrame(room_id=str(room_id), user_id=str(viewer.user_id), seq=position)
+        await self._publish(room_id, frame, exclude_user=viewer.user_id)
+
+    async def _publish(self, room_id: int, frame: msgspec.Struct, *, seq: int = 0, exclude_user: int = 0) -> None:
+        try:
+            await self.pubsub.publish(room_channel(room_id), encode_room_event(frame, seq=seq, exclude_user=exclude_user))
+        except SocialhubError:
+            # Stored is what counts: sockets that missed it resume with since_seq.
+            logger.warning("could not relay a frame to room %s", room_id)

@@ -1,0 +1,220 @@
+"""SQL for rooms, members and messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from socialhub.domain.chat import MessageRecord, RoomRecord
+from socialhub.domain.users import UserSummary
+from socialhub.errors import NotFound
+from socialhub.storage.database import Database
+
+_MESSAGE_COLUMNS = """m.id, m.room_id, m.seq, m.body, m.client_msg_id, m.created_at,
+                      u.id AS sender_id, u.username, u.name, u.avatar_url"""
+
+# Rooms with members, the caller's read position and the last message, in one query.
+_ROOM_SELECT = """
+    SELECT r.id, r.kind, r.name, r.created_at, r.last_seq, r.last_activity_at, me.last_read_seq,
+           (SELECT jsonb_agg(jsonb_build_object('id', u.id::text, 'username', u.username, 'name', u.name,
+                                                'avatar_url', u.avatar_url) ORDER BY rm.joined_at, u.id)
+            FROM room_members rm JOIN users u ON u.id = rm.user_id WHERE rm.room_id = r.id) AS members,
+           (SELECT jsonb_build_object('id', m.id, 'seq', m.seq, 'body', m.body, 'client_msg_id', m.client_msg_id,
+                                      'created_at', m.created_at, 'sender_id', su.id, 'username', su.username,
+                                      'name', su.name, 'avatar_url', su.avatar_url)
+            FROM messages m JOIN users su ON su.id = m.sender_id
+            WHERE m.room_id = r.id AND m.seq = r.last_seq) AS last_message
+    FROM rooms r JOIN room_members me ON me.room_id = r.id AND me.user_id = $1
+"""
+
+
+def message_from_row(row: asyncpg.Record) -> MessageRecord:
+    return MessageRecord(
+        id=row["id"],
+        room_id=row["room_id"],
+        seq=row["seq"],
+        sender=UserSummary(
+            id=str(row["sender_id"]), username=row["username"], name=row["name"], avatar_url=row["avatar_url"]
+        ),
+        body=row["body"],
+        client_msg_id=row["client_msg_id"],
+        created_at=row["created_at"],
+    )
+
+
+def _room(row: asyncpg.Record) -> RoomRecord:
+    last = row["last_message"]
+    last_message = None
+    if last is not None:
+        last_message = MessageRecord(
+            id=int(last["id"]),
+            room_id=row["id"],
+            seq=int(last["seq"]),
+            sender=UserSummary(
+                id=str(last["sender_id"]), username=last["username"], name=last["name"], avatar_url=last["avatar_url"]
+            ),
+            body=last["body"],
+            client_msg_id=last["client_msg_id"],
+            created_at=datetime.fromisoformat(last["created_at"]),
+        )
+    return RoomRecord(
+        id=row["id"],
+        kind=row["kind"],
+        name=row["name"],
+        members=[UserSummary(**m) for m in (row["members"] or [])],
+        created_at=row["created_at"],
+        last_seq=row["last_seq"],
+        last_read_seq=row["last_read_seq"],
+        last_message=last_message,
+    )
+
+
+class ChatStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert_room(
+        self, conn: asyncpg.Connection, *, kind: str, name: str | None, creator: int, members: Sequence[int],
+        direct_key: str | None,
+    ) -> tuple[int, bool]:
+        """(room id, created). A direct room that exists for the pair is returned instead."""
+        room_id = await conn.fetchval(
+            """INSERT INTO rooms (kind, name, direct_key, created_by) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (direct_key) DO NOTHING RETURNING id""",
+            kind,
+            name,
+            direct_key,
+            creator,
+        )
+        if room_id is None:
+            existing: int = await conn.fetchval("SELECT id FROM rooms WHERE direct_key = $1", direct_key)
+            return existing, False
+        try:
+            await conn.executemany(
+                "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)", [(room_id, m) for m in members]
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound("no such user among the members") from None
+        return room_id, True
+
+    async def get_room(self, room_id: int, viewer_id: int) -> RoomRecord | None:
+        row = await self.db.fetchrow(_ROOM_SELECT + " WHERE r.id = $2", viewer_id, room_id)
+        return _room(row) if row else None
+
+    async def get_rooms(self, viewer_id: int, before: tuple[float, int] | None, limit: int) -> list[RoomRecord]:
+        """The viewer's rooms, most recent activity first."""
+        rows = await self.db.fetch(
+            _ROOM_SELECT
+            + """ WHERE ($2::float8 IS NULL OR (extract(epoch FROM r.last_activity_at), r.id) < ($2, $3))
+                  ORDER BY r.last_activity_at DESC, r.id DESC LIMIT $4""",
+            viewer_id,
+            before[0] if before else None,
+            before[1] if before else 0,
+            limit,
+        )
+        return [_room(r) for r in rows]
+
+    async def get_activity(self, room_id: int) -> float | None:
+        value = await self.db.fetchval("SELECT extract(epoch FROM last_activity_at) FROM rooms WHERE id = $1", room_id)
+        return float(value) if value is not None else None
+
+    async def is_member(self, room_id: int, user_id: int) -> bool:
+        return bool(
+            await self.db.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)", room_id, user_id
+            )
+        )
+
+    async def get_member_ids(self, room_id: int) -> list[int]:
+        rows = await self.db.fetch("SELECT user_id FROM room_members WHERE room_id = $1", room_id)
+        return [r["user_id"] for r in rows]
+
+    async def insert_message(
+        self, room_id: int, sender_id: int, body: str, client_msg_id: str
+    ) -> tuple[MessageRecord, bool] | None:
+        """(message, created), or None when the sender is not a member.
+
+        The room row is locked for the transaction: sends in one room are serialised, so
+        seq has no gap, and a resend with the same client_msg_id finds the first one.
+        """
+        async with self.db.transaction() as conn:
+            locked = await conn.fetchval(
+                """SELECT r.last_seq FROM rooms r
+                   WHERE r.id = $1 AND EXISTS (SELECT 1 FROM room_members rm WHERE rm.room_id = r.id
+                                               AND rm.user_id = $2)
+                   FOR UPDATE OF r""",
+                room_id,
+                sender_id,
+            )
+            if locked is None:
+                return None
+            existing = await conn.fetchrow(
+                f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id
+                    WHERE m.room_id = $1 AND m.sender_id = $2 AND m.client_msg_id = $3""",
+                room_id,
+                sender_id,
+                client_msg_id,
+            )
+            if existing is not None:
+                return message_from_row(existing), False
+            row = await conn.fetchrow(
+                f"""WITH r AS (UPDATE rooms SET last_seq = last_seq + 1, last_activity_at = now()
+                               WHERE id = $1 RETURNING last_seq),
+                         m AS (INSERT INTO messages (room_id, seq, sender_id, body, client_msg_id)
+                               SELECT $1, r.last_seq, $2, $3, $4 FROM r
+                               RETURNING id, room_id, seq, sender_id, body, client_msg_id, created_at),
+                         me AS (UPDATE room_members SET last_read_seq = (SELECT last_seq FROM r)
+                                WHERE room_id = $1 AND user_id = $2)
+                    SELECT {_MESSAGE_COLUMNS} FROM m JOIN users u ON u.id = m.sender_id""",
+                room_id,
+                sender_id,
+                body,
+                client_msg_id,
+            )
+            assert row is not None
+            return message_from_row(row), True
+
+    async def get_messages_after(self, room_id: int, after_seq: int, limit: int) -> list[MessageRecord]:
+        """Messages with seq > after_seq, oldest first (replay)."""
+        rows = await self.db.fetch(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id
+                WHERE m.room_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3""",
+            room_id,
+            after_seq,
+            limit,
+        )
+        return [message_from_row(r) for r in rows]
+
+    async def get_history(self, room_id: int, before: int | None, limit: int) -> list[MessageRecord]:
+        """Newest first, below message id `before`."""
+        rows = await self.db.fetch(
+            f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id
+                WHERE m.room_id = $1 AND ($2::bigint IS NULL OR m.id < $2) ORDER BY m.id DESC LIMIT $3""",
+            room_id,
+            before,
+            limit,
+        )
+        return [message_from_row(r) for r in rows]
+
+    async def get_last_seq(self, room_id: int) -> int:
+        value: int | None = await self.db.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room_id)
+        return value or 0
+
+    async def update_read(self, room_id: int, user_id: int, seq: int) -> int | None:
+        """Move the member's read position forward (never back, never past the end);
+        the new position, or None for a non-member."""
+        value: int | None = await self.db.fetchval(
+            """UPDATE room_members rm SET last_read_seq = greatest(rm.last_read_seq, least($3, r.last_seq))
+               FROM rooms r WHERE r.id = rm.room_id AND rm.room_id = $1 AND rm.user_id = $2
+               RETURNING rm.last_read_seq""",
+            room_id,
+            user_id,
+            seq,
+        )
+        return value
+
+    async def users_exist(self, ids: Sequence[int]) -> set[int]:
+        rows = await self.db.fetch("SELECT id FROM users WHERE id = ANY($1::bigint[])", list(ids))
+        return {r["id"] for r in rows}
