@@ -10,10 +10,15 @@ CREATE TABLE posts (
     -- A retried create with the same Idempotency-Key finds this row (same transaction
     -- as the post itself, so there is never a key without its post or the reverse).
     idempotency_key text,
+    -- Decided once, when the post is made: false when the author then had too many
+    -- followers to fan out to (feed.fanout_threshold). Such posts are merged into feeds
+    -- at read time, even after the author's count falls.
+    fanned_out      boolean NOT NULL DEFAULT true,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX posts_author_idx ON posts (author_id, id DESC);
+CREATE INDEX posts_not_fanned_out_idx ON posts (author_id, id DESC) WHERE NOT fanned_out;
 CREATE UNIQUE INDEX posts_idempotency_key ON posts (author_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
 
 CREATE TABLE media (

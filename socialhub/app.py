@@ -192,8 +192,10 @@ def create_app(settings: Settings) -> Starlette:
     )
     users = UserService(db=db, users=user_store, media=media, media_base=media_base)
     post_store = PostStore(db)
-    posts = PostService(db=db, posts=post_store, media=media, media_base=media_base)
-    feed = FeedService(posts=post_store, kv=kv, media_base=media_base, fanout_threshold=settings.feed.fanout_threshold)
+    posts = PostService(
+        db=db, posts=post_store, media=media, media_base=media_base, fanout_threshold=settings.feed.fanout_threshold
+    )
+    feed = FeedService(posts=post_store, kv=kv, media_base=media_base)
     notifications = NotificationService(db=db, store=NotificationStore(db), pubsub=pubsub)
     sources, publisher = make_event_sources(settings, db, [feed, notifications])
     presence = PresenceService(

@@ -46,12 +46,10 @@ class FeedService(Consumer):
 
     name = "feed"
 
-    def __init__(self, *, posts: PostStore, kv: KeyValue, media_base: str, fanout_threshold: int) -> None:
+    def __init__(self, *, posts: PostStore, kv: KeyValue, media_base: str) -> None:
         self.posts = posts
         self.kv = kv
         self.media_base = media_base
-        # Authors with at least this many followers are merged at read time instead.
-        self.fanout_threshold = fanout_threshold
 
     # -- writes (the consumer) --------------------------------------------------------
 
@@ -63,9 +61,8 @@ class FeedService(Consumer):
             await self._fan_out(int(e.data["author_id"]), int(e.data["post_id"]), add=False)
         elif e.type == events.FOLLOW_CREATED:
             follower, followee = int(e.data["follower_id"]), int(e.data["followee_id"])
-            if await self.posts.get_followers_count(followee) < self.fanout_threshold:
-                recent = await self.posts.get_recent_post_ids(followee, FOLLOW_BACKFILL)
-                await self.kv.timeline_add(timeline_key(follower), recent, TIMELINE_CAP)
+            recent = await self.posts.get_recent_post_ids(followee, FOLLOW_BACKFILL, fanned_out_only=True)
+            await self.kv.timeline_add(timeline_key(follower), recent, TIMELINE_CAP)
         elif e.type == events.UNFOLLOW_CREATED:
             follower, followee = int(e.data["follower_id"]), int(e.data["followee_id"])
             recent = await self.posts.get_recent_post_ids(followee, TIMELINE_CAP)
@@ -75,7 +72,9 @@ class FeedService(Consumer):
         """Into the author's timeline and each active follower's (only timelines that
         exist: a missing one is rebuilt on read). Adding twice is adding once."""
         keys = [timeline_key(author_id)]
-        if await self.posts.get_followers_count(author_id) < self.fanout_threshold or not add:
+        # A post of an author with too many followers (decided when it was made) reaches
+        # them at read time instead; a deletion is applied everywhere it might be.
+        if not add or await self.posts.get_fanned_out(post_id):
             after = 0
             while True:
                 chunk = await self.posts.get_follower_ids(author_id, ACTIVE_WINDOW, after, FANOUT_CHUNK)
@@ -112,7 +111,7 @@ class FeedService(Consumer):
             for p in await self.posts.get_home_posts(uid, None, older_than, page.limit):
                 found.setdefault(p.id, p)
         # The big accounts, never fanned out, merged in.
-        for p in await self.posts.get_home_posts(uid, None, page.before, page.limit, self.fanout_threshold):
+        for p in await self.posts.get_home_posts(uid, None, page.before, page.limit, not_fanned_out=True):
             found.setdefault(p.id, p)
         records = sorted(found.values(), key=lambda p: p.id, reverse=True)[: page.limit]
         return page_of([Post.of(r, self.media_base) for r in records], [r.id for r in records], page.limit)
@@ -124,7 +123,7 @@ class FeedService(Consumer):
         in between with an id below the newest found, since ids are taken at insert.)"""
         key = timeline_key(user_id)
         await self.kv.timeline_create(key, [], TIMELINE_CAP, ACTIVE_WINDOW)
-        ids = await self.posts.get_home_ids(user_id, TIMELINE_CAP, self.fanout_threshold)
+        ids = await self.posts.get_home_ids(user_id, TIMELINE_CAP)
         if ids:
             await self.kv.timeline_add(key, ids, TIMELINE_CAP)
 

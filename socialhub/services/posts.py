@@ -21,11 +21,15 @@ logger = logging.getLogger(__name__)
 
 
 class PostService:
-    def __init__(self, *, db: Database, posts: PostStore, media: MediaStore, media_base: str) -> None:
+    def __init__(
+        self, *, db: Database, posts: PostStore, media: MediaStore, media_base: str, fanout_threshold: int
+    ) -> None:
         self.db = db
         self.posts = posts
         self.media = media
         self.media_base = media_base
+        # Authors with at least this many followers are not fanned out on write.
+        self.fanout_threshold = fanout_threshold
 
     async def _view(self, post_id: int, viewer_id: int) -> Post:
         record = await self.posts.get_post(post_id, viewer_id)
@@ -51,7 +55,9 @@ class PostService:
                 await self.media.commit(f.staged, key, f.content_type)
                 stored.append(NewMedia(key, f.content_type, f.size, f.width, f.height))
             async with self.db.transaction() as conn:
-                post_id, created = await self.posts.insert_post(conn, viewer.user_id, content, idempotency_key)
+                post_id, created = await self.posts.insert_post(
+                    conn, viewer.user_id, content, idempotency_key, self.fanout_threshold
+                )
                 if created:
                     if stored:
                         await self.posts.insert_media(conn, post_id, viewer.user_id, stored)

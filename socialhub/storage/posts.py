@@ -62,17 +62,25 @@ class PostStore:
     # -- posts ------------------------------------------------------------------
 
     async def insert_post(
-        self, conn: asyncpg.Connection, author_id: int, content: str, idempotency_key: str | None
+        self,
+        conn: asyncpg.Connection,
+        author_id: int,
+        content: str,
+        idempotency_key: str | None,
+        fanout_threshold: int,
     ) -> tuple[int, bool]:
         """(post id, created). With a key already used by this author: (that post, False).
-        A concurrent first request with the same key makes this wait for its commit."""
+        A concurrent first request with the same key makes this wait for its commit.
+        The post is fanned out unless its author has `fanout_threshold` followers or more."""
         post_id = await conn.fetchval(
-            """INSERT INTO posts (author_id, content, idempotency_key) VALUES ($1, $2, $3)
+            """INSERT INTO posts (author_id, content, idempotency_key, fanned_out)
+               VALUES ($1, $2, $3, (SELECT followers_count < $4 FROM users WHERE id = $1))
                ON CONFLICT (author_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
                RETURNING id""",
             author_id,
             content,
             idempotency_key,
+            fanout_threshold,
         )
         if post_id is not None:
             await conn.execute("UPDATE users SET posts_count = posts_count + 1 WHERE id = $1", author_id)
@@ -134,14 +142,15 @@ class PostStore:
         ids: Sequence[int] | None,
         before: int | None,
         limit: int,
-        min_followers: int | None = None,
+        *,
+        not_fanned_out: bool = False,
     ) -> list[PostRecord]:
         """Posts for the viewer's home feed: by the viewer or by someone they follow now.
 
         With `ids`: those posts, filtered (deleted ones and unfollowed authors drop out).
         Without: straight from the follow graph (a cold timeline, or pages past its cap);
-        `min_followers` limits that to authors with at least that many followers (the
-        accounts not fanned out on write, merged in at read time).
+        with `not_fanned_out`, only the followed authors' posts that were never fanned
+        out (merged in at read time).
         """
         follow_filter = """(p.author_id = $1 OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $1
                              AND f.followee_id = p.author_id AND f.deleted_at IS NULL))"""
@@ -152,18 +161,16 @@ class PostStore:
                 list(ids),
             )
             return [post_from_row(r) for r in rows]
-        if min_followers is not None:
+        if not_fanned_out:
             rows = await self.db.fetch(
                 POST_SELECT
-                + """ WHERE p.author_id IN (SELECT f.followee_id FROM follows f JOIN users fu ON fu.id = f.followee_id
-                                           WHERE f.follower_id = $1 AND f.deleted_at IS NULL
-                                             AND fu.followers_count >= $4)
-                        AND ($2::bigint IS NULL OR p.id < $2)
+                + """ WHERE p.author_id IN (SELECT f.followee_id FROM follows f
+                                           WHERE f.follower_id = $1 AND f.deleted_at IS NULL)
+                        AND NOT p.fanned_out AND ($2::bigint IS NULL OR p.id < $2)
                       ORDER BY p.id DESC LIMIT $3""",
                 viewer_id,
                 before,
                 limit,
-                min_followers,
             )
             return [post_from_row(r) for r in rows]
         rows = await self.db.fetch(
@@ -178,29 +185,34 @@ class PostStore:
         )
         return [post_from_row(r) for r in rows]
 
-    async def get_home_ids(self, viewer_id: int, limit: int, exclude_min_followers: int, after: int = 0) -> list[int]:
-        """Newest post ids (above `after`) for rebuilding a timeline: own posts and
-        those of followed authors that are fanned out."""
+    async def get_home_ids(self, viewer_id: int, limit: int) -> list[int]:
+        """Newest post ids for rebuilding a timeline: own posts, and followed authors'
+        posts that are fanned out."""
         rows = await self.db.fetch(
             """SELECT p.id FROM posts p
-               WHERE p.author_id IN (SELECT $1::bigint UNION ALL
-                                     SELECT f.followee_id FROM follows f JOIN users fu ON fu.id = f.followee_id
-                                     WHERE f.follower_id = $1 AND f.deleted_at IS NULL
-                                       AND fu.followers_count < $3)
-                 AND p.id > $4
+               WHERE p.author_id = $1
+                  OR (p.fanned_out AND p.author_id IN (SELECT f.followee_id FROM follows f
+                                                       WHERE f.follower_id = $1 AND f.deleted_at IS NULL))
                ORDER BY p.id DESC LIMIT $2""",
             viewer_id,
             limit,
-            exclude_min_followers,
-            after,
         )
         return [r["id"] for r in rows]
 
-    async def get_recent_post_ids(self, author_id: int, limit: int) -> list[int]:
+    async def get_recent_post_ids(self, author_id: int, limit: int, *, fanned_out_only: bool = False) -> list[int]:
         rows = await self.db.fetch(
-            "SELECT id FROM posts WHERE author_id = $1 ORDER BY id DESC LIMIT $2", author_id, limit
+            """SELECT id FROM posts WHERE author_id = $1 AND (fanned_out OR NOT $3)
+               ORDER BY id DESC LIMIT $2""",
+            author_id,
+            limit,
+            fanned_out_only,
         )
         return [r["id"] for r in rows]
+
+    async def get_fanned_out(self, post_id: int) -> bool | None:
+        """Whether the post goes to followers' timelines; None when it is gone."""
+        value: bool | None = await self.db.fetchval("SELECT fanned_out FROM posts WHERE id = $1", post_id)
+        return value
 
     async def get_post_author(self, post_id: int) -> int | None:
         author: int | None = await self.db.fetchval("SELECT author_id FROM posts WHERE id = $1", post_id)
@@ -239,10 +251,6 @@ class PostStore:
             limit,
         )
         return [r["follower_id"] for r in rows]
-
-    async def get_followers_count(self, user_id: int) -> int:
-        count: int | None = await self.db.fetchval("SELECT followers_count FROM users WHERE id = $1", user_id)
-        return count or 0
 
     async def touch_active(self, user_id: int) -> None:
         await self.db.execute("UPDATE users SET last_active_at = now() WHERE id = $1", user_id)

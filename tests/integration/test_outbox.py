@@ -429,7 +429,7 @@ async def test_an_event_delivered_twice_makes_one_timeline_entry(db: Database, b
         async with db.transaction() as conn:
             await conn.execute("INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2)", fan, author)
         posts = PostStore(db)
-        feed = FeedService(posts=posts, kv=kv, media_base="", fanout_threshold=100)
+        feed = FeedService(posts=posts, kv=kv, media_base="")
         await kv.timeline_create(timeline_key(fan), [], TIMELINE_CAP, 3600)
         p1 = await db.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'x') RETURNING id", author)
         p2 = await db.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'y') RETURNING id", author)
