@@ -220,7 +220,8 @@ class ChatService:
 
     async def _publish(self, room_id: int, frame: msgspec.Struct, *, seq: int = 0, exclude_user: int = 0) -> None:
         try:
-            await self.pubsub.publish(room_channel(room_id), encode_room_event(frame, seq=seq, exclude_user=exclude_user))
+            event = encode_room_event(frame, seq=seq, exclude_user=exclude_user)
+            await self.pubsub.publish(room_channel(room_id), event)
         except SocialhubError:
             # Stored is what counts: sockets that missed it resume with since_seq.
             logger.warning("could not relay a frame to room %s", room_id)
