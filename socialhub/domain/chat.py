@@ -76,8 +76,3 @@ class Room(msgspec.Struct, frozen=True):
             last_seq=r.last_seq,
             last_message=Message.of(r.last_message) if r.last_message else UNSET,
         )
-
-
-def room_channel(room_id: int) -> str:
-    """The pub/sub channel carrying a room's live frames to every instance."""
-    return f"room:{room_id}"

@@ -70,8 +70,3 @@ class NotificationFrame(msgspec.Struct, frozen=True, tag_field="type", tag="noti
     """What a user's live channel carries when a notification is created."""
 
     notification: Notification
-
-
-def user_channel(user_id: int) -> str:
-    """The pub/sub channel of everything live for one user (all their sockets)."""
-    return f"user:{user_id}"

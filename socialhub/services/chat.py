@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from socialhub.domain.chat import Message, MessageRecord, Room, room_channel
+from socialhub.domain.chat import Message, MessageRecord, Room
+from socialhub.domain.live import encode_room_event, room_channel
 from socialhub.domain.notifications import NewNotification
 from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.users import Principal
@@ -35,15 +36,6 @@ MEMBER_CACHE_SIZE = 100_000
 MEMBER_CACHE_TTL = 300.0
 # SPEC: `typing true` expires by itself after 6 s; the others then get `typing false`.
 TYPING_EXPIRES = 6.0
-
-
-class RoomEvent(msgspec.Struct, frozen=True):
-    """What a room channel carries: a server frame, already encoded once for every socket,
-    with what a relaying instance needs to know about it."""
-
-    frame: msgspec.Raw
-    seq: int = 0  # for new_message: lets a joining socket drop what its replay already sent
-    exclude_user: int = 0  # typing and read receipts are for the others in the room
 
 
 class NewMessageFrame(msgspec.Struct, frozen=True, tag_field="type", tag="new_message"):
@@ -66,10 +58,6 @@ _encoder = msgspec.json.Encoder()
 
 Notifier = Callable[[NewNotification], Awaitable[object]]
 JoinedUsers = Callable[[int], Awaitable[set[int]]]
-
-
-def encode_room_event(frame: msgspec.Struct, *, seq: int = 0, exclude_user: int = 0) -> bytes:
-    return _encoder.encode(RoomEvent(frame=msgspec.Raw(_encoder.encode(frame)), seq=seq, exclude_user=exclude_user))
 
 
 class ChatService:

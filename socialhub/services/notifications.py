@@ -9,7 +9,8 @@ import msgspec
 
 from socialhub.domain import events
 from socialhub.domain.events import Envelope
-from socialhub.domain.notifications import NewNotification, Notification, NotificationFrame, user_channel
+from socialhub.domain.live import encode_user_event, user_channel
+from socialhub.domain.notifications import NewNotification, Notification, NotificationFrame
 from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.users import Principal
 from socialhub.errors import SocialhubError
@@ -73,7 +74,7 @@ class NotificationService(Consumer):
             return None
         view = Notification.of(record)
         try:
-            await self.pubsub.publish(user_channel(new.user_id), msgspec.json.encode(NotificationFrame(view)))
+            await self.pubsub.publish(user_channel(new.user_id), encode_user_event(NotificationFrame(view)))
         except SocialhubError:
             # Stored is what counts; the live push is best effort (clients list on reconnect).
             logger.warning("could not push notification %s live", record.id)

@@ -25,16 +25,18 @@ import msgspec
 
 from socialhub.api.ws.protocol import CLOSE_RESTART, CLOSE_UNAUTHENTICATED, Joined
 from socialhub.api.ws.session import Session
-from socialhub.domain.chat import Message, room_channel
-from socialhub.domain.notifications import user_channel
+from socialhub.domain.chat import Message
+from socialhub.domain.live import RoomEvent, UserEvent, room_channel, user_channel
 from socialhub.errors import SocialhubError
 from socialhub.infra.pubsub.base import PubSub, Subscription
-from socialhub.services.chat import ChatService, NewMessageFrame, RoomEvent
+from socialhub.services.chat import ChatService, NewMessageFrame
+from socialhub.services.presence import presence_channel
 
 logger = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 _room_event = msgspec.json.Decoder(RoomEvent)
+_user_event = msgspec.json.Decoder(UserEvent)
 
 
 class PresenceTracker(Protocol):
@@ -42,10 +44,6 @@ class PresenceTracker(Protocol):
     async def disconnected(self, user_id: int) -> None: ...
     async def joined(self, room_id: int, user_id: int) -> None: ...
     async def left(self, room_id: int, user_id: int) -> None: ...
-
-
-def presence_channel(user_id: int) -> str:
-    return f"presence:{user_id}"
 
 
 class _Channel:
@@ -194,6 +192,23 @@ class Hub:
 
     async def _on_user(self, channel_name: str, payload: bytes) -> None:
         channel = self._channels.get(channel_name)
+        if channel is None:
+            return
+        try:
+            event = _user_event.decode(payload)
+        except msgspec.DecodeError:
+            logger.warning("malformed user event ignored on %s", channel_name)
+            return
+        data = bytes(event.frame)
+        for session in list(channel.sessions):
+            if event.only_session and session.session_id != event.only_session:
+                continue
+            if event.exclude_session and session.session_id == event.exclude_session:
+                continue
+            session.send(data)
+
+    async def _on_presence(self, channel_name: str, payload: bytes) -> None:
+        channel = self._channels.get(channel_name)
         if channel is not None:
             for session in list(channel.sessions):
                 session.send(payload)
@@ -201,12 +216,7 @@ class Hub:
     async def watch(self, session: Session, user_id: int) -> None:
         if user_id not in session.watching:
             session.watching.add(user_id)
-            await self._attach(presence_channel(user_id), session, self._on_user)
-
-    def send_to_user(self, user_id: int, data: bytes) -> None:
-        """To this process's sockets of a user (the others get it through `user:<id>`)."""
-        for session in list(self.users.get(user_id, ())):
-            session.send(data)
+            await self._attach(presence_channel(user_id), session, self._on_presence)
 
     # -- channels -----------------------------------------------------------------------------
 
