@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
@@ -26,6 +26,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from socialhub.api.http.auth import AuthRoutes
+from socialhub.api.http.calls import CallRoutes
 from socialhub.api.http.chat import ChatRoutes
 from socialhub.api.http.errors import handle_http_exception, handle_socialhub_error, handle_unexpected
 from socialhub.api.http.feed import FeedRoutes
@@ -52,6 +53,7 @@ from socialhub.infra.media.base import MediaStore
 from socialhub.infra.pubsub.base import PubSub
 from socialhub.secrets_file import load_or_create_secret
 from socialhub.services.accounts import AccountService
+from socialhub.services.calls import CallService
 from socialhub.services.chat import ChatService
 from socialhub.services.feed import FeedService
 from socialhub.services.janitor import Janitor
@@ -63,6 +65,7 @@ from socialhub.services.sessions import SessionGuard
 from socialhub.services.tokens import TokenCodec
 from socialhub.services.users import UserService
 from socialhub.storage.auth import AuthStore
+from socialhub.storage.calls import CallStore
 from socialhub.storage.chat import ChatStore
 from socialhub.storage.database import Database
 from socialhub.storage.embedded import EmbeddedPostgres
@@ -208,17 +211,33 @@ def create_app(settings: Settings) -> Starlette:
     chat = ChatService(
         store=ChatStore(db), pubsub=pubsub, notify=notifications.notify, joined_users=presence.joined_users
     )
+    async def online(user_ids: Sequence[int]) -> dict[int, bool]:
+        return {int(v.user_id): v.status == "online" for v in await presence.status(user_ids)}
+
+    calls = CallService(
+        store=CallStore(db),
+        publish=pubsub.publish,
+        notify=notifications.notify,
+        online=online,
+        user_exists=user_store.user_exists,
+        ring_timeout=settings.calls.ring_timeout,
+        stun_urls=settings.calls.stun_urls,
+        turn_urls=settings.calls.turn_urls,
+        turn_secret=settings.calls.turn_secret,
+        turn_ttl=settings.calls.turn_ttl,
+    )
     hub = Hub(pubsub=pubsub, chat=chat, presence=presence)
     guard.add_listener(hub.on_revoked)
     pubsub.on_reset(hub.on_broker_reset)
     sockets = SocketEndpoint(
         guard=guard,
         hub=hub,
-        dispatcher=Dispatcher(hub=hub, chat=chat, presence_status=presence.status),
+        dispatcher=Dispatcher(hub=hub, chat=chat, presence_status=presence.status, calls=calls),
         rate=settings.ratelimit.rule("ws_frames"),
     )
     supervisor = Supervisor()
     supervisor.add("presence", presence.run)
+    supervisor.add("calls", calls.run)
     for name, source in sources.items():
         supervisor.add(f"events:{name}", source.run)
     supervisor.add("janitor", Janitor(posts=post_store, outbox=OutboxStore(db), media=media).run)
@@ -236,13 +255,14 @@ def create_app(settings: Settings) -> Starlette:
         checks["kafka"] = publisher.ping
 
     health_routes = HealthRoutes(checks, metrics=settings.metrics.enabled)
-    api: list[AuthRoutes | UserRoutes | PostRoutes | FeedRoutes | MediaRoutes | ChatRoutes] = [
+    api: list[AuthRoutes | UserRoutes | PostRoutes | FeedRoutes | MediaRoutes | ChatRoutes | CallRoutes] = [
         AuthRoutes(accounts, authenticator, max_body),
         UserRoutes(users, authenticator, media, settings.media.max_file_bytes, max_body),
         PostRoutes(posts, authenticator, media, settings.media, max_body),
         FeedRoutes(feed, notifications, authenticator, max_body),
         MediaRoutes(media),
         ChatRoutes(chat, users, presence, authenticator, max_body),
+        CallRoutes(calls, authenticator),
     ]
     docs_routes = OpenApiRoutes(
         [*health_routes.operations(), *(op for group in api for op in group.operations())],

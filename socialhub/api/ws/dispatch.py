@@ -30,6 +30,7 @@ from socialhub.api.ws.session import Session
 from socialhub.domain.users import Principal
 from socialhub.errors import BadRequest, NotFound
 from socialhub.ids import parse_id
+from socialhub.services.calls import CallService
 from socialhub.services.chat import ChatService
 
 _encoder = msgspec.json.Encoder()
@@ -49,7 +50,7 @@ class Dispatcher:
         hub: Hub,
         chat: ChatService,
         presence_status: Callable[[list[int]], Awaitable[list[Any]]],
-        calls: Any = None,
+        calls: CallService,
     ) -> None:
         self.hub = hub
         self.chat = chat
@@ -63,11 +64,11 @@ class Dispatcher:
             Read: self.read,
             SubscribePresence: self.subscribe_presence,
             Ping: self.ping,
-            CallInvite: self.call,
-            CallAnswer: self.call,
-            CallCandidate: self.call,
-            CallReject: self.call,
-            CallHangup: self.call,
+            CallInvite: self.call_invite,
+            CallAnswer: self.call_answer,
+            CallCandidate: self.call_candidate,
+            CallReject: self.call_reject,
+            CallHangup: self.call_hangup,
         }
 
     async def dispatch(self, session: Session, frame: Frame) -> None:
@@ -118,7 +119,22 @@ class Dispatcher:
     async def ping(self, session: Session, frame: Ping) -> None:
         session.send(_encoder.encode(Pong() if frame.ref is None else Pong(ref=frame.ref)))
 
-    async def call(self, session: Session, frame: Frame) -> None:
-        if self.calls is None:
-            raise BadRequest("calls are not available on this server yet")
-        await self.calls.handle(session, frame)
+    async def call_invite(self, session: Session, frame: CallInvite) -> None:
+        call = await self.calls.invite(self._principal(session), _id(frame.callee_id, "user"), frame.media, frame.sdp)
+        session.send(_encoder.encode(Ack(ref=frame.ref, call=call)))
+
+    async def call_answer(self, session: Session, frame: CallAnswer) -> None:
+        call = await self.calls.answer(self._principal(session), _id(frame.call_id, "call"), frame.sdp)
+        session.send(_encoder.encode(Ack(ref=frame.ref, call=call)))
+
+    async def call_candidate(self, session: Session, frame: CallCandidate) -> None:
+        await self.calls.candidate(self._principal(session), _id(frame.call_id, "call"), frame.candidate)
+        self._ack(session, frame)
+
+    async def call_reject(self, session: Session, frame: CallReject) -> None:
+        call = await self.calls.reject(self._principal(session), _id(frame.call_id, "call"))
+        session.send(_encoder.encode(Ack(ref=frame.ref, call=call)))
+
+    async def call_hangup(self, session: Session, frame: CallHangup) -> None:
+        call = await self.calls.hangup(self._principal(session), _id(frame.call_id, "call"))
+        session.send(_encoder.encode(Ack(ref=frame.ref, call=call)))

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from socialhub.domain.calls import Call
 from socialhub.domain.chat import Message
 
 Ref = Annotated[str, msgspec.Meta(max_length=100)] | None
@@ -129,7 +130,7 @@ class Joined(msgspec.Struct, frozen=True, tag_field="type", tag="joined"):
 class Ack(msgspec.Struct, frozen=True, tag_field="type", tag="ack", omit_defaults=True):
     ref: str | None = None
     message: Message | UnsetType = UNSET
-    call: Any = UNSET
+    call: Call | UnsetType = UNSET
 
 
 class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
