@@ -9,7 +9,9 @@ from typing import Any
 
 import msgspec
 
-_encoder = msgspec.json.Encoder()
+# Libraries' extras may be any object (websockets passes its connection as a weakref
+# proxy): log their repr rather than fail the record.
+_encoder = msgspec.json.Encoder(enc_hook=repr)
 # LogRecord attributes that are not "extra" fields.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
 

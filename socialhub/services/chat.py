@@ -133,16 +133,19 @@ class ChatService:
     # -- live ----------------------------------------------------------------------------
 
     async def send(self, viewer: Principal, room_id: int, body: str, client_msg_id: str) -> Message:
-        """Store once per client_msg_id; the first time, relay it to the room and notify
-        the members with no socket in the room."""
+        """Store once per client_msg_id and relay it to the room; the first time, also
+        notify the members with no socket in the room."""
         result = await self.store.insert_message(room_id, viewer.user_id, body, client_msg_id)
         if result is None:
             await self.check_member(viewer.user_id, room_id)  # raises NotFound or Forbidden
             raise Forbidden("only the room's members may do that")
         record, created = result
         message = Message.of(record)
+        # A resend is relayed too: the first try may have committed and died (SIGKILL,
+        # a lost Redis) before relaying, and the ack it never got is why it is resent.
+        # Sockets drop a seq they already have, so a relayed duplicate is harmless.
+        await self._publish(room_id, NewMessageFrame(message), seq=record.seq)
         if created:
-            await self._publish(room_id, NewMessageFrame(message), seq=record.seq)
             await self._notify_absent(record)
         return message
 

@@ -43,6 +43,8 @@ MAX_FRAME_BYTES = 64 * 1024  # SPEC; uvicorn enforces it too (ws_max_size)
 _encoder = msgspec.json.Encoder()
 _frames = msgspec.json.Decoder(ClientFrame)
 _envelope = msgspec.json.Decoder(Envelope)
+# msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 in a binary frame.
+_BAD_FRAME = (msgspec.DecodeError, UnicodeDecodeError)
 
 
 def _error(code: str, message: str, ref: object = None) -> bytes:
@@ -98,7 +100,7 @@ class SocketEndpoint:
             if not isinstance(frame, Authenticate):
                 raise SocialhubError("the first frame must be authenticate")
             principal = await self.guard.authenticate(frame.token)
-        except (msgspec.DecodeError, SocialhubError):
+        except (*_BAD_FRAME, SocialhubError):
             await websocket.send_text(_error("unauthenticated", "authenticate with a valid access token", ref).decode())
             await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
             return None
@@ -131,7 +133,7 @@ class SocketEndpoint:
                 continue
             try:
                 frame = _frames.decode(raw)
-            except msgspec.DecodeError as exc:
+            except _BAD_FRAME as exc:
                 session.send(_error("bad_request", f"bad frame: {exc}", _ref(raw)))
                 continue
             try:
@@ -148,5 +150,5 @@ class SocketEndpoint:
 def _ref(raw: bytes) -> object:
     try:
         return _envelope.decode(raw).ref
-    except msgspec.DecodeError:
+    except _BAD_FRAME:
         return None

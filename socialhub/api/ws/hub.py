@@ -17,6 +17,7 @@ process cannot see: every socket is closed with 1012 and resumes with `since_seq
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -105,8 +106,16 @@ class Hub:
             session.send(_encoder.encode(Joined(room_id=str(room_id), last_seq=session.rooms.get(room_id, 0))))
             return
         session.joining[room_id] = []
+        counted = False
         try:
             channel = await self._attach(room_channel(room_id), session, self._on_room)
+            # Counted as present before anything is sent, so a message from now on does
+            # not also notify this member.
+            try:
+                await self.presence.joined(room_id, session.user_id)
+                counted = True
+            except SocialhubError:
+                logger.warning("presence unavailable for room %s", room_id)
             last_seq = await self.chat.last_seq(room_id)
             if not channel.last_seq:
                 channel.last_seq = last_seq
@@ -117,21 +126,27 @@ class Hub:
             sent = last_seq
             if since_seq is not None and since_seq < last_seq:
                 for record in await self.chat.replay(room_id, since_seq):
-                    session.send(_encoder.encode(NewMessageFrame(Message.of(record))))
+                    await session.send_paced(_encoder.encode(NewMessageFrame(Message.of(record))))
                     sent = max(sent, record.seq)
-            for seq, data in session.joining.pop(room_id, []):
-                if seq == 0 or seq > sent:
-                    session.send(data)
-                    sent = max(sent, seq)
+            # The held frames are paced too; those arriving meanwhile are held in turn, and
+            # the last (empty) batch is taken with no await before the stream goes live.
+            held = session.joining.get(room_id, [])
+            while held:
+                session.joining[room_id] = []
+                for seq, data in held:
+                    if seq == 0 or seq > sent:
+                        await session.send_paced(data)
+                        sent = max(sent, seq)
+                held = session.joining.get(room_id, [])
+            session.joining.pop(room_id, None)
             session.rooms[room_id] = sent
         except BaseException:
             session.joining.pop(room_id, None)
             await self._detach(room_channel(room_id), session)
+            if counted:
+                with contextlib.suppress(SocialhubError):
+                    await self.presence.left(room_id, session.user_id)
             raise
-        try:
-            await self.presence.joined(room_id, session.user_id)
-        except SocialhubError:
-            logger.warning("presence unavailable for room %s", room_id)
 
     async def leave(self, session: Session, room_id: int) -> None:
         was_in = session.rooms.pop(room_id, None) is not None

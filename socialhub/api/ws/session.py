@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 # more means the client is not reading. (~1 KB a frame: at most ~0.5 MB per socket.)
 SEND_QUEUE_FRAMES = 512
 CLOSE_SLOW = 1008
+# A replay (join_room with since_seq) may be longer than the queue: it is fed at the
+# client's pace and keeps the queue at most half full, so live frames still fit. A
+# client that takes no frame for SLOW_CLIENT_SECONDS meanwhile does not read.
+REPLAY_HIGH_WATER = SEND_QUEUE_FRAMES // 2
+SLOW_CLIENT_SECONDS = 10.0
 
 
 class FrameBudget:
@@ -56,6 +61,7 @@ class Session:
         self.watching: set[int] = set()  # users whose presence this socket follows
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_FRAMES)
         self._writer: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()  # set when the queue is below REPLAY_HIGH_WATER, or closing
         self.closing = False
         self.close_code = 1000
 
@@ -72,11 +78,24 @@ class Session:
             logger.info("closing a socket of user %s: it does not read", self.user_id)
             self.close(CLOSE_SLOW, "send queue full: the client does not read")
 
+    async def send_paced(self, data: bytes) -> None:
+        """Queue a frame of a replay, first waiting while the queue is half full."""
+        while not self.closing and self._queue.qsize() >= REPLAY_HIGH_WATER:
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), SLOW_CLIENT_SECONDS)
+            except TimeoutError:
+                logger.info("closing a socket of user %s: it does not read its replay", self.user_id)
+                self.close(CLOSE_SLOW, "replay not read: the client does not read")
+        self.send(data)
+
     async def _write(self) -> None:
         try:
             while True:
                 data = await self._queue.get()
                 await self.websocket.send_text(data.decode())
+                if self._queue.qsize() < REPLAY_HIGH_WATER:
+                    self._drained.set()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -89,6 +108,7 @@ class Session:
             return
         self.closing = True
         self.close_code = code
+        self._drained.set()
         if self._writer is not None:
             self._writer.cancel()
         task = asyncio.create_task(self._close(code, reason))
@@ -106,6 +126,7 @@ class Session:
     async def flush_and_stop(self) -> None:
         """Called when the reader ends: stop the writer."""
         self.closing = True
+        self._drained.set()
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
