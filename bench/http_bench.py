@@ -154,6 +154,10 @@ class SetupError(RuntimeError):
     pass
 
 
+class WorkerError(RuntimeError):
+    """A client process failed or fell silent."""
+
+
 # ---- setup: accounts and follows through the API ---------------------------------------
 
 
@@ -395,14 +399,14 @@ def run_scenario(job: WorkerJob, procs: int, watch: ServerWatch | None) -> Scena
 
 def _expect(conn: Connection, proc: multiprocessing.process.BaseProcess, kind: str, timeout: float) -> Any:
     if not conn.poll(timeout):
-        raise RuntimeError(f"{proc.name} sent nothing in {timeout:.0f} s (expected {kind!r})")
+        raise WorkerError(f"{proc.name} sent nothing in {timeout:.0f} s (expected {kind!r})")
     try:
         got, payload = conn.recv()
     except EOFError:
         proc.join(1)
-        raise RuntimeError(f"{proc.name} ended (exit code {proc.exitcode}) before {kind!r}") from None
+        raise WorkerError(f"{proc.name} ended (exit code {proc.exitcode}) before {kind!r}") from None
     if got != kind:
-        raise RuntimeError(f"{proc.name} failed:\n{payload}")
+        raise WorkerError(f"{proc.name} failed:\n{payload}")
     return payload
 
 
@@ -635,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(run_scenario(job, args.procs, watch))
         if watch is not None and run_start is not None:
             total = watch.usage(run_start, watch.snapshot())
-    except (SetupError, ServerStartError) as exc:
+    except (SetupError, ServerStartError, WorkerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         if spawned is not None and isinstance(exc, SetupError):
             logged = spawned.logged_errors()

@@ -33,7 +33,7 @@ logged that both consumer groups joined (several seconds on tansu): before that,
 post would be found in PostgreSQL and the backlog would land in the first measurements.
 
 The polling is load on the same process that runs the consumers: 20 followers each
-polling every 10 ms is up to ~1,500 GET /feed per second while a post is in flight.
+polling every 10 ms is several hundred GET /feed per second while a post is in flight.
 The report gives the GET latency and the client's CPU share, and `--sample` lowers the
 load.
 """
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import secrets
 import shlex
@@ -56,7 +55,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from bench.server import START_TIMEOUT_S, ServerStartError, SpawnedServer
+from bench.server import ServerStartError, SpawnedServer
 from bench.stats import LatencySummary, summarize
 
 # The issue's goals (issue 3, "Done means"): p99 of write -> visible in a follower's feed.
@@ -97,37 +96,6 @@ class Report(msgspec.Struct):
     client_cpu_share: float
     goal_p99_ms: float
     server_errors: dict[str, int]
-
-
-class BenchServer(SpawnedServer):
-    """`bench.server.SpawnedServer` with extra settings in its environment (database,
-    Redis, Kafka); the spawn itself is the same: temp data dir, rate limits off."""
-
-    def __init__(self, settings_env: dict[str, str]) -> None:
-        super().__init__()
-        self.settings_env = settings_env
-
-    def start(self) -> None:
-        import subprocess
-
-        env = {key: value for key, value in os.environ.items() if not key.startswith("SOCIALHUB_")}
-        env.update(self.settings_env)
-        env["SOCIALHUB_SERVER_DATA_DIR"] = str(self.data_dir)
-        env["SOCIALHUB_RATELIMIT_ENABLED"] = "false"
-        cmd = [sys.executable, "-m", "socialhub.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerStartError(f"socialhub serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise ServerStartError(f"no answer on {self.url}/healthz after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
 
 
 class User(msgspec.Struct, frozen=True):
@@ -353,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         env["SOCIALHUB_REDIS_KEY_PREFIX"] = f"bench:{secrets.token_hex(4)}:"
     broker: Any = None
     broker_dir: tempfile.TemporaryDirectory[str] | None = None
-    server: BenchServer | None = None
+    server: SpawnedServer | None = None
     server_errors: dict[str, int] = {}
     try:
         if args.kafka:
@@ -365,15 +333,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             broker.start()
             env["SOCIALHUB_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
             print(f"tansu broker on {broker.bootstrap}", flush=True)
-        server = BenchServer(env)
+        server = SpawnedServer(env)
         print(f"starting socialhub serve on {server.url} (data dir {server.data_dir}) ...", flush=True)
         server.start()
         if args.kafka:
             wait_for_groups(server)
         samples, feed_gets, cpu_share = run_client(server.url, args)
-    except (SetupError, ServerStartError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (SetupError, ServerStartError, httpx.TransportError) as exc:
+        print(f"error: {exc!r}", file=sys.stderr)
         if server is not None:
+            if server.proc is not None and server.proc.poll() is not None:
+                print(f"the server exited with {server.proc.returncode}", file=sys.stderr)
             print(f"last lines of the server's log:\n{server.log_tail()}", file=sys.stderr)
         return 2
     finally:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -67,9 +68,15 @@ def free_port() -> int:
 
 
 class SpawnedServer:
-    """`socialhub serve` in a temporary data dir, started and stopped by the benchmark."""
+    """`socialhub serve` in a temporary data dir, started and stopped by the benchmark.
 
-    def __init__(self) -> None:
+    `env` adds settings (`SOCIALHUB_DATABASE_URL`, `SOCIALHUB_REDIS_URL`, ...) to the
+    embedded defaults; `ready_path` is the route polled until it answers 200.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None, ready_path: str = "/healthz") -> None:
+        self.env = dict(env or {})
+        self.ready_path = ready_path
         self._tmp = tempfile.TemporaryDirectory(prefix="socialhub-bench-")
         self.data_dir = Path(self._tmp.name)
         self.port = free_port()
@@ -79,10 +86,11 @@ class SpawnedServer:
 
     def start(self) -> None:
         # The operator's SOCIALHUB_* settings (a database URL, a config file) are left out
-        # on purpose: a spawned server always runs on the embedded defaults.
+        # on purpose: a spawned server runs on the embedded defaults plus `self.env`.
         env = {key: value for key, value in os.environ.items() if not key.startswith("SOCIALHUB_")}
         env["SOCIALHUB_SERVER_DATA_DIR"] = str(self.data_dir)
         env["SOCIALHUB_RATELIMIT_ENABLED"] = "false"
+        env.update(self.env)
         cmd = [sys.executable, "-m", "socialhub.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -91,12 +99,14 @@ class SpawnedServer:
             if self.proc.poll() is not None:
                 raise ServerStartError(f"socialhub serve exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2.0).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2.0).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        raise ServerStartError(f"no answer on {self.url}/healthz after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+        raise ServerStartError(
+            f"no answer on {self.url}{self.ready_path} after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}"
+        )
 
     def stop(self) -> int | None:
         """SIGTERM, wait for the graceful shutdown, clean up; the server's exit code."""

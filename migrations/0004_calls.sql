@@ -9,9 +9,10 @@ CREATE TABLE calls (
     media             text NOT NULL CHECK (media IN ('audio', 'video')),
     state             text NOT NULL CHECK (state IN ('ringing', 'active', 'ended')),
     end_reason        text,
-    -- The devices on each end: signaling after the answer goes to these sockets only.
-    caller_session_id bigint NOT NULL,
-    callee_session_id bigint,
+    -- The sockets on each end (random per connection, not stored anywhere else):
+    -- signaling after the answer goes to these two only.
+    caller_socket_id  bigint NOT NULL,
+    callee_socket_id  bigint,
     ring_deadline     timestamptz NOT NULL,
     started_at        timestamptz NOT NULL DEFAULT now(),
     answered_at       timestamptz,

@@ -32,8 +32,8 @@ class CallRecord(msgspec.Struct, frozen=True):
     media: str
     state: str
     end_reason: str | None
-    caller_session_id: int
-    callee_session_id: int | None
+    caller_socket_id: int
+    callee_socket_id: int | None
     started_at: datetime
     answered_at: datetime | None
     ended_at: datetime | None

@@ -14,8 +14,8 @@ _encoder = msgspec.json.Encoder()
 
 class UserEvent(msgspec.Struct, frozen=True):
     frame: msgspec.Raw
-    only_session: int = 0  # for one device (the call's own socket), 0: every socket
-    exclude_session: int = 0  # not for this device (it did the thing)
+    only_socket: int = 0  # for one socket (a call's own), 0: every socket of the user
+    exclude_socket: int = 0  # not for this socket (it did the thing)
 
 
 class RoomEvent(msgspec.Struct, frozen=True):
@@ -32,9 +32,9 @@ def room_channel(room_id: int) -> str:
     return f"room:{room_id}"
 
 
-def encode_user_event(frame: msgspec.Struct, *, only_session: int = 0, exclude_session: int = 0) -> bytes:
+def encode_user_event(frame: msgspec.Struct, *, only_socket: int = 0, exclude_socket: int = 0) -> bytes:
     raw = msgspec.Raw(_encoder.encode(frame))
-    return _encoder.encode(UserEvent(frame=raw, only_session=only_session, exclude_session=exclude_session))
+    return _encoder.encode(UserEvent(frame=raw, only_socket=only_socket, exclude_socket=exclude_socket))
 
 
 def encode_room_event(frame: msgspec.Struct, *, seq: int = 0, exclude_user: int = 0) -> bytes:

@@ -138,7 +138,8 @@ class CallService:
 
     # -- signaling ----------------------------------------------------------------------------
 
-    async def invite(self, viewer: Principal, callee_id: int, media: str, sdp: str) -> Call:
+    async def invite(self, viewer: Principal, socket_id: int, callee_id: int, media: str, sdp: str) -> Call:
+        """Ring every socket of the callee; `socket_id` is the calling socket, which alone gets the answer."""
         check_sdp(sdp)
         if callee_id == viewer.user_id:
             raise ValidationFailed("you cannot call yourself", fields={"callee_id": "cannot call yourself"})
@@ -148,13 +149,13 @@ class CallService:
             caller_id=viewer.user_id,
             callee_id=callee_id,
             media=media,
-            caller_session_id=viewer.session_id,
+            caller_socket_id=socket_id,
             ring_seconds=self.ring_timeout,
         )
         view = Call.of(call)
         if call.state == ENDED:
             # Busy: the caller (this device) hears it right after its ack.
-            await self._send(viewer.user_id, CallEnded(call_id=view.id, reason=BUSY), only=viewer.session_id)
+            await self._send(viewer.user_id, CallEnded(call_id=view.id, reason=BUSY), only=socket_id)
         else:
             await self._send(callee_id, CallIncoming(call=view, sdp=sdp))
         return view
@@ -167,18 +168,19 @@ class CallService:
             raise Forbidden("only the two parties may signal on a call")
         return call
 
-    async def answer(self, viewer: Principal, call_id: int, sdp: str) -> Call:
+    async def answer(self, viewer: Principal, socket_id: int, call_id: int, sdp: str) -> Call:
+        """The first socket of the callee to answer wins; the others stop ringing."""
         check_sdp(sdp)
         call = await self._party_call(viewer, call_id)
         if viewer.user_id != call.callee_id:
             raise Forbidden("only the callee answers")
-        answered = await self.store.answer(call_id, viewer.user_id, viewer.session_id)
+        answered = await self.store.answer(call_id, viewer.user_id, socket_id)
         if answered is None:
             raise Conflict(f"the call is {call.state} ({call.end_reason or 'answered'})")
         view = Call.of(answered)
-        await self._send(call.caller_id, CallAnswered(call_id=view.id, sdp=sdp), only=call.caller_session_id)
+        await self._send(call.caller_id, CallAnswered(call_id=view.id, sdp=sdp), only=call.caller_socket_id)
         await self._send(
-            call.callee_id, CallEnded(call_id=view.id, reason=ANSWERED_ELSEWHERE), exclude=viewer.session_id
+            call.callee_id, CallEnded(call_id=view.id, reason=ANSWERED_ELSEWHERE), exclude=socket_id
         )
         return view
 
@@ -191,9 +193,9 @@ class CallService:
         frame = CallCandidateFrame(call_id=str(call.id), candidate=candidate)
         if viewer.user_id == call.caller_id:
             # Before the answer, every ringing device may use them; after, only the one that answered.
-            await self._send(call.callee_id, frame, only=call.callee_session_id or 0)
+            await self._send(call.callee_id, frame, only=call.callee_socket_id or 0)
         else:
-            await self._send(call.caller_id, frame, only=call.caller_session_id)
+            await self._send(call.caller_id, frame, only=call.caller_socket_id)
 
     async def reject(self, viewer: Principal, call_id: int) -> Call:
         call = await self._party_call(viewer, call_id)
@@ -222,7 +224,7 @@ class CallService:
     async def _send(self, user_id: int, frame: msgspec.Struct, *, only: int = 0, exclude: int = 0) -> None:
         try:
             await self._publish_raw(
-                user_channel(user_id), encode_user_event(frame, only_session=only, exclude_session=exclude)
+                user_channel(user_id), encode_user_event(frame, only_socket=only, exclude_socket=exclude)
             )
         except SocialhubError:
             logger.warning("could not relay a call frame to user %s", user_id)
@@ -231,7 +233,7 @@ class CallService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Every second: end rings past their deadline (missed), and calls a party has
-        left (every socket gone for DISCONNECT_GRACE)."""
+        left (every socket gone for DISCONNECT_GRACE; while ringing, only the caller counts)."""
         while not stop.is_set():
             try:
                 await self.sweep_once()
@@ -259,7 +261,9 @@ class CallService:
         for user_id in [u for u in self._absent_since if u not in status]:
             del self._absent_since[user_id]
         for call in live:
-            parties = (call.caller_id, call.callee_id)
+            # A ringing callee need not be online (a phone with the app closed): an unanswered
+            # ring runs to its timeout and is missed, with the notification, not hung up.
+            parties = (call.caller_id, call.callee_id) if call.state == ACTIVE else (call.caller_id,)
             if any(now - self._absent_since.get(u, now) >= DISCONNECT_GRACE for u in parties):
                 ended = await self.store.end(call.id, DISCONNECTED)
                 if ended is not None:

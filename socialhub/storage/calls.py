@@ -11,7 +11,7 @@ from socialhub.domain.users import UserSummary
 from socialhub.storage.database import Database
 
 _SELECT = """
-    SELECT c.id, c.room_id, c.media, c.state, c.end_reason, c.caller_session_id, c.callee_session_id,
+    SELECT c.id, c.room_id, c.media, c.state, c.end_reason, c.caller_socket_id, c.callee_socket_id,
            c.started_at, c.answered_at, c.ended_at,
            a.id AS caller_id, a.username AS caller_username, a.name AS caller_name, a.avatar_url AS caller_avatar,
            b.id AS callee_id, b.username AS callee_username, b.name AS callee_name, b.avatar_url AS callee_avatar
@@ -38,8 +38,8 @@ def _call(row: asyncpg.Record) -> CallRecord:
         media=row["media"],
         state=row["state"],
         end_reason=row["end_reason"],
-        caller_session_id=row["caller_session_id"],
-        callee_session_id=row["callee_session_id"],
+        caller_socket_id=row["caller_socket_id"],
+        callee_socket_id=row["callee_socket_id"],
         started_at=row["started_at"],
         answered_at=row["answered_at"],
         ended_at=row["ended_at"],
@@ -55,18 +55,18 @@ class CallStore:
         return _call(row) if row else None
 
     async def insert_call(
-        self, *, caller_id: int, callee_id: int, media: str, caller_session_id: int, ring_seconds: float
+        self, *, caller_id: int, callee_id: int, media: str, caller_socket_id: int, ring_seconds: float
     ) -> CallRecord:
         """A ringing call, with both parties marked busy; when either is already in a
         call, the call is stored as ended with reason busy."""
         async with self.db.transaction() as conn:
             call_id = await conn.fetchval(
-                """INSERT INTO calls (caller_id, callee_id, media, state, caller_session_id, ring_deadline)
+                """INSERT INTO calls (caller_id, callee_id, media, state, caller_socket_id, ring_deadline)
                    VALUES ($1, $2, $3, 'ringing', $4, now() + make_interval(secs => $5)) RETURNING id""",
                 caller_id,
                 callee_id,
                 media,
-                caller_session_id,
+                caller_socket_id,
                 ring_seconds,
             )
             taken = await conn.fetchval(
@@ -86,14 +86,14 @@ class CallStore:
         assert call is not None
         return call
 
-    async def answer(self, call_id: int, callee_id: int, session_id: int) -> CallRecord | None:
+    async def answer(self, call_id: int, callee_id: int, socket_id: int) -> CallRecord | None:
         """Ringing -> active, by the callee; the first device to answer wins."""
         row = await self.db.fetchrow(
-            """UPDATE calls SET state = 'active', answered_at = now(), callee_session_id = $3
+            """UPDATE calls SET state = 'active', answered_at = now(), callee_socket_id = $3
                WHERE id = $1 AND callee_id = $2 AND state = 'ringing' RETURNING id""",
             call_id,
             callee_id,
-            session_id,
+            socket_id,
         )
         return await self.get_call(call_id) if row else None
 

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -66,7 +66,8 @@ class Probe:
     async def timeline(self, user_id: str) -> set[str]:
         """Post ids the feed consumer put into the user's Redis timeline."""
         key = f"{self.settings.redis.key_prefix}tl:tl:{user_id}"
-        return {str(int(m)) for m in await self.redis.zrange(key, 0, -1) if m != b"-"}
+        members = cast(list[bytes], await self.redis.zrange(key, 0, -1))
+        return {str(int(m)) for m in members if m != b"-"}
 
     async def notifications(self) -> list[tuple[str, str, str, str | None]]:
         """Every notification as (user, type, actor, post)."""

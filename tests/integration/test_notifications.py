@@ -231,7 +231,7 @@ async def test_a_follow_is_pushed_live_on_the_users_channel(make_settings: Calla
                 message = await ps.get_message(ignore_subscribe_messages=True, timeout=0.5)
             assert message is not None, "no live notification"
             envelope = json.loads(message["data"])  # socialhub.domain.live.UserEvent: for every socket
-            assert envelope["only_session"] == 0 and envelope["exclude_session"] == 0
+            assert envelope["only_socket"] == 0 and envelope["exclude_socket"] == 0
             frame = envelope["frame"]
             assert frame["type"] == "notification" and set(frame) == {"type", "notification"}
             n = frame["notification"]

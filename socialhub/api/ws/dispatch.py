@@ -120,11 +120,13 @@ class Dispatcher:
         session.send(_encoder.encode(Pong() if frame.ref is None else Pong(ref=frame.ref)))
 
     async def call_invite(self, session: Session, frame: CallInvite) -> None:
-        call = await self.calls.invite(self._principal(session), _id(frame.callee_id, "user"), frame.media, frame.sdp)
+        callee = _id(frame.callee_id, "user")
+        call = await self.calls.invite(self._principal(session), session.socket_id, callee, frame.media, frame.sdp)
         session.send(_encoder.encode(Ack(ref=frame.ref, call=call)))
 
     async def call_answer(self, session: Session, frame: CallAnswer) -> None:
-        call = await self.calls.answer(self._principal(session), _id(frame.call_id, "call"), frame.sdp)
+        call_id = _id(frame.call_id, "call")
+        call = await self.calls.answer(self._principal(session), session.socket_id, call_id, frame.sdp)
         session.send(_encoder.encode(Ack(ref=frame.ref, call=call)))
 
     async def call_candidate(self, session: Session, frame: CallCandidate) -> None:

@@ -216,9 +216,9 @@ class Hub:
             return
         data = bytes(event.frame)
         for session in list(channel.sessions):
-            if event.only_session and session.session_id != event.only_session:
+            if event.only_socket and session.socket_id != event.only_socket:
                 continue
-            if event.exclude_session and session.session_id == event.exclude_session:
+            if event.exclude_socket and session.socket_id == event.exclude_socket:
                 continue
             session.send(data)
 

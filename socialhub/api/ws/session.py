@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -55,6 +56,8 @@ class Session:
         self.websocket = websocket
         self.user_id = user_id
         self.session_id = session_id
+        # Tells this socket from the other sockets of the same session (two tabs, one token).
+        self.socket_id = secrets.randbits(62) + 1
         self.budget = FrameBudget(rate)
         self.rooms: dict[int, int] = {}  # room id -> highest seq sent to this socket
         self.joining: dict[int, list[tuple[int, bytes]]] = {}  # room id -> live frames held during replay
