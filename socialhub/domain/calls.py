@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from socialhub.domain.time import rfc3339
+from socialhub.domain.time import rfc3339, rfc3339_or_unset
 from socialhub.domain.users import UserSummary
 
 RINGING, ACTIVE, ENDED = "ringing", "active", "ended"
@@ -47,10 +47,6 @@ class CallRecord(msgspec.Struct, frozen=True):
         return int(self.callee.id)
 
 
-def _time(value: datetime | None) -> str | UnsetType:
-    return rfc3339(value) if value is not None else UNSET
-
-
 class Call(msgspec.Struct, frozen=True):
     id: str
     caller: UserSummary
@@ -74,8 +70,8 @@ class Call(msgspec.Struct, frozen=True):
             started_at=rfc3339(c.started_at),
             room_id=str(c.room_id) if c.room_id is not None else UNSET,
             end_reason=c.end_reason if c.end_reason is not None else UNSET,
-            answered_at=_time(c.answered_at),
-            ended_at=_time(c.ended_at),
+            answered_at=rfc3339_or_unset(c.answered_at),
+            ended_at=rfc3339_or_unset(c.ended_at),
         )
 
 

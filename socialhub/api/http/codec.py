@@ -102,8 +102,9 @@ def _field_problems(data: dict[str, Any], cls: type[msgspec.Struct]) -> dict[str
     return problems
 
 
-def page_request(request: Request) -> PageRequest:
-    """`?limit=` (default 20, at most 100) and `?before=<id>`."""
+def page_request(request: Request, cursor: str = "before") -> PageRequest:
+    """`?limit=` (default 20, at most 100) and the cursor (`?before=<id>`, or `?after=` for
+    oldest-first lists; either way it lands in PageRequest.before)."""
     q = request.query_params
     limit = DEFAULT_LIMIT
     raw_limit = q.get("limit")
@@ -111,10 +112,10 @@ def page_request(request: Request) -> PageRequest:
         if not raw_limit.isdigit() or int(raw_limit) < 1:
             raise ValidationFailed("limit must be a positive integer", fields={"limit": "expected 1..100"})
         limit = min(int(raw_limit), MAX_LIMIT)
-    before = None
-    raw_before = q.get("before")
-    if raw_before:
-        before = parse_id(raw_before)
-        if before is None:
-            raise ValidationFailed("before must be an id", fields={"before": "expected an id"})
-    return PageRequest(limit=limit, before=before)
+    position = None
+    raw = q.get(cursor)
+    if raw:
+        position = parse_id(raw)
+        if position is None:
+            raise ValidationFailed(f"{cursor} must be an id", fields={cursor: "expected an id"})
+    return PageRequest(limit=limit, before=position)

@@ -14,7 +14,7 @@ from socialhub.api.http.openapi import Operation
 from socialhub.api.http.security import Authenticator
 from socialhub.api.http.uploads import MEDIA_FIELDS, read_upload
 from socialhub.config import MediaSettings
-from socialhub.domain.pages import DEFAULT_LIMIT, MAX_LIMIT, Page
+from socialhub.domain.pages import Page
 from socialhub.domain.posts import Comment, LikeState, Post
 from socialhub.domain.users import Principal
 from socialhub.errors import NotFound, ValidationFailed
@@ -275,18 +275,8 @@ class PostRoutes:
     async def comments(self, request: Request) -> Response:
         viewer = await self.auth(request)
         post_id = _id(request, "post_id", "post")
-        q = request.query_params
-        limit = DEFAULT_LIMIT
-        if (raw := q.get("limit")) is not None:
-            if not raw.isdigit() or int(raw) < 1:
-                raise ValidationFailed("limit must be a positive integer", fields={"limit": "expected 1..100"})
-            limit = min(int(raw), MAX_LIMIT)
-        after = None
-        if raw_after := q.get("after"):
-            after = parse_id(raw_after)
-            if after is None:
-                raise ValidationFailed("after must be an id", fields={"after": "expected an id"})
-        return json_response(await self.posts.comments(viewer, post_id, after, limit))
+        page = page_request(request, cursor="after")
+        return json_response(await self.posts.comments(viewer, post_id, page.before, page.limit))
 
     async def edit_comment(self, request: Request) -> Response:
         viewer = await self.auth(request)
