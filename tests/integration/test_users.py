@@ -170,3 +170,11 @@ async def test_every_route_is_in_the_openapi_document(
     assert served == documented
     page = await client.get("/docs")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClient) -> None:
+    a = await signup(client)
+    await a.get(f"/users/{a.id}")
+    text = (await client.get("/metrics")).text
+    assert 'socialhub_http_requests_total{method="GET",route="/users/{ref}",status="200"}' in text
+    assert f"/users/{a.id}" not in text  # raw paths never become labels

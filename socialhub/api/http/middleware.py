@@ -7,9 +7,19 @@ import re
 import secrets
 import time
 
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("socialhub.access")
+
+# Labelled by the route's template (/posts/{id}), never the raw path: bounded cardinality.
+REQUESTS = Counter("socialhub_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+LATENCY = Histogram(
+    "socialhub_http_request_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -48,6 +58,13 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            elapsed = time.perf_counter() - started
+            if scope["type"] == "http":
+                route = scope.get("route")
+                template = getattr(route, "path", None) or "unmatched"
+                method = scope.get("method", "")
+                REQUESTS.labels(method, template, str(status or 500)).inc()
+                LATENCY.labels(method, template).observe(elapsed)
             client = scope.get("client")
             logger.info(
                 "%s %s %s",
@@ -59,7 +76,7 @@ class AccessLog:
                     "method": scope.get("method", "WS"),
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(elapsed * 1000, 2),
                     "client": client[0] if client else None,
                     "user_id": str(state["user_id"]) if state.get("user_id") else None,
                 },

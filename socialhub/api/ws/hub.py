@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import msgspec
+from prometheus_client import Gauge
 
 from socialhub.api.ws.protocol import CLOSE_RESTART, CLOSE_UNAUTHENTICATED, Joined
 from socialhub.api.ws.session import Session
@@ -34,6 +35,8 @@ from socialhub.services.chat import ChatService, NewMessageFrame
 from socialhub.services.presence import presence_channel
 
 logger = logging.getLogger(__name__)
+
+SOCKETS = Gauge("socialhub_ws_sockets", "Open, authenticated WebSockets in this process")
 
 _encoder = msgspec.json.Encoder()
 _room_event = msgspec.json.Decoder(RoomEvent)
@@ -73,6 +76,7 @@ class Hub:
         return sum(len(s) for s in self.users.values())
 
     async def add(self, session: Session) -> None:
+        SOCKETS.inc()
         self.users.setdefault(session.user_id, set()).add(session)
         await self._attach(user_channel(session.user_id), session, self._on_user)
         try:
@@ -87,6 +91,7 @@ class Hub:
             await self._detach(presence_channel(user_id), session)
         session.watching.clear()
         await self._detach(user_channel(session.user_id), session)
+        SOCKETS.dec()
         mine = self.users.get(session.user_id)
         if mine is not None:
             mine.discard(session)
