@@ -555,6 +555,19 @@ def _listener_pid(url: str) -> int | None:
     return None
 
 
+def _server_pid(url: str, given: list[int] | None, index: int) -> int | None:
+    """The pid of the process listening on the URL's port; a --server-pid that is not it
+    (a shell or wrapper around the server) would make every memory figure wrong."""
+    pid = given[index] if given and index < len(given) else None
+    found = _listener_pid(url)
+    if pid is not None and found is not None and found != pid:
+        print(f"--server-pid {pid} does not listen on {url}; measuring pid {found}, which does", file=sys.stderr)
+        return found
+    if pid is None and found is None:
+        print(f"cannot find the process listening on {url}: no server CPU or memory figures", file=sys.stderr)
+    return pid if pid is not None else found
+
+
 # -- measuring the machine -------------------------------------------------------------------
 
 CpuTable = dict[tuple[int, float], tuple[str, float]]
@@ -729,6 +742,7 @@ class Report(msgspec.Struct):
     goals: dict[str, str]
     profile: list[str]
     series: dict[str, list[float | None]] = {}  # per measured message, in send order (ms)
+    window_start: float = 0.0  # time.monotonic() when the measured window began (to match server logs)
 
 
 def _hostport(url: str) -> tuple[str, int]:
@@ -850,6 +864,7 @@ def run_messages(args: argparse.Namespace, targets: list[Target], accounts: list
     rss_before = [rss_mib(t.pid) for t in targets]
     profiler.start(window)
     probe.start()
+    window_start = time.monotonic()
     for w in everyone:
         w.conn.send("go")
     if sender_worker.expect(window + 60) != "sent":
@@ -929,7 +944,7 @@ def run_messages(args: argparse.Namespace, targets: list[Target], accounts: list
                 f"{'met' if s.p99_ms < limit else 'MISSED'}: {s.p99_ms:.2f} ms"
             )
     return Report("fanout" if fanout else "chat", "", "", len(targets), args.deflate, figures, latency, cpu,
-                  [d.cpu_share for d in dones], [], goals, profile, series)  # fmt: skip
+                  [d.cpu_share for d in dones], [], goals, profile, series, window_start)  # fmt: skip
 
 
 def _ms(seconds: float) -> float:
@@ -1068,8 +1083,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.url:
             urls = args.url[:count]
-            pids = args.server_pid or [_listener_pid(u) for u in urls]
-            targets = [Target(u.rstrip("/"), p) for u, p in zip(urls, pids, strict=False)]
+            targets = [Target(u.rstrip("/"), _server_pid(u, args.server_pid, i)) for i, u in enumerate(urls)]
             db_url, secret = args.database_url, args.jwt_secret
         else:
             secret = secrets.token_urlsafe(32)

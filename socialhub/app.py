@@ -125,7 +125,7 @@ def make_event_sources(
     )
     sources: dict[str, EventSource] = {"kafka-relay": OutboxSource(db, outbox, KafkaRelay(publisher))}
     for c in consumers:
-        sources[c.name] = KafkaSource(settings.kafka.bootstrap_servers, topics, c)
+        sources[c.name] = KafkaSource(settings.kafka.bootstrap_servers, topics, c, prepare=publisher.ensure_topics)
     return sources, publisher
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiokafka.errors as kafka_errors
@@ -64,6 +64,14 @@ IDLE_CHECK_SECONDS = 5.0
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
+
+
+# How long the broker may hold a fetch that has no data. Apache Kafka answers as soon as
+# a record arrives, whatever this is; some Kafka-protocol brokers (tansu) wait it out,
+# which becomes delivery latency (aiokafka's default of 500 ms gave a p99 of ~400 ms
+# write-to-feed, 100 ms gave ~100 ms: bench/post_to_feed.py --kafka). An idle consumer
+# pays ten fetches a second for it.
+FETCH_MAX_WAIT_MS = 100
 
 
 class PublishError(RuntimeError):
@@ -275,9 +283,14 @@ class KafkaSource(EventSource):
         request_timeout_ms: int = 30_000,
         max_batch: int = MAX_BATCH,
         client_id: str = "socialhub",
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+        prepare: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if not topics:
             raise ValueError("KafkaSource needs at least one topic")
+        # Run before subscribing (the relay's topic creation): a subscription to a missing
+        # topic makes the broker auto-create it with its own partition count.
+        self._prepare = prepare
         self.bootstrap_servers = bootstrap_servers
         self.consumer = consumer
         self.group_id = group_prefix + consumer.name
@@ -291,6 +304,7 @@ class KafkaSource(EventSource):
             "session_timeout_ms": session_timeout_ms,
             "heartbeat_interval_ms": heartbeat_interval_ms,
             "request_timeout_ms": request_timeout_ms,
+            "fetch_max_wait_ms": fetch_max_wait_ms,
         }
         self._max_batch = max_batch
         self._kafka: Any = None
@@ -309,6 +323,8 @@ class KafkaSource(EventSource):
         while not stop.is_set():
             kc = AIOKafkaConsumer(*self._logical, **self._options)
             try:
+                if self._prepare is not None:
+                    await _until(stop, self._prepare())
                 await _until(stop, kc.start())
                 self._kafka = kc
                 logger.info("kafka source %s joined (topics %s)", self.group_id, ", ".join(self._logical))
