@@ -129,7 +129,9 @@ class UserStore:
         The follows row lock serialises concurrent follows of one pair, so each change
         moves the counters exactly once. The two users rows are locked in primary-key
         order before they are updated (an UPDATE alone may visit them in heap order), so
-        A→B and B→A at once cannot deadlock.
+        A→B and B→A at once cannot deadlock. The lock is FOR NO KEY UPDATE, what the
+        UPDATE takes anyway: FOR UPDATE would also wait for the KEY SHARE locks that the
+        follows row's foreign keys hold in the other transaction, and deadlock there.
         """
         try:
             changed = await self._insert_follow(conn, follower_id, followee_id)
@@ -147,7 +149,7 @@ class UserStore:
                    RETURNING 1),
                locked AS (
                    SELECT id FROM users WHERE id IN ($1, $2) AND EXISTS (SELECT 1 FROM f)
-                   ORDER BY id FOR UPDATE),
+                   ORDER BY id FOR NO KEY UPDATE),
                c AS (
                    UPDATE users SET
                        following_count = following_count + (id = $1)::int,
@@ -168,7 +170,7 @@ class UserStore:
                    RETURNING 1),
                locked AS (
                    SELECT id FROM users WHERE id IN ($1, $2) AND EXISTS (SELECT 1 FROM f)
-                   ORDER BY id FOR UPDATE),
+                   ORDER BY id FOR NO KEY UPDATE),
                c AS (
                    UPDATE users SET
                        following_count = following_count - (id = $1)::int,

@@ -178,3 +178,13 @@ async def test_metrics_count_requests_by_route_template(client: httpx.AsyncClien
     text = (await client.get("/metrics")).text
     assert 'socialhub_http_requests_total{method="GET",route="/users/{ref}",status="200"}' in text
     assert f"/users/{a.id}" not in text  # raw paths never become labels
+
+
+async def test_everyone_following_everyone_at_once_never_deadlocks(client: httpx.AsyncClient) -> None:
+    people = [await signup(client) for _ in range(10)]
+    for _ in range(2):
+        results = await asyncio.gather(*[p.post(f"/users/follow/{q.id}") for p in people for q in people if p is not q])
+        assert sorted({r.status_code for r in results}) == [200], [r.text for r in results if r.status_code != 200][:3]
+    for p in people:
+        me = (await p.get("/users/me")).json()
+        assert me["followers_count"] == me["following_count"] == len(people) - 1
