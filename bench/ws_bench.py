@@ -1089,7 +1089,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             secret = secrets.token_urlsafe(32)
             settings = {"SOCIALHUB_AUTH_JWT_SECRET": secret}
             if args.database_url:
-                db_name = "socialhub_bench_" + secrets.token_hex(4)
+                db_name = "socialhub_wsbench_" + secrets.token_hex(4)
                 asyncio.run(_create_database(args.database_url, db_name))
                 settings["SOCIALHUB_DATABASE_URL"] = _with_database(args.database_url, db_name)
             if args.redis:

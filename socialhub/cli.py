@@ -1,11 +1,13 @@
-"""`socialhub serve | migrate`."""
+"""`socialhub serve | migrate | bench`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import signal
+import subprocess
 import sys
 from contextlib import AsyncExitStack
 
@@ -71,7 +73,23 @@ async def _migrate(settings: Settings) -> list[int]:
         return []
 
 
+def bench(args: list[str]) -> int:
+    """Run `python -m bench` with these arguments; the benchmarks ship with the source
+    checkout (bench/ next to socialhub/), not with the installed package."""
+    if importlib.util.find_spec("bench.__main__") is None:
+        print(
+            "socialhub bench: the benchmarks are not installed with the package; run this from a source "
+            "checkout of socialhub (the directory holding bench/), e.g. `cd socialhub && socialhub bench rest-read`",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.call([sys.executable, "-m", "bench", *args])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return bench(argv[1:])  # its own options and --help: passed through untouched
     parser = argparse.ArgumentParser(prog="socialhub", description="socialhub server")
     parser.add_argument("--version", action="version", version=f"socialhub {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p_serve.add_argument("--config", help="path of socialhub.toml (default: $SOCIALHUB_CONFIG)")
     p_migrate = sub.add_parser("migrate", help="apply migrations and exit")
     p_migrate.add_argument("--config", help="path of socialhub.toml (default: $SOCIALHUB_CONFIG)")
+    sub.add_parser("bench", help="run a benchmark (source checkout only): socialhub bench <scenario> --help")
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)

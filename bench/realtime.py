@@ -1,0 +1,177 @@
+"""Realtime scenarios: `ws-idle`, `ws-chat`, `post-to-feed`, `calls`.
+
+The socket and post-to-feed measurements live in their own modules (bench.ws_bench,
+bench.post_to_feed), which keep working on their own; here they are run as child
+processes with the options of the one entry point, their JSON is read back, and the
+figures join the common report. `ws-chat` adds the ceiling: the same sends through a
+bare `websockets` relay (bench.ceiling, bench.ws_ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bench.ceiling import CeilingServer
+from bench.progress import Progress
+from bench.report import Comparison, Report, command_line, machine_description, now_utc
+from bench.ws_ceiling import measure
+
+Series = dict[str, list[tuple[float, float]]]
+
+
+def add_parsers(
+    sub: Any,
+    described: dict[str, str],
+    add_target_options: Callable[[argparse.ArgumentParser], None],
+    common: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    p = sub.add_parser("ws-idle", help=described["ws-idle"])
+    add_target_options(p)
+    p.add_argument("--sockets", type=int, default=10_000, help="idle sockets (default 10000)")
+    p.add_argument("--hold", type=float, default=5.0, help="seconds they stay open (default 5)")
+    common(p)
+
+    p = sub.add_parser("ws-chat", help=described["ws-chat"])
+    add_target_options(p)
+    p.add_argument("--members", type=int, default=1000, help="fan-out room members (default 1000; 0: skip fan-out)")
+    p.add_argument("--messages", type=int, help="one-to-one: 2000, fan-out: 100")
+    p.add_argument("--deflate", action="store_true", help="offer permessage-deflate, as browsers do")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the bare websockets relay")
+    common(p)
+
+    p = sub.add_parser("post-to-feed", help=described["post-to-feed"])
+    add_target_options(p)
+    p.add_argument("--followers", type=int, default=20)
+    p.add_argument("--posts", type=int, default=200)
+    p.add_argument("--rate", type=float, default=5.0)
+    p.add_argument("--sample", type=int, default=0, help="followers polled per post (0: all)")
+    common(p)
+
+    p = sub.add_parser("calls", help=described["calls"])
+    add_target_options(p)
+    p.add_argument("--calls", type=int, default=10, help="concurrent calls (default 10)")
+    p.add_argument("--rounds", type=int, default=3, help="times each pair calls (default 3)")
+    common(p)
+
+
+def _target_args(args: argparse.Namespace, redis_twice: bool) -> list[str]:
+    out: list[str] = []
+    if args.url:
+        out += ["--url", args.url]
+    if args.server_pid:
+        out += ["--server-pid", str(args.server_pid)]
+    if args.jwt_secret:
+        out += ["--jwt-secret", args.jwt_secret]
+    if args.database_url:
+        out += ["--database-url", args.database_url]
+    if args.redis:
+        out += ["--redis", args.redis] if redis_twice else ["--redis-url", args.redis]
+    return out
+
+
+def _child(module: str, argv: list[str], progress: Progress) -> dict[str, Any] | None:
+    """Run `python -m bench.<module> ...` with --json; its output goes straight through."""
+    with tempfile.TemporaryDirectory(prefix="socialhub-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", f"bench.{module}", *argv, "--json", str(out)]
+        progress.say("running: " + " ".join(cmd[1:]))
+        code = subprocess.call(cmd)
+        if code != 0 or not out.exists():
+            print(f"error: bench.{module} exited with {code}", file=sys.stderr)
+            return None
+        data: dict[str, Any] = msgspec.json.decode(out.read_bytes())
+        return data
+
+
+def _report(scenario: str, target: str, extra: dict[str, object], comparisons: list[Comparison]) -> Report:
+    return Report(
+        scenario=scenario,
+        command=command_line(),
+        started_at=now_utc(),
+        machine=machine_description(),
+        target=target,
+        setup={},
+        phases=[],
+        ceiling=[],
+        comparisons=comparisons,
+        server={},
+        notes=[],
+        extra=extra,
+    )
+
+
+def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Report, Series] | None:
+    target = args.url or "started by bench." + ("ws_bench" if scenario.startswith("ws") else "post_to_feed")
+    if scenario == "ws-idle":
+        argv = ["idle", "--sockets", str(args.sockets), "--hold", str(args.hold), *_target_args(args, True)]
+        data = _child("ws_bench", argv, progress)
+        return None if data is None else (_report(scenario, target, {"ws_bench idle": data}, []), {})
+    if scenario == "ws-chat":
+        return _ws_chat(args, progress, target)
+    if scenario == "post-to-feed":
+        if args.url:
+            print("error: post-to-feed starts its own server (bench.post_to_feed has no --url)", file=sys.stderr)
+            return None
+        argv = ["--followers", str(args.followers), "--posts", str(args.posts), "--rate", str(args.rate)]
+        argv += ["--sample", str(args.sample), *_target_args(args, False)]
+        if args.kafka:
+            argv.append("--kafka")
+        data = _child("post_to_feed", argv, progress)
+        return None if data is None else (_report(scenario, target, {"post_to_feed": data}, []), {})
+    if scenario == "calls":
+        # Not built yet: tests/e2e/test_calls.py drives real aiortc peers through a real
+        # server and is the starting point (see bench/README.md, "Not yet measured").
+        print(
+            "error: the calls scenario is not implemented yet (invite -> connected with aiortc peers); "
+            "see bench/README.md",
+            file=sys.stderr,
+        )
+        return None
+    raise ValueError(scenario)
+
+
+def _ws_chat(args: argparse.Namespace, progress: Progress, target: str) -> tuple[Report, Series] | None:
+    extra: dict[str, object] = {}
+    comparisons: list[Comparison] = []
+    common = _target_args(args, True) + (["--deflate"] if args.deflate else [])
+    chat_messages = args.messages or 2000
+    chat = _child("ws_bench", ["chat", "--messages", str(chat_messages), *common], progress)
+    if chat is None:
+        return None
+    extra["one-to-one"] = chat
+    fan: dict[str, Any] | None = None
+    fan_messages = args.messages or 100
+    if args.members > 0:
+        fan = _child("ws_bench", ["fanout", "--members", str(args.members), "--messages", str(fan_messages), *common],
+                     progress)  # fmt: skip
+        if fan is None:
+            return None
+        extra["fan-out"] = fan
+    if not args.no_ceiling:
+        with CeilingServer("ws") as relay:
+            progress.say(f"ceiling: bare websockets relay, one-to-one, {chat_messages} messages every 10 ms ...")
+            one = measure(relay.port, 1, chat_messages, 0.01, min(100, chat_messages // 10), 1)
+            extra["ceiling one-to-one"] = msgspec.to_builtins(one)
+            mine = chat["latency"].get("send (A) -> new_message (B)")
+            if mine and one.last_member:
+                comparisons.append(Comparison("one-to-one p50", mine["p50_ms"], one.last_member.p50_ms, False))
+                comparisons.append(Comparison("one-to-one p99", mine["p99_ms"], one.last_member.p99_ms, False))
+            if fan is not None:
+                progress.say(f"ceiling: bare websockets relay, fan-out to {args.members}, {fan_messages} messages ...")
+                many = measure(relay.port, args.members, fan_messages, 0.25, min(10, fan_messages // 10), args.procs)
+                extra["ceiling fan-out"] = msgspec.to_builtins(many)
+                key = f"send -> last of {args.members} members"
+                mine = fan["latency"].get(key)
+                if mine and many.last_member:
+                    comparisons.append(Comparison(f"fan-out {key} p99", mine["p99_ms"], many.last_member.p99_ms, False))
+    report = _report("ws-chat", target, extra, comparisons)
+    report.notes.append("socket figures and notes of bench.ws_bench are printed above; the JSON holds them all")
+    return report, {}

@@ -1,0 +1,201 @@
+"""The end of a run: the summary table, socialhub as a fraction of the ceiling, JSON, a plot."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
+from bench.load import CLIENT_BOUND_CPU, PhaseResult
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+class Comparison(msgspec.Struct, frozen=True):
+    """One socialhub figure against the same figure of the ceiling server."""
+
+    what: str  # e.g. "feed req/s"
+    socialhub: float
+    ceiling: float
+    higher_is_better: bool = True
+
+    @property
+    def fraction(self) -> float | None:
+        return fraction(self.socialhub, self.ceiling, self.higher_is_better)
+
+
+class Report(msgspec.Struct):
+    scenario: str
+    command: str
+    started_at: str
+    machine: str
+    target: str
+    setup: dict[str, object]
+    phases: list[PhaseResult]
+    ceiling: list[PhaseResult]
+    comparisons: list[Comparison]
+    server: dict[str, object]
+    notes: list[str]
+    extra: dict[str, object] = {}
+
+
+def fraction(value: float, ceiling: float, higher_is_better: bool = True) -> float | None:
+    """socialhub's share of the ceiling's performance: 1.0 is as good as the ceiling.
+
+    For throughput it is value / ceiling; for a latency (lower is better) it is
+    ceiling / value, so that both read "x% of the ceiling". None when undefined.
+    """
+    if higher_is_better:
+        return value / ceiling if ceiling > 0 else None
+    return ceiling / value if value > 0 else None
+
+
+def format_fraction(c: Comparison) -> str:
+    f = c.fraction
+    share = f"{f:.0%}" if f is not None else "n/a"
+    unit = "" if c.higher_is_better else " ms"
+    return f"{c.what}: socialhub {c.socialhub:.1f}{unit} vs ceiling {c.ceiling:.1f}{unit} = {share} of the ceiling"
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def machine_description() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = psutil.virtual_memory().total / 2**30
+    return (
+        f"{os.cpu_count()} logical CPUs ({model}), {memory:.0f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-align the first column, right-align the others, a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def phase_rows(phases: Sequence[PhaseResult], prefix: str = "") -> list[list[str]]:
+    rows = []
+    for p in phases:
+        lat = p.latency
+        figures = [lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.max_ms] if lat is not None else []
+        server = "-" if p.server_cpu is None else f"{p.server_cpu:.0%}"
+        if p.postgres_cpu is not None:
+            server += f" + pg {p.postgres_cpu:.0%}"
+        rows.append(
+            [
+                prefix + p.name,
+                str(p.concurrency),
+                str(p.ok),
+                f"{p.throughput_rps:.1f}",
+                *([f"{v:.1f}" for v in figures] or ["-"] * 4),
+                str(sum(p.errors.values())),
+                " ".join(f"{c:.0%}" for c in p.client_cpu) + (" BOUND" if p.client_bound else ""),
+                server,
+                "-" if p.server_rss_mib is None else f"{p.server_rss_mib:.0f}",
+            ]
+        )
+    return rows
+
+
+HEADER = ["phase", "in flight", "ok", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"]
+HEADER += ["client CPU", "server CPU", "RSS MiB"]
+
+
+def format_report(r: Report) -> str:
+    lines = [
+        f"socialhub bench {r.scenario}, {r.started_at}",
+        f"machine: {r.machine}",
+        f"target: {r.target}",
+    ]
+    if r.setup:
+        lines.append("setup: " + ", ".join(f"{k} {v}" for k, v in r.setup.items()))
+    lines.append("")
+    if r.phases or r.ceiling:
+        lines += table([HEADER, *phase_rows(r.phases), *phase_rows(r.ceiling, "ceiling:")])
+        lines.append(
+            "CPU: share of one core over the window (client: per process, BOUND when one passes "
+            f"{CLIENT_BOUND_CPU:.0%}); RSS: server process at the end of the window"
+        )
+    for p in [*r.phases, *r.ceiling]:
+        if p.errors:
+            lines.append(f"{p.name} errors: " + ", ".join(f"{k} x{n}" for k, n in p.errors.items()))
+    if r.comparisons:
+        lines.append("")
+        lines += [format_fraction(c) for c in r.comparisons]
+    if r.server:
+        lines.append("")
+        lines.append("server: " + ", ".join(f"{k} {v}" for k, v in r.server.items()))
+    lines += [f"note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def client_notes(phases: Sequence[PhaseResult]) -> list[str]:
+    notes = []
+    for p in phases:
+        if p.client_bound:
+            notes.append(
+                f"{p.name}: client-bound: a client process used {max(p.client_cpu):.0%} of a core; the figure "
+                "measures the client as much as the server (add --procs, or run the client on another machine)"
+            )
+    return notes
+
+
+def default_json_path(scenario: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return RESULTS_DIR / f"{scenario}-{stamp}.json"
+
+
+def write_json(report: Report, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
+
+
+def plot(path: Path, title: str, series: dict[str, list[tuple[float, float]]]) -> str:
+    """Latency over time, one colour per phase: a PNG at `path`; what was done, as text."""
+    try:
+        import matplotlib  # type: ignore[import-not-found,unused-ignore]
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return "plot skipped: matplotlib is not installed (pip install -e '.[bench]')"
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for name, samples in series.items():
+        if samples:
+            ax.scatter([t for t, _ in samples], [lat * 1000 for _, lat in samples], s=2, alpha=0.4, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds into the measured window")
+    ax.set_ylabel("latency, ms (log)")
+    ax.set_title(title)
+    ax.legend(markerscale=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"plot written to {path}"
+
+
+def command_line() -> str:
+    return " ".join(["python -m bench", *sys.argv[1:]])

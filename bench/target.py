@@ -1,0 +1,167 @@
+"""The server a scenario measures: one it starts itself, or a running one (`--url`).
+
+A started server runs with rate limits off and a JWT secret known to the benchmark (so
+it can sign tokens for users it inserts with SQL). Its database is the embedded
+PostgreSQL, or with `--database-url` a throw-away database created on that PostgreSQL
+for the run and dropped after (much faster to set up than initdb). `--redis` points
+the server at Redis (timelines, pub/sub); `--kafka` starts the test suite's tansu
+broker and points the server at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
+from bench.server import ServerWatch, SpawnedServer
+
+
+class TargetError(RuntimeError):
+    pass
+
+
+def add_target_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("server")
+    g.add_argument("--url", help="a running server to measure (default: start one for the run)")
+    g.add_argument("--server-pid", type=int, help="with --url: its pid, to report its CPU and RSS")
+    g.add_argument("--jwt-secret", help="with --url: the server's auth.jwt_secret (to sign tokens for seeded users)")
+    g.add_argument(
+        "--database-url",
+        help="started server: a PostgreSQL to make a throw-away database on (e.g. postgresql://127.0.0.1/test); "
+        "with --url: the server's own database, where the data set is inserted",
+    )
+    g.add_argument("--redis", nargs="?", const="redis://127.0.0.1:6379/0", help="started server: use this Redis")
+    g.add_argument("--kafka", action="store_true", help="started server: start a tansu broker, use the Kafka path")
+
+
+class Target:
+    """Context manager: `url`, `db_url`, `secret`, `watch` (None when the pid is unknown)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.server: SpawnedServer | None = None
+        self.url = ""
+        self.db_url: str | None = None
+        self.secret: str | None = None
+        self.watch: ServerWatch | None = None
+        self.description = ""
+        self._db_name: str | None = None
+        self._broker: Any = None
+        self._broker_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> Target:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        a = self.args
+        if a.url:
+            self.url = a.url.rstrip("/")
+            self.db_url, self.secret = a.database_url, a.jwt_secret
+            self.watch = ServerWatch(a.server_pid) if a.server_pid else None
+            self.description = f"{self.url} (running server" + (f", pid {a.server_pid})" if a.server_pid else ")")
+            return
+        self.secret = secrets.token_urlsafe(32)
+        env = {"SOCIALHUB_AUTH_JWT_SECRET": self.secret}
+        parts = ["started by the benchmark", "rate limits off"]
+        if a.database_url:
+            self._db_name = "socialhub_bench_" + secrets.token_hex(4)
+            asyncio.run(_admin(a.database_url, f'CREATE DATABASE "{self._db_name}"'))
+            env["SOCIALHUB_DATABASE_URL"] = self.db_url = _with_database(a.database_url, self._db_name)
+            parts.append(f"PostgreSQL {urlsplit(a.database_url).netloc} (throw-away database {self._db_name})")
+        else:
+            parts.append("embedded PostgreSQL")
+        if a.redis:
+            env["SOCIALHUB_REDIS_URL"] = a.redis
+            env["SOCIALHUB_REDIS_KEY_PREFIX"] = f"bench:{secrets.token_hex(4)}:"
+            parts.append(f"Redis {a.redis}")
+        if a.kafka:
+            from tests.kafka_broker import TansuBroker
+
+            self._broker_dir = tempfile.TemporaryDirectory(prefix="socialhub-bench-tansu-")
+            self._broker = TansuBroker(Path(self._broker_dir.name))
+            self._broker.start()
+            env["SOCIALHUB_KAFKA_BOOTSTRAP_SERVERS"] = self._broker.bootstrap
+            parts.append(f"Kafka (tansu) {self._broker.bootstrap}")
+        self.server = SpawnedServer(env, ready_path="/readyz")
+        print(f"starting socialhub serve on {self.server.url} ...", file=sys.stderr, flush=True)
+        self.server.start()
+        assert self.server.proc is not None
+        self.url = self.server.url
+        pgdata = None if a.database_url else self.server.data_dir / "postgres"
+        if self.db_url is None:
+            self.db_url = _embedded_url(pgdata) if pgdata is not None else None
+        if pgdata is None and urlsplit(a.database_url).hostname in ("127.0.0.1", "localhost", "::1"):
+            self.watch = LocalPostgresWatch(self.server.proc.pid)
+            parts.append("PostgreSQL CPU: the whole local cluster, other users' work included")
+        else:
+            self.watch = ServerWatch(self.server.proc.pid, pgdata)
+        self.description = f"{self.url} ({', '.join(parts)}; pid {self.server.proc.pid})"
+
+    def require_database(self) -> tuple[str, str]:
+        if self.db_url is None or self.secret is None:
+            raise TargetError(
+                "seeding needs the server's database and JWT secret: with --url give --database-url and --jwt-secret"
+            )
+        return self.db_url, self.secret
+
+    def logged_errors(self) -> dict[str, int]:
+        return self.server.logged_errors() if self.server is not None else {}
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None
+        if self._broker_dir is not None:
+            self._broker_dir.cleanup()
+            self._broker_dir = None
+        if self._db_name is not None:
+            asyncio.run(_admin(self.args.database_url, f'DROP DATABASE IF EXISTS "{self._db_name}" WITH (FORCE)'))
+            self._db_name = None
+
+
+class LocalPostgresWatch(ServerWatch):
+    """A server on a PostgreSQL of this machine: its CPU is counted over the whole cluster
+    (every `postgres` process), since the data dir of a cluster we did not start is unknown."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid, Path("/nonexistent"))  # a pgdata, so that PostgreSQL CPU is reported
+
+    def _postgres(self) -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["name"]) if p.info["name"] in ("postgres", "postmaster")]
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def _embedded_url(pgdata: Path) -> str | None:
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return None
+    return f"postgresql://postgres@/postgres?host={lines[4].strip()}&port={lines[3].strip()}"
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
