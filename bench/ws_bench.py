@@ -588,12 +588,19 @@ class CpuWindow(msgspec.Struct, frozen=True):
     """Cores used on average over one window, by group."""
 
     wall_s: float
-    machine_busy: float  # share of all cores busy (1.0 = every core)
-    cores: dict[str, float]  # server, clients, postgres, redis, py-spy, others
+    machine_busy: float  # share of all cores busy (1.0 = every core), steal included
+    steal: float  # share of all cores taken by the hypervisor for other guests
+    cores: dict[str, float]  # server, clients, postgres, redis, py-spy, others, unattributed
 
 
 def cpu_window(
-    before: CpuTable, after: CpuTable, wall: float, busy: float, servers: set[int], clients: set[int]
+    before: CpuTable,
+    after: CpuTable,
+    wall: float,
+    busy: float,
+    steal: float,
+    servers: set[int],
+    clients: set[int],
 ) -> CpuWindow:
     cores: dict[str, float] = {"server": 0.0, "clients": 0.0, "postgres": 0.0, "redis": 0.0, "py-spy": 0.0}
     others = 0.0
@@ -614,7 +621,10 @@ def cpu_window(
         else:
             others += used
     cores["others"] = others
-    return CpuWindow(wall, busy, {k: round(v / max(wall, 1e-9), 3) for k, v in cores.items()})
+    # Busy time no process accounts for: processes that started and ended inside the
+    # window (another engineer's test run), interrupts, steal.
+    cores["unattributed"] = max(0.0, busy * (os.cpu_count() or 1) * wall - sum(cores.values()))
+    return CpuWindow(wall, busy, steal, {k: round(v / max(wall, 1e-9), 3) for k, v in cores.items()})
 
 
 class Probe:
@@ -635,7 +645,8 @@ class Probe:
         total = sum(m1) - sum(self.machine0)
         idle = (m1.idle + getattr(m1, "iowait", 0.0)) - (self.machine0.idle + getattr(self.machine0, "iowait", 0.0))
         busy = 1.0 - idle / total if total > 0 else 0.0
-        return cpu_window(self.table0, cpu_table(), wall, busy, self.servers, self.clients)
+        steal = (getattr(m1, "steal", 0.0) - getattr(self.machine0, "steal", 0.0)) / total if total > 0 else 0.0
+        return cpu_window(self.table0, cpu_table(), wall, busy, steal, self.servers, self.clients)
 
 
 def rss_mib(pid: int | None) -> float | None:
@@ -993,8 +1004,12 @@ def build_notes(report: Report) -> list[str]:
         notes.append(
             f"machine saturated: {report.cpu.machine_busy:.0%} of all cores busy; server and clients compete for them"
         )
-    if report.cpu is not None and report.cpu.cores.get("others", 0.0) > 0.15:
-        notes.append(f"other processes used {report.cpu.cores['others']:.2f} cores during the window: figures skewed")
+    if report.cpu is not None:
+        foreign = report.cpu.cores.get("others", 0.0) + report.cpu.cores.get("unattributed", 0.0)
+        if foreign > 0.15:
+            notes.append(f"other processes used {foreign:.2f} cores during the window: figures skewed")
+        if report.cpu.steal > 0.02:
+            notes.append(f"the hypervisor took {report.cpu.steal:.0%} of the cores (steal)")
     return notes
 
 

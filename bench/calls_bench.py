@@ -1,0 +1,453 @@
+"""Calls: `call_invite` -> both aiortc peers `connected`, N calls with C at a time.
+
+`python -m bench.calls_bench --calls N --concurrency C [--procs P] [--database-url ...]`
+
+It starts its own `socialhub serve` (rate limits off; `--database-url` for a throw-away
+database on an external PostgreSQL, `--redis` for Redis pub/sub) or measures `--url`.
+2×N users with live sessions are inserted with SQL and get access tokens signed with
+the server's secret (as bench/seed.py does), so every call is between a fresh pair.
+
+The calls run in `--procs` client processes (aiortc is CPU-heavy: DTLS, SRTP, ICE and
+an Opus encoder per peer, all in Python), each with its share of the calls and of the
+concurrency. Each call, as in tests/e2e/test_calls.py: the caller and the callee open
+and authenticate their own socialhub socket; the caller's RTCPeerConnection makes an
+offer (data channel + a silent audio track, candidates inside the SDP); the clock
+starts when `call_invite` is sent. The callee's peer gets the offer only from
+`call_incoming` on its own socket, answers with `call_answer`; the caller's peer gets
+the answer only from `call_answered` on its socket. Measured per call:
+
+- invite -> connected: from sending `call_invite` until both peers'
+  `connectionState == "connected"` (ICE + DTLS on loopback included);
+- invite -> call_incoming: sending `call_invite` until the callee's socket has it;
+- answer -> call_answered: sending `call_answer` until the caller's socket has it;
+- invite -> ack: the caller's `call_invite` ack (the call row is written).
+
+Then the caller hangs up and both sockets must see `call_ended`. Server CPU is read
+(psutil) before the first and after the last call: socialhub's CPU seconds over the
+run divided by the calls is its cost per call (signaling, sockets, the call rows and
+the presence work of the sockets opened for the calls). Client CPU is reported per
+process; above 90 % of a core it is marked BOUND, and the latencies then include
+client queueing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import secrets
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from bench.report import table
+from bench.seed import TOKEN_TTL_S, password_hash
+from bench.stats import LatencySummary, merge_counts, split_evenly, summarize
+from bench.target import Target, TargetError, add_target_options
+
+BOUND_SHARE = 0.9
+HOPS = ("invite -> connected", "invite -> call_incoming", "answer -> call_answered", "invite -> ack")
+
+
+class Pair(msgspec.Struct, frozen=True):
+    caller_id: str
+    caller_token: str
+    callee_id: str
+    callee_token: str
+
+
+class WorkerJob(msgspec.Struct, frozen=True):
+    ws_url: str
+    pairs: list[Pair]
+    concurrency: int
+    timeout: float
+    hold: float
+
+
+class WorkerResult(msgspec.Struct, frozen=True):
+    samples: dict[str, list[float]]
+    errors: dict[str, int]
+    ok: int
+    cpu_s: float
+    wall_s: float
+
+
+# -- one client process ---------------------------------------------------------------------
+
+
+class Sock:
+    """One socialhub socket; a reader keeps the frames, `expect` takes the first match."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.frames: list[tuple[float, dict[str, Any]]] = []
+        self._arrived = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str, token: str, timeout: float) -> Sock:
+        from websockets.asyncio.client import connect
+
+        ws = await asyncio.wait_for(connect(url, max_size=2**20, open_timeout=timeout), timeout)
+        sock = cls(ws)
+        await sock.send({"type": "authenticate", "token": token})
+        await sock.expect("authenticated", timeout)
+        return sock
+
+    async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for raw in self.ws:
+                self.frames.append((time.perf_counter(), json.loads(raw)))
+                self._arrived.set()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._arrived.set()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def expect(self, kind: str, timeout: float, **fields: Any) -> tuple[float, dict[str, Any]]:
+        end = time.monotonic() + timeout
+        while True:
+            for i, (at, f) in enumerate(self.frames):
+                if f.get("type") == "error" and (not fields.get("ref") or f.get("ref") == fields.get("ref")):
+                    raise RuntimeError(f"error {f.get('code')} waiting for {kind}")
+                if f.get("type") == kind and all(f.get(k) == v for k, v in fields.items()):
+                    del self.frames[i]
+                    return at, f
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {kind} in {timeout:g} s")
+            if self._reader.done():
+                raise RuntimeError(f"socket closed waiting for {kind}")
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        self._reader.cancel()
+        with contextlib.suppress(BaseException):
+            await self._reader
+
+
+def _peer() -> tuple[Any, asyncio.Event]:
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    # iceServers=[]: aiortc would otherwise ask Google's STUN server; loopback needs none.
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    connected = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def _changed() -> None:
+        if pc.connectionState in ("connected", "failed", "closed"):
+            connected.set()
+
+    @pc.on("track")
+    def _track(track: Any) -> None:
+        async def drain() -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    await track.recv()
+
+        task = asyncio.ensure_future(drain())
+        pc.on("connectionstatechange", lambda: task.cancel() if pc.connectionState == "closed" else None)
+
+    return pc, connected
+
+
+async def one_call(job: WorkerJob, pair: Pair, samples: dict[str, list[float]]) -> None:
+    from aiortc import AudioStreamTrack, RTCSessionDescription
+
+    t = job.timeout
+    caller = callee = None
+    pcs: list[Any] = []
+    try:
+        caller, callee = await asyncio.gather(
+            Sock.open(job.ws_url, pair.caller_token, t), Sock.open(job.ws_url, pair.callee_token, t)
+        )
+        (a, a_up), (b, b_up) = _peer(), _peer()
+        pcs += [a, b]
+        a.createDataChannel("chat")
+        a.addTrack(AudioStreamTrack())
+        await a.setLocalDescription(await a.createOffer())
+        ref = secrets.token_hex(4)
+        t0 = time.perf_counter()
+        await caller.send({"type": "call_invite", "callee_id": pair.callee_id, "media": "audio",
+                           "sdp": a.localDescription.sdp, "ref": ref})  # fmt: skip
+        # The callee's peer hears of the call only through its own socket.
+        t_in, incoming = await callee.expect("call_incoming", t)
+        t_ack, ack = await caller.expect("ack", t, ref=ref)
+        call_id = ack["call"]["id"]
+        if incoming["call"]["id"] != call_id:
+            raise RuntimeError("call_incoming for another call")
+        await b.setRemoteDescription(RTCSessionDescription(sdp=incoming["sdp"], type="offer"))
+        await b.setLocalDescription(await b.createAnswer())
+        t1 = time.perf_counter()
+        await callee.send({"type": "call_answer", "call_id": call_id, "sdp": b.localDescription.sdp})
+        t_ans, answered = await caller.expect("call_answered", t, call_id=call_id)
+        await a.setRemoteDescription(RTCSessionDescription(sdp=answered["sdp"], type="answer"))
+        await asyncio.wait_for(asyncio.gather(a_up.wait(), b_up.wait()), max(0.1, t - (time.perf_counter() - t0)))
+        if a.connectionState != "connected" or b.connectionState != "connected":
+            raise RuntimeError(f"peers {a.connectionState}/{b.connectionState}")
+        t_conn = time.perf_counter()
+        samples["invite -> connected"].append(t_conn - t0)
+        samples["invite -> call_incoming"].append(t_in - t0)
+        samples["answer -> call_answered"].append(t_ans - t1)
+        samples["invite -> ack"].append(t_ack - t0)
+        if job.hold > 0:
+            await asyncio.sleep(job.hold)
+        await caller.send({"type": "call_hangup", "call_id": call_id})
+        await asyncio.gather(caller.expect("call_ended", t, call_id=call_id),
+                             callee.expect("call_ended", t, call_id=call_id))  # fmt: skip
+    finally:
+        await asyncio.gather(*(pc.close() for pc in pcs), return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in (caller, callee) if s is not None), return_exceptions=True)
+
+
+async def run_worker(job: WorkerJob, counter: Any) -> WorkerResult:
+    samples: dict[str, list[float]] = {hop: [] for hop in HOPS}
+    errors: dict[str, int] = {}
+    ok = 0
+    sem = asyncio.Semaphore(job.concurrency)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+
+    async def guarded(pair: Pair) -> None:
+        nonlocal ok
+        async with sem:
+            try:
+                await one_call(job, pair, samples)
+                ok += 1
+            except Exception as exc:  # every failure is counted by kind
+                kind = f"{type(exc).__name__}: {exc}"[:120]
+                errors[kind] = errors.get(kind, 0) + 1
+            with counter.get_lock():
+                counter.value += 1
+
+    await asyncio.gather(*(guarded(p) for p in job.pairs))
+    return WorkerResult(samples, errors, ok, time.process_time() - cpu0, time.perf_counter() - wall0)
+
+
+def worker_main(job_bytes: bytes, conn: Connection, counter: Any, start_at: float) -> None:
+    job = msgspec.json.decode(job_bytes, type=WorkerJob)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    import aiortc  # noqa: F401 - imported before the start, not timed
+
+    conn.send(b"ready")
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    result = asyncio.run(run_worker(job, counter))
+    conn.send(msgspec.json.encode(result))
+    conn.close()
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+async def make_pairs(db_url: str, secret: str, calls: int) -> list[Pair]:
+    from socialhub.services.tokens import TokenCodec
+
+    tag = secrets.token_hex(3)
+    conn = await asyncpg.connect(db_url)
+    try:
+        async with conn.transaction():
+            users = await conn.fetch(
+                """
+                INSERT INTO users (username, email, name, password_hash)
+                SELECT 'c' || $1 || '_' || i, 'c' || $1 || '_' || i || '@bench.invalid', 'Caller ' || i, $2
+                FROM generate_series(1, $3::int) AS i
+                RETURNING id
+                """,
+                tag,
+                password_hash(secrets.token_urlsafe(12)),
+                2 * calls,
+            )
+            sessions = await conn.fetch(
+                """
+                INSERT INTO sessions (user_id, expires_at, user_agent)
+                SELECT u, now() + interval '1 day', 'bench' FROM unnest($1::bigint[]) AS u
+                RETURNING id, user_id
+                """,
+                [r["id"] for r in users],
+            )
+    finally:
+        await conn.close()
+    codec = TokenCodec(secret, TOKEN_TTL_S)
+    accounts = [(str(r["user_id"]), codec.issue(r["user_id"], r["id"])) for r in sessions]
+    return [Pair(*accounts[2 * i], *accounts[2 * i + 1]) for i in range(calls)]
+
+
+def _fmt(s: LatencySummary | None) -> list[str]:
+    if s is None:
+        return ["-"] * 6
+    return [str(s.count), *(f"{v:.1f}" for v in (s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, s.mean_ms))]
+
+
+def format_table(result: dict[str, Any]) -> str:
+    rows = [["measure", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"]]
+    for hop in HOPS:
+        s = result["latency"].get(hop)
+        rows.append([hop, *_fmt(msgspec.convert(s, LatencySummary) if s else None)])
+    lines = table(rows)
+    c, srv = result["clients"], result["server"]
+    lines.append("")
+    lines.append(
+        f"calls {result['calls']} at {result['concurrency']} concurrent: ok {result['ok']}, errors "
+        f"{sum(result['errors'].values())}, wall {result['wall_s']:.1f} s, {result['calls_per_s']:.2f} calls/s"
+    )
+    for kind, n in result["errors"].items():
+        lines.append(f"  error x{n}: {kind}")
+    lines.append(
+        "client CPU per process: " + " ".join(f"{share * 100:.0f}%" for share in c["cpu_share"])
+        + (" (BOUND: client-saturated, latencies include client queueing)" if c["bound"] else "")
+    )  # fmt: skip
+    if srv.get("app_cpu_s") is not None:
+        pg = "" if srv.get("postgres_cpu_s") is None else f", PostgreSQL {srv['postgres_cpu_s']:.2f} s"
+        lines.append(
+            f"server CPU: {srv['app_cpu_s']:.2f} s over the run = {srv['cpu_ms_per_call']:.1f} ms per call "
+            f"({srv['app_cpu_share'] * 100:.0f}% of a core){pg}; RSS {srv['app_rss_mib']:.0f} MiB "
+            f"(peak {srv['app_peak_rss_mib']:.0f})"
+        )
+    for note in result["notes"]:
+        lines.append("note: " + note)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.calls < 1 or args.concurrency < 1:
+        raise TargetError("--calls and --concurrency must be at least 1")
+    with Target(args) as target:
+        db_url, secret = target.require_database()
+        t_seed = time.monotonic()
+        pairs = asyncio.run(make_pairs(db_url, secret, args.calls))
+        print(f"{2 * args.calls} users inserted in {time.monotonic() - t_seed:.1f} s", file=sys.stderr)
+        procs = max(1, min(args.procs, args.concurrency, args.calls))
+        conc = split_evenly(args.concurrency, procs)
+        shares = split_evenly(args.calls, procs)
+        jobs, at = [], 0
+        for n, c in zip(shares, conc, strict=True):
+            jobs.append(WorkerJob(target.url.replace("http", "ws", 1) + "/ws", pairs[at : at + n], c,
+                                  args.timeout, args.hold))  # fmt: skip
+            at += n
+        ctx = multiprocessing.get_context("spawn")
+        counter = ctx.Value("i", 0)
+        start_at = time.monotonic() + 3.0 + 0.5 * len(jobs)
+        running = []
+        for job in jobs:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(msgspec.json.encode(job), child, counter, start_at))
+            proc.start()
+            running.append((proc, parent))
+        for _proc, parent in running:
+            if not parent.poll(60) or parent.recv() != b"ready":
+                raise RuntimeError("a client process did not start")
+        while time.monotonic() < start_at:
+            time.sleep(0.05)
+        before = target.watch.snapshot() if target.watch else None
+        t0 = time.monotonic()
+        last = 0.0
+        while any(proc.is_alive() and not parent.poll() for proc, parent in running):
+            time.sleep(0.2)
+            if target.watch:
+                target.watch.sample_memory()
+            if time.monotonic() - last >= 2.0:
+                last = time.monotonic()
+                print(f"calls {counter.value}/{args.calls} done, {last - t0:.0f} s", file=sys.stderr, flush=True)
+        wall = time.monotonic() - t0
+        after = target.watch.snapshot() if target.watch else None
+        results: list[WorkerResult] = []
+        for proc, parent in running:
+            if not parent.poll(5):
+                raise RuntimeError(f"client process {proc.pid} ended without a result ({proc.exitcode})")
+            results.append(msgspec.json.decode(parent.recv(), type=WorkerResult))
+            proc.join(10)
+        usage = target.watch.usage(before, after) if target.watch and before and after else None
+        logged = target.logged_errors()
+        description = target.description
+    samples = {hop: [x for r in results for x in r.samples[hop]] for hop in HOPS}
+    ok = sum(r.ok for r in results)
+    shares_cpu = [r.cpu_s / max(r.wall_s, 1e-9) for r in results]
+    bound = any(s > BOUND_SHARE for s in shares_cpu)
+    notes = [
+        "each call: fresh caller/callee pair, own sockets, aiortc peers (data channel + silent audio, "
+        "candidates in the SDP), clock from sending call_invite",
+    ]
+    if bound:
+        notes.append("a client process was above 90% of a core: the client saturates; add --procs or cores")
+    if len(shares_cpu) and (os.cpu_count() or 1) <= 2:
+        notes.append(f"{os.cpu_count()} CPUs shared by server, PostgreSQL and {len(results)} client processes")
+    server: dict[str, Any] = {}
+    if usage is not None:
+        server = msgspec.to_builtins(usage)
+        server["cpu_ms_per_call"] = usage.app_cpu_s / max(ok, 1) * 1000
+        server["app_cpu_share"] = usage.app_cpu_s / max(wall, 1e-9)
+    if logged:
+        server["logged_errors"] = logged
+        notes.append(f"server logged errors: {logged}")
+    return {
+        "scenario": "calls",
+        "command": " ".join([Path(sys.executable).name, "-m", "bench.calls_bench", *sys.argv[1:]]),
+        "target": description,
+        "calls": args.calls,
+        "concurrency": args.concurrency,
+        "procs": len(results),
+        "ok": ok,
+        "errors": merge_counts(r.errors for r in results),
+        "wall_s": wall,
+        "calls_per_s": ok / max(wall, 1e-9),
+        "latency": {hop: msgspec.to_builtins(summarize(v)) for hop, v in samples.items() if v},
+        "clients": {"cpu_s": [r.cpu_s for r in results], "cpu_share": shares_cpu, "bound": bound},
+        "server": server,
+        "notes": notes,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.calls_bench", description=__doc__.split("\n")[0])
+    add_target_options(p)
+    add_options(p)
+    p.add_argument("--json", type=Path, help="also write the result here")
+    return p
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calls", type=int, default=50, help="calls in all, each between a fresh pair (default 50)")
+    p.add_argument("--concurrency", type=int, default=5, help="calls at a time, over all processes (default 5)")
+    p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds a call may take to connect (default 30)")
+    p.add_argument("--hold", type=float, default=0.0, help="seconds a connected call lasts before the hangup")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except TargetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print(format_table(result))
+    if args.json:
+        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(result)))
+        print(f"\nresult file: {args.json}")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
