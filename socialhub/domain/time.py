@@ -8,8 +8,9 @@ from msgspec import UNSET, UnsetType
 
 
 def rfc3339(when: datetime) -> str:
-    when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    # isoformat is C and truncates to milliseconds, like the wire format; on a UTC time
+    # it ends in "+00:00". (strftime was a twentieth of a feed request's CPU.)
+    return when.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def rfc3339_or_unset(when: datetime | None) -> str | UnsetType:

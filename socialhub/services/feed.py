@@ -99,20 +99,18 @@ class FeedService(Consumer):
         if ids is None:
             await self._rebuild(uid)
             ids = await self.kv.timeline_range(key, page.before, want) or []
+        # One round trip in the common case: the timeline's posts and, merged in, those
+        # of the big accounts (never fanned out).
         found: dict[int, PostRecord] = {}
-        if ids:
-            for p in await self.posts.get_home_posts(uid, ids, None, want):
-                found[p.id] = p
-        if len(ids) < want or len(found) < page.limit:
+        for p in await self.posts.get_home_page(uid, ids, page.before, page.limit):
+            found.setdefault(p.id, p)
+        if len(ids) < want or sum(1 for i in ids if i in found) < page.limit:
             # Past the timeline's end (its cap, or posts that were never fanned out), or
             # too many of its ids dropped out (deleted posts and unfollowed authors the
             # consumer has not removed yet): straight from the follow graph.
             older_than = min(ids) if ids else page.before
             for p in await self.posts.get_home_posts(uid, None, older_than, page.limit):
                 found.setdefault(p.id, p)
-        # The big accounts, never fanned out, merged in.
-        for p in await self.posts.get_home_posts(uid, None, page.before, page.limit, not_fanned_out=True):
-            found.setdefault(p.id, p)
         records = sorted(found.values(), key=lambda p: p.id, reverse=True)[: page.limit]
         return page_of([Post.of(r, self.media_base) for r in records], [r.id for r in records], page.limit)
 

@@ -13,7 +13,7 @@ from socialhub.errors import NotFound, ValidationFailed
 from socialhub.ids import parse_id
 from socialhub.infra.media.base import MediaStore, new_media_key
 from socialhub.services.media import UploadedFile
-from socialhub.storage.database import Database
+from socialhub.storage.database import Connection, Database
 from socialhub.storage.outbox import insert_event
 from socialhub.storage.users import UserStore
 
@@ -96,9 +96,11 @@ class UserService:
         """Idempotent: following twice is one follow."""
         if target_id == viewer.user_id:
             raise ValidationFailed("you cannot follow yourself", fields={"id": "cannot follow yourself"})
-        async with self.db.transaction() as conn:
+        async def follow(conn: Connection) -> None:
             if await self.users.insert_follow(conn, viewer.user_id, target_id):
                 await insert_event(conn, events.follow_created(viewer.user_id, target_id))
+
+        await self.db.retrying(follow)
         return FollowState(following=True)
 
     async def unfollow(self, viewer: Principal, target_id: int) -> FollowState:
@@ -107,9 +109,11 @@ class UserService:
             raise ValidationFailed("you cannot unfollow yourself", fields={"id": "cannot unfollow yourself"})
         if await self.users.get_user(target_id) is None:
             raise NotFound("no such user")
-        async with self.db.transaction() as conn:
+        async def unfollow(conn: Connection) -> None:
             if await self.users.delete_follow(conn, viewer.user_id, target_id):
                 await insert_event(conn, events.unfollow_created(viewer.user_id, target_id))
+
+        await self.db.retrying(unfollow)
         return FollowState(following=False)
 
     async def follow_list(self, viewer: Principal, user_id: int, *, followers: bool, page: PageRequest) -> Page[User]:

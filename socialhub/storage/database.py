@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Connection = asyncpg.Connection
 Record = asyncpg.Record
@@ -18,6 +22,14 @@ Record = asyncpg.Record
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Nothing to undo when a connection goes back to the pool: pool connections never
+    carry session state (LISTEN and session advisory locks use `connect_dedicated`;
+    settings are given at connect), and asyncpg rolls back an open transaction itself.
+    Its default reset query (UNLISTEN, RESET ALL, ...) is a round trip that doubled
+    those of every read (py-spy, GET /feed under load)."""
 
 
 class Database:
@@ -41,6 +53,7 @@ class Database:
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            reset=_no_reset,
             server_settings={
                 "statement_timeout": str(int(statement_timeout * 1000)),
                 "application_name": "socialhub",
@@ -52,6 +65,21 @@ class Database:
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         async with self.pool.acquire() as conn, conn.transaction():
             yield conn
+
+    async def retrying(self, body: Callable[[asyncpg.Connection], Awaitable[T]], attempts: int = 3) -> T:
+        """Run `body` in a transaction, again when PostgreSQL aborted it as a deadlock
+        victim or a serialization failure: the standard remedy for those, which any
+        workload of concurrent writes to shared rows meets now and then."""
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.transaction() as conn:
+                    return await body(conn)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                if attempt == attempts:
+                    raise
+                logger.info("transaction retried after a deadlock or serialization failure")
+                await asyncio.sleep(random.uniform(0.001, 0.01) * attempt)
+        raise AssertionError("unreachable")
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
