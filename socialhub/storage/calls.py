@@ -7,14 +7,14 @@ from datetime import datetime
 import asyncpg
 
 from socialhub.domain.calls import ACTIVE, ENDED, RINGING, CallRecord
-from socialhub.domain.users import UserSummary
 from socialhub.storage.database import Database
+from socialhub.storage.users import summary_from_row
 
 _SELECT = """
     SELECT c.id, c.room_id, c.media, c.state, c.end_reason, c.caller_socket_id, c.callee_socket_id,
            c.started_at, c.answered_at, c.ended_at,
-           a.id AS caller_id, a.username AS caller_username, a.name AS caller_name, a.avatar_url AS caller_avatar,
-           b.id AS callee_id, b.username AS callee_username, b.name AS callee_name, b.avatar_url AS callee_avatar
+           a.id AS caller_id, a.username AS caller_username, a.name AS caller_name, a.avatar_url AS caller_avatar_url,
+           b.id AS callee_id, b.username AS callee_username, b.name AS callee_name, b.avatar_url AS callee_avatar_url
     FROM calls c JOIN users a ON a.id = c.caller_id JOIN users b ON b.id = c.callee_id
 """
 
@@ -23,18 +23,8 @@ def _call(row: asyncpg.Record) -> CallRecord:
     return CallRecord(
         id=row["id"],
         room_id=row["room_id"],
-        caller=UserSummary(
-            id=str(row["caller_id"]),
-            username=row["caller_username"],
-            name=row["caller_name"],
-            avatar_url=row["caller_avatar"],
-        ),
-        callee=UserSummary(
-            id=str(row["callee_id"]),
-            username=row["callee_username"],
-            name=row["callee_name"],
-            avatar_url=row["callee_avatar"],
-        ),
+        caller=summary_from_row(row, "caller_id", "caller_"),
+        callee=summary_from_row(row, "callee_id", "callee_"),
         media=row["media"],
         state=row["state"],
         end_reason=row["end_reason"],

@@ -11,6 +11,7 @@ from socialhub.domain.chat import MessageRecord, RoomRecord
 from socialhub.domain.users import UserSummary
 from socialhub.errors import NotFound
 from socialhub.storage.database import Database
+from socialhub.storage.users import summary_from_row
 
 _MESSAGE_COLUMNS = """m.id, m.room_id, m.seq, m.body, m.client_msg_id, m.created_at,
                       u.id AS sender_id, u.username, u.name, u.avatar_url"""
@@ -35,9 +36,7 @@ def message_from_row(row: asyncpg.Record) -> MessageRecord:
         id=row["id"],
         room_id=row["room_id"],
         seq=row["seq"],
-        sender=UserSummary(
-            id=str(row["sender_id"]), username=row["username"], name=row["name"], avatar_url=row["avatar_url"]
-        ),
+        sender=summary_from_row(row, "sender_id"),
         body=row["body"],
         client_msg_id=row["client_msg_id"],
         created_at=row["created_at"],
@@ -52,9 +51,7 @@ def _room(row: asyncpg.Record) -> RoomRecord:
             id=int(last["id"]),
             room_id=row["id"],
             seq=int(last["seq"]),
-            sender=UserSummary(
-                id=str(last["sender_id"]), username=last["username"], name=last["name"], avatar_url=last["avatar_url"]
-            ),
+            sender=summary_from_row(last, "sender_id"),
             body=last["body"],
             client_msg_id=last["client_msg_id"],
             created_at=datetime.fromisoformat(last["created_at"]),

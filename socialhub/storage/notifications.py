@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from socialhub.domain.notifications import NewNotification, NotificationRecord
-from socialhub.domain.users import UserSummary
 from socialhub.storage.database import Database
+from socialhub.storage.users import summary_from_row
 
 _COLUMNS = """n.id, n.user_id, n.type, n.post_id, n.comment_id, n.room_id, n.call_id, n.created_at,
               u.id AS actor_id, u.username, u.name, u.avatar_url"""
@@ -17,9 +17,7 @@ def _record(row: asyncpg.Record, read: bool) -> NotificationRecord:
         id=row["id"],
         user_id=row["user_id"],
         type=row["type"],
-        actor=UserSummary(
-            id=str(row["actor_id"]), username=row["username"], name=row["name"], avatar_url=row["avatar_url"]
-        ),
+        actor=summary_from_row(row, "actor_id"),
         post_id=row["post_id"],
         comment_id=row["comment_id"],
         room_id=row["room_id"],

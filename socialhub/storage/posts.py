@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 
 from socialhub.domain.posts import CommentRecord, MediaRecord, NewMedia, PostRecord
-from socialhub.domain.users import UserSummary
 from socialhub.errors import NotFound
 from socialhub.storage.database import Database
+from socialhub.storage.users import summary_from_row
 
 # One round trip for a page of posts: author, media, counters and the viewer's like.
 # `media` is NULL for a post without any (most of them): NULL skips the jsonb decoder,
@@ -51,16 +51,10 @@ HOME_PAGE = f"""
 """
 
 
-def _summary(row: asyncpg.Record, prefix: str = "author_") -> UserSummary:
-    return UserSummary(
-        id=str(row[f"{prefix}id"]), username=row["username"], name=row["name"], avatar_url=row["avatar_url"]
-    )
-
-
 def post_from_row(row: asyncpg.Record) -> PostRecord:
     return PostRecord(
         id=row["id"],
-        author=_summary(row),
+        author=summary_from_row(row, "author_id"),
         content=row["content"],
         media=[MediaRecord(**m) for m in row["media"]] if row["media"] is not None else [],
         created_at=row["created_at"],
@@ -72,7 +66,11 @@ def post_from_row(row: asyncpg.Record) -> PostRecord:
 
 def _comment(row: asyncpg.Record) -> CommentRecord:
     return CommentRecord(
-        id=row["id"], post_id=row["post_id"], author=_summary(row), content=row["content"], created_at=row["created_at"]
+        id=row["id"],
+        post_id=row["post_id"],
+        author=summary_from_row(row, "author_id"),
+        content=row["content"],
+        created_at=row["created_at"],
     )
 
 

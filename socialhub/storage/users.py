@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from socialhub.domain.users import FollowEntry, Relation, UserRecord
+from socialhub.domain.users import FollowEntry, Relation, UserRecord, UserSummary
 from socialhub.errors import Conflict, NotFound
 from socialhub.storage.database import Database
 
@@ -38,6 +38,17 @@ def user_from_row(row: asyncpg.Record) -> UserRecord:
         following_count=row["following_count"],
         posts_count=row["posts_count"],
         created_at=row["created_at"],
+    )
+
+
+def summary_from_row(row: Mapping[str, Any], id_key: str, prefix: str = "") -> UserSummary:
+    """The User summary in a row (or a jsonb object) that joined users: its id under
+    `id_key`, the rest under `prefix` + username/name/avatar_url."""
+    return UserSummary(
+        id=str(row[id_key]),
+        username=row[f"{prefix}username"],
+        name=row[f"{prefix}name"],
+        avatar_url=row[f"{prefix}avatar_url"],
     )
 
 
