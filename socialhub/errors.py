@@ -39,11 +39,6 @@ class NotFound(SocialhubError):
     default_message = "not found"
 
 
-class MethodNotAllowed(SocialhubError):
-    code = "method_not_allowed"
-    default_message = "method not allowed"
-
-
 class Conflict(SocialhubError):
     code = "conflict"
     default_message = "conflict"
