@@ -32,9 +32,9 @@ TEST_SECRET = "test-secret-" + "x" * 40
 CHEAP_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
 
 
-@pytest.fixture(scope="session")
-async def database_url() -> AsyncIterator[str]:
-    name = "socialhub_test_" + secrets.token_hex(4)
+async def create_database(prefix: str) -> str:
+    """A new, empty database on the test server; its URL."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
     try:
         admin = await asyncpg.connect(ADMIN_URL)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -43,13 +43,31 @@ async def database_url() -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    base = ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
+    return f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+async def drop_database(url: str) -> None:
     admin = await asyncpg.connect(ADMIN_URL)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@asynccontextmanager
+async def fresh_database(prefix: str) -> AsyncIterator[str]:
+    """A database of its own for the block (tests whose readers must see only their events)."""
+    url = await create_database(prefix)
+    try:
+        yield url
+    finally:
+        await drop_database(url)
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    async with fresh_database("socialhub_test") as url:
+        yield url
 
 
 @pytest.fixture

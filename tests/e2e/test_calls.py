@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import aioice
-import asyncpg
 import httpx
 import pytest
 from aiortc import (
@@ -53,7 +52,7 @@ from websockets.exceptions import ConnectionClosed
 
 from socialhub.services.calls import DISCONNECT_GRACE, MAX_SDP_BYTES
 from socialhub.services.presence import DEFAULT_GRACE as PRESENCE_GRACE
-from tests.conftest import ADMIN_URL, REDIS_URL, TEST_SECRET
+from tests.conftest import REDIS_URL, TEST_SECRET, create_database, drop_database
 from tests.e2e.server import Server, free_port
 
 Frame = dict[str, Any]
@@ -85,24 +84,6 @@ def base_env(database_url: str, **extra: str) -> dict[str, str]:
 def turn_port() -> int:
     """Where the coturn test starts its TURN server (the single instance hands it out)."""
     return free_port()
-
-
-async def create_database(prefix: str) -> str:
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-
-
-async def drop_database(url: str) -> None:
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_URL, TEST_SECRET
+from tests.conftest import TEST_SECRET, fresh_database
 from tests.e2e.server import Server
 
 ROUNDS = 4
@@ -32,18 +32,8 @@ TOTAL_BUDGET = 60.0
 
 @pytest.fixture
 async def crash_db() -> AsyncIterator[str]:
-    name = "socialhub_crash_" + secrets.token_hex(4)
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database("socialhub_crash") as url:
+        yield url
 
 
 def server_env(database_url: str) -> dict[str, str]:

@@ -14,7 +14,6 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import asyncpg
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
@@ -27,30 +26,19 @@ from socialhub.storage.calls import CallStore
 from socialhub.storage.database import Database
 from socialhub.storage.migrate import migrate
 from socialhub.storage.users import UserStore
-from tests.conftest import ADMIN_URL
+from tests.conftest import fresh_database
 
 GRACE = 0.3  # stands in for DISCONNECT_GRACE
 
 
 @pytest.fixture(scope="module")
 async def calls_db() -> AsyncIterator[Database]:
-    name = "socialhub_calls_sweep_" + secrets.token_hex(4)
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    await migrate(url)
-    db = Database()
-    await db.open(url, min_size=1, max_size=4)
-    yield db
-    await db.close()
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database("socialhub_calls_sweep") as url:
+        await migrate(url)
+        db = Database()
+        await db.open(url, min_size=1, max_size=4)
+        yield db
+        await db.close()
 
 
 @pytest.fixture(scope="module")

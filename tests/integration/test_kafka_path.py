@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from socialhub.config import Settings
-from tests.conftest import ADMIN_URL, REDIS_URL, Account, running_app, signup
+from tests.conftest import REDIS_URL, Account, fresh_database, running_app, signup
 from tests.kafka_broker import TansuBroker
 
 PARTITIONS = 3
@@ -41,18 +41,8 @@ RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 @pytest.fixture
 async def own_database() -> AsyncIterator[str]:
-    name = "socialhub_kafka_" + secrets.token_hex(4)
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database("socialhub_kafka") as url:
+        yield url
 
 
 class Probe:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,19 +12,13 @@ import pytest
 
 from socialhub.ids import id_time
 from socialhub.storage.migrate import load_migrations, migrate
-from tests.conftest import ADMIN_URL
+from tests.conftest import fresh_database
 
 
 @pytest.fixture
 async def empty_db() -> AsyncIterator[str]:
-    name = "socialhub_mig_" + secrets.token_hex(4)
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    admin = await asyncpg.connect(ADMIN_URL)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with fresh_database("socialhub_mig") as url:
+        yield url
 
 
 async def test_concurrent_migrations_apply_each_file_once(empty_db: str) -> None:

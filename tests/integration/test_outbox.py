@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import httpx
 import msgspec
 import pytest
@@ -35,7 +34,7 @@ from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
 from socialhub.storage.outbox import OutboxStore, Position, insert_event
 from socialhub.storage.posts import PostStore
-from tests.conftest import ADMIN_URL, REDIS_URL, signup
+from tests.conftest import REDIS_URL, fresh_database, signup
 
 DEADLINE = 10.0
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -153,20 +152,9 @@ async def test_every_write_stores_exactly_one_event_of_the_spec_shape(
 
 @pytest.fixture(scope="module")
 async def outbox_url() -> AsyncIterator[str]:
-    name = "socialhub_outbox_" + secrets.token_hex(4)
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    await migrate(url)
-    yield url
-    admin = await asyncpg.connect(ADMIN_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database("socialhub_outbox") as url:
+        await migrate(url)
+        yield url
 
 
 @pytest.fixture
