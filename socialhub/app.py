@@ -5,9 +5,9 @@ and the Starlette app, and returns it with an ordered lifespan: dependencies sta
 the order below and stop in reverse.
 
     start: embedded PostgreSQL (if no database.url) -> migrations -> pool
-           -> key-value store -> pub/sub -> session guard -> background workers
+           -> key-value store -> pub/sub -> session guard -> read cache -> background workers
     stop:  sockets (closed with 1012) -> chat timers -> presence -> workers (event
-           readers, presence, janitor) -> session guard -> background mail
+           readers, presence, janitor) -> session guard -> background mail -> read cache
            -> Kafka producer -> media -> pub/sub -> key-value -> Redis -> pool
            -> embedded PostgreSQL
 """
@@ -61,6 +61,7 @@ from socialhub.services.notifications import NotificationService
 from socialhub.services.passwords import Passwords
 from socialhub.services.posts import PostService
 from socialhub.services.presence import PresenceService
+from socialhub.services.readcache import ReadCache
 from socialhub.services.sessions import SessionGuard
 from socialhub.services.tokens import TokenCodec
 from socialhub.services.users import UserService
@@ -193,12 +194,19 @@ def create_app(settings: Settings) -> Starlette:
         otp_ttl=settings.auth.otp_ttl,
         otp_max_attempts=settings.auth.otp_max_attempts,
     )
-    users = UserService(db=db, users=user_store, media=media, media_base=media_base)
     post_store = PostStore(db)
-    posts = PostService(
-        db=db, posts=post_store, media=media, media_base=media_base, fanout_threshold=settings.feed.fanout_threshold
+    cache = ReadCache(
+        post_store,
+        pubsub,
+        media_base,
+        max_posts=settings.feed.cache_posts,
+        max_viewers=settings.feed.cache_viewers,
     )
-    feed = FeedService(posts=post_store, kv=kv, media_base=media_base)
+    users = UserService(db=db, users=user_store, media=media, media_base=media_base, cache=cache)
+    posts = PostService(
+        db=db, posts=post_store, media=media, cache=cache, fanout_threshold=settings.feed.fanout_threshold
+    )
+    feed = FeedService(posts=post_store, kv=kv, cache=cache)
     notifications = NotificationService(db=db, store=NotificationStore(db), pubsub=pubsub)
     sources, publisher = make_event_sources(settings, db, [feed, notifications])
     presence = PresenceService(
@@ -211,6 +219,7 @@ def create_app(settings: Settings) -> Starlette:
     chat = ChatService(
         store=ChatStore(db), pubsub=pubsub, notify=notifications.notify, joined_users=presence.joined_users
     )
+
     async def online(user_ids: Sequence[int]) -> dict[int, bool]:
         return {int(v.user_id): v.status == "online" for v in await presence.status(user_ids)}
 
@@ -287,6 +296,8 @@ def create_app(settings: Settings) -> Starlette:
             if publisher is not None:
                 stack.push_async_callback(publisher.close)
             await guard.start()
+            await cache.start()
+            stack.push_async_callback(cache.stop)
             stack.push_async_callback(mailer.close)
             stack.push_async_callback(accounts.drain)
             stack.push_async_callback(guard.stop)

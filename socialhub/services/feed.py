@@ -4,9 +4,9 @@ with the few accounts too big to fan out.
 Timelines live behind the key-value port (Redis sorted sets, or in process), as post
 ids, newest `TIMELINE_CAP` kept. Like Mastodon, a post fans out only to followers
 active in the last `ACTIVE_WINDOW`, and a timeline not read for that long expires; a
-missing timeline is rebuilt from PostgreSQL on the next read. Every read is filtered
-by the live follow graph in the same query that hydrates the posts, so a deleted post
-or an unfollowed author is gone from the feed at once.
+missing timeline is rebuilt from PostgreSQL on the next read. Pages are hydrated from
+the read cache (`services.readcache`) and filtered by the viewer's follows as they
+are now, so a deleted post or an unfollowed author is gone from the feed at once.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import logging
 from socialhub.domain import events
 from socialhub.domain.events import Envelope
 from socialhub.domain.pages import Page, PageRequest, page_of
-from socialhub.domain.posts import Post, PostRecord
+from socialhub.domain.posts import Post
 from socialhub.domain.users import Principal
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.kv.base import KeyValue
+from socialhub.services.readcache import ReadCache
 from socialhub.storage.posts import PostStore
 
 logger = logging.getLogger(__name__)
@@ -46,10 +47,10 @@ class FeedService(Consumer):
 
     name = "feed"
 
-    def __init__(self, *, posts: PostStore, kv: KeyValue, media_base: str) -> None:
+    def __init__(self, *, posts: PostStore, kv: KeyValue, cache: ReadCache) -> None:
         self.posts = posts
         self.kv = kv
-        self.media_base = media_base
+        self.cache = cache
 
     # -- writes (the consumer) --------------------------------------------------------
 
@@ -99,20 +100,26 @@ class FeedService(Consumer):
         if ids is None:
             await self._rebuild(uid)
             ids = await self.kv.timeline_range(key, page.before, want) or []
-        # One round trip in the common case: the timeline's posts and, merged in, those
-        # of the big accounts (never fanned out).
-        found: dict[int, PostRecord] = {}
-        for p in await self.posts.get_home_page(uid, ids, page.before, page.limit):
-            found.setdefault(p.id, p)
+        state = await self.cache.viewer(uid)
+        # Posts of the accounts too big to fan out, merged in at read time.
+        big = await self.cache.big_followees(state)
+        merged = await self.posts.get_not_fanned_out_ids(big, page.before, page.limit) if big else []
+        # Filtered by the follow graph as it is now: unfollowed authors drop out at once.
+        found = {
+            pid: view
+            for pid, (view, author) in (await self.cache.posts([*ids, *merged], state)).items()
+            if state.sees(author)
+        }
         if len(ids) < want or sum(1 for i in ids if i in found) < page.limit:
             # Past the timeline's end (its cap, or posts that were never fanned out), or
             # too many of its ids dropped out (deleted posts and unfollowed authors the
             # consumer has not removed yet): straight from the follow graph.
             older_than = min(ids) if ids else page.before
-            for p in await self.posts.get_home_posts(uid, None, older_than, page.limit):
-                found.setdefault(p.id, p)
-        records = sorted(found.values(), key=lambda p: p.id, reverse=True)[: page.limit]
-        return page_of([Post.of(r, self.media_base) for r in records], [r.id for r in records], page.limit)
+            graph = await self.posts.get_home_graph_ids(uid, older_than, page.limit)
+            for pid, (view, _) in (await self.cache.posts(graph, state)).items():
+                found.setdefault(pid, view)
+        ordered = sorted(found, reverse=True)[: page.limit]
+        return page_of([found[i] for i in ordered], ordered, page.limit)
 
     async def _rebuild(self, user_id: int) -> None:
         """Fill a missing timeline from PostgreSQL. It is created empty first: from then on

@@ -13,6 +13,7 @@ from socialhub.domain.users import Principal
 from socialhub.errors import Forbidden, NotFound
 from socialhub.infra.media.base import MediaStore, new_media_key
 from socialhub.services.media import UploadedFile
+from socialhub.services.readcache import Invalidation, ReadCache
 from socialhub.storage.database import Database
 from socialhub.storage.outbox import insert_event
 from socialhub.storage.posts import PostStore
@@ -22,20 +23,25 @@ logger = logging.getLogger(__name__)
 
 class PostService:
     def __init__(
-        self, *, db: Database, posts: PostStore, media: MediaStore, media_base: str, fanout_threshold: int
+        self, *, db: Database, posts: PostStore, media: MediaStore, cache: ReadCache, fanout_threshold: int
     ) -> None:
         self.db = db
         self.posts = posts
         self.media = media
-        self.media_base = media_base
+        self.cache = cache
         # Authors with at least this many followers are not fanned out on write.
         self.fanout_threshold = fanout_threshold
 
+    async def _views(self, post_ids: list[int], viewer_id: int) -> list[Post]:
+        """The posts that exist among `post_ids`, in that order, as the viewer sees them."""
+        found = await self.cache.posts(post_ids, await self.cache.viewer(viewer_id))
+        return [found[i][0] for i in post_ids if i in found]
+
     async def _view(self, post_id: int, viewer_id: int) -> Post:
-        record = await self.posts.get_post(post_id, viewer_id)
-        if record is None:
+        views = await self._views([post_id], viewer_id)
+        if not views:
             raise NotFound("no such post")
-        return Post.of(record, self.media_base)
+        return views[0]
 
     async def create(
         self, viewer: Principal, content: str, files: Sequence[UploadedFile] = (), idempotency_key: str | None = None
@@ -55,7 +61,7 @@ class PostService:
                 await self.media.commit(f.staged, key, f.content_type)
                 stored.append(NewMedia(key, f.content_type, f.size, f.width, f.height))
             async with self.db.transaction() as conn:
-                post_id, created = await self.posts.insert_post(
+                post_id, created, fanned_out = await self.posts.insert_post(
                     conn, viewer.user_id, content, idempotency_key, self.fanout_threshold
                 )
                 if created:
@@ -68,6 +74,8 @@ class PostService:
             raise
         if not created:
             await self._delete_keys([m.storage_key for m in stored])
+        elif not fanned_out:
+            await self.cache.changed(Invalidation(big_authors=[viewer.user_id]))
         return await self._view(post_id, viewer.user_id), created
 
     async def _discard(self, files: Sequence[UploadedFile]) -> None:
@@ -89,10 +97,11 @@ class PostService:
         return await self._view(post_id, viewer.user_id)
 
     async def user_posts(self, viewer: Principal, author_id: int, page: PageRequest) -> Page[Post]:
-        records = await self.posts.get_user_posts(author_id, viewer.user_id, page.before, page.limit)
-        if not records and not await self.posts.user_exists(author_id):
+        ids = await self.posts.get_user_post_ids(author_id, page.before, page.limit)
+        if not ids and not await self.posts.user_exists(author_id):
             raise NotFound("no such user")
-        return page_of([Post.of(r, self.media_base) for r in records], [r.id for r in records], page.limit)
+        # A post deleted since the ids were read drops out without ending the pages early.
+        return Page(items=await self._views(ids, viewer.user_id), next=page_of(ids, ids, page.limit).next)
 
     async def update(self, viewer: Principal, post_id: int, content: str) -> Post:
         if not await self.posts.update_post(post_id, viewer.user_id, content):
@@ -100,6 +109,7 @@ class PostService:
             if author is None:
                 raise NotFound("no such post")
             raise Forbidden("only the author may edit a post")
+        await self.cache.changed(Invalidation(posts=[post_id]))
         return await self._view(post_id, viewer.user_id)
 
     async def delete(self, viewer: Principal, post_id: int) -> None:
@@ -111,6 +121,7 @@ class PostService:
             if await self.posts.get_post_author(post_id) is None:
                 raise NotFound("no such post")
             raise Forbidden("only the author may delete a post")
+        await self.cache.changed(Invalidation(posts=[post_id]))
         await self._delete_keys(keys)
 
     # -- comments -----------------------------------------------------------------
@@ -119,6 +130,7 @@ class PostService:
         async with self.db.transaction() as conn:
             record, post_author = await self.posts.insert_comment(conn, post_id, viewer.user_id, content)
             await insert_event(conn, events.comment_created(viewer.user_id, post_id, post_author, record.id))
+        await self.cache.changed(Invalidation(posts=[post_id]))
         return Comment.of(record)
 
     async def comments(self, viewer: Principal, post_id: int, after: int | None, limit: int) -> Page[Comment]:
@@ -140,10 +152,11 @@ class PostService:
         owners = await self.posts.get_comment_owners(comment_id)
         if owners is None:
             raise NotFound("no such comment")
-        comment_author, _, post_author = owners
+        comment_author, post_id, post_author = owners
         if viewer.user_id not in (comment_author, post_author):
             raise Forbidden("only the comment's author or the post's author may delete it")
-        await self.posts.delete_comment(comment_id)
+        if await self.posts.delete_comment(comment_id):
+            await self.cache.changed(Invalidation(posts=[post_id]))
 
     # -- likes ----------------------------------------------------------------------
 
@@ -153,9 +166,13 @@ class PostService:
             changed, count, author = await self.posts.insert_like(conn, post_id, viewer.user_id)
             if changed:
                 await insert_event(conn, events.like_created(viewer.user_id, post_id, author))
+        if changed:
+            await self.cache.changed(Invalidation(posts=[post_id], viewers=[viewer.user_id]))
         return LikeState(liked=True, likes_count=count)
 
     async def unlike(self, viewer: Principal, post_id: int) -> LikeState:
         async with self.db.transaction() as conn:
-            _, count, _ = await self.posts.delete_like(conn, post_id, viewer.user_id)
+            changed, count, _ = await self.posts.delete_like(conn, post_id, viewer.user_id)
+        if changed:
+            await self.cache.changed(Invalidation(posts=[post_id], viewers=[viewer.user_id]))
         return LikeState(liked=False, likes_count=count)

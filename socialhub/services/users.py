@@ -13,6 +13,7 @@ from socialhub.errors import NotFound, ValidationFailed
 from socialhub.ids import parse_id
 from socialhub.infra.media.base import MediaStore, new_media_key
 from socialhub.services.media import UploadedFile
+from socialhub.services.readcache import Invalidation, ReadCache
 from socialhub.storage.database import Connection, Database
 from socialhub.storage.outbox import insert_event
 from socialhub.storage.users import UserStore
@@ -32,11 +33,12 @@ class Counts(msgspec.Struct, frozen=True):
 class UserService:
     """Profiles, follows and follower lists."""
 
-    def __init__(self, *, db: Database, users: UserStore, media: MediaStore, media_base: str) -> None:
+    def __init__(self, *, db: Database, users: UserStore, media: MediaStore, media_base: str, cache: ReadCache) -> None:
         self.db = db
         self.users = users
         self.media = media
         self.media_base = media_base
+        self.cache = cache
 
     async def resolve(self, viewer: Principal, ref: str) -> int:
         """A user id from a path segment: an id, `@username` or `me`; NotFound otherwise."""
@@ -85,6 +87,7 @@ class UserService:
                 await self.media.delete(new[1])
             raise NotFound("no such user")
         user, replaced = result
+        await self.cache.changed(Invalidation(authors=[viewer.user_id]))
         if replaced is not None and replaced != (new[1] if new else None):
             try:
                 await self.media.delete(replaced)
@@ -96,11 +99,13 @@ class UserService:
         """Idempotent: following twice is one follow."""
         if target_id == viewer.user_id:
             raise ValidationFailed("you cannot follow yourself", fields={"id": "cannot follow yourself"})
+
         async def follow(conn: Connection) -> None:
             if await self.users.insert_follow(conn, viewer.user_id, target_id):
                 await insert_event(conn, events.follow_created(viewer.user_id, target_id))
 
         await self.db.retrying(follow)
+        await self.cache.changed(Invalidation(viewers=[viewer.user_id]))
         return FollowState(following=True)
 
     async def unfollow(self, viewer: Principal, target_id: int) -> FollowState:
@@ -109,11 +114,13 @@ class UserService:
             raise ValidationFailed("you cannot unfollow yourself", fields={"id": "cannot unfollow yourself"})
         if await self.users.get_user(target_id) is None:
             raise NotFound("no such user")
+
         async def unfollow(conn: Connection) -> None:
             if await self.users.delete_follow(conn, viewer.user_id, target_id):
                 await insert_event(conn, events.unfollow_created(viewer.user_id, target_id))
 
         await self.db.retrying(unfollow)
+        await self.cache.changed(Invalidation(viewers=[viewer.user_id]))
         return FollowState(following=False)
 
     async def follow_list(self, viewer: Principal, user_id: int, *, followers: bool, page: PageRequest) -> Page[User]:

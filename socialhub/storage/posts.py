@@ -17,38 +17,21 @@ from socialhub.errors import NotFound
 from socialhub.storage.database import Database
 from socialhub.storage.users import summary_from_row
 
-# One round trip for a page of posts: author, media, counters and the viewer's like.
-# `media` is NULL for a post without any (most of them): NULL skips the jsonb decoder,
-# which is Python code run per row.
+# Posts as anyone sees them (author, media, counters); `liked` is the viewer's and is
+# added by the read cache. `media` is NULL for a post without any (most of them): NULL
+# skips the jsonb decoder, which is Python code run per row.
 POST_SELECT = """
     SELECT p.id, p.content, p.created_at, p.likes_count, p.comments_count,
            u.id AS author_id, u.username, u.name, u.avatar_url,
-           EXISTS (SELECT 1 FROM likes l WHERE l.post_id = p.id AND l.user_id = $1) AS liked,
            (SELECT jsonb_agg(jsonb_build_object(
                         'id', m.id, 'storage_key', m.storage_key, 'content_type', m.content_type,
                         'size', m.size, 'width', m.width, 'height', m.height) ORDER BY m.position)
             FROM media m WHERE m.post_id = p.id) AS media
     FROM posts p JOIN users u ON u.id = p.author_id
 """
-# The viewer's own posts and those of everyone they follow now.
-_FOLLOWED = """(p.author_id = $1 OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $1
-                 AND f.followee_id = p.author_id AND f.deleted_at IS NULL))"""
-# Posts of followed authors that were never fanned out (merged in at read time).
-_NOT_FANNED_OUT = """p.author_id IN (SELECT f.followee_id FROM follows f
-                                     WHERE f.follower_id = $1 AND f.deleted_at IS NULL)
-                     AND NOT p.fanned_out"""
 # The viewer's and followed authors' posts straight from the follow graph.
 _FROM_GRAPH = """p.author_id IN (SELECT $1::bigint UNION ALL SELECT f.followee_id FROM follows f
                                  WHERE f.follower_id = $1 AND f.deleted_at IS NULL)"""
-# A home feed page in one round trip: the timeline's ids ($4) still in the feed, and $3 never
-# fanned out posts below $2. (The follow graph's part stays a query of its own: in this
-# union behind a flag, PostgreSQL re-planned it on every call, costing more than the
-# round trip saved.)
-HOME_PAGE = f"""
-    ({POST_SELECT} WHERE p.id = ANY($4::bigint[]) AND {_FOLLOWED})
-    UNION ALL
-    ({POST_SELECT} WHERE {_NOT_FANNED_OUT} AND ($2::bigint IS NULL OR p.id < $2) ORDER BY p.id DESC LIMIT $3)
-"""
 
 
 def post_from_row(row: asyncpg.Record) -> PostRecord:
@@ -60,7 +43,7 @@ def post_from_row(row: asyncpg.Record) -> PostRecord:
         created_at=row["created_at"],
         likes_count=row["likes_count"],
         comments_count=row["comments_count"],
-        liked=row["liked"],
+        liked=False,
     )
 
 
@@ -87,27 +70,30 @@ class PostStore:
         content: str,
         idempotency_key: str | None,
         fanout_threshold: int,
-    ) -> tuple[int, bool]:
-        """(post id, created). With a key already used by this author: (that post, False).
-        A concurrent first request with the same key makes this wait for its commit.
-        The post is fanned out unless its author has `fanout_threshold` followers or more."""
-        post_id = await conn.fetchval(
+    ) -> tuple[int, bool, bool]:
+        """(post id, created, fanned out). With a key already used by this author: (that
+        post, False, ...). A concurrent first request with the same key makes this wait
+        for its commit. The post is fanned out unless its author has `fanout_threshold`
+        followers or more."""
+        row = await conn.fetchrow(
             """INSERT INTO posts (author_id, content, idempotency_key, fanned_out)
                VALUES ($1, $2, $3, (SELECT followers_count < $4 FROM users WHERE id = $1))
                ON CONFLICT (author_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-               RETURNING id""",
+               RETURNING id, fanned_out""",
             author_id,
             content,
             idempotency_key,
             fanout_threshold,
         )
-        if post_id is not None:
+        if row is not None:
             await conn.execute("UPDATE users SET posts_count = posts_count + 1 WHERE id = $1", author_id)
-            return post_id, True
-        existing: int = await conn.fetchval(
-            "SELECT id FROM posts WHERE author_id = $1 AND idempotency_key = $2", author_id, idempotency_key
+            return row["id"], True, row["fanned_out"]
+        existing = await conn.fetchrow(
+            "SELECT id, fanned_out FROM posts WHERE author_id = $1 AND idempotency_key = $2",
+            author_id,
+            idempotency_key,
         )
-        return existing, False
+        return existing["id"], False, existing["fanned_out"]
 
     async def get_post_by_key(self, author_id: int, idempotency_key: str) -> int | None:
         found: int | None = await self.db.fetchval(
@@ -136,65 +122,75 @@ class PostStore:
         )
         return {r["k"] for r in rows}
 
-    async def get_posts(self, ids: Sequence[int], viewer_id: int) -> dict[int, PostRecord]:
-        if not ids:
-            return {}
-        rows = await self.db.fetch(POST_SELECT + " WHERE p.id = ANY($2::bigint[])", viewer_id, list(ids))
-        return {r["id"]: post_from_row(r) for r in rows}
+    async def get_post_records(self, ids: Sequence[int]) -> list[PostRecord]:
+        """The posts among `ids` that exist (`liked` false)."""
+        rows = await self.db.fetch(POST_SELECT + " WHERE p.id = ANY($1::bigint[])", list(ids))
+        return [post_from_row(r) for r in rows]
 
-    async def get_post(self, post_id: int, viewer_id: int) -> PostRecord | None:
-        return (await self.get_posts([post_id], viewer_id)).get(post_id)
-
-    async def get_user_posts(self, author_id: int, viewer_id: int, before: int | None, limit: int) -> list[PostRecord]:
+    async def get_user_post_ids(self, author_id: int, before: int | None, limit: int) -> list[int]:
         rows = await self.db.fetch(
-            POST_SELECT + " WHERE p.author_id = $2 AND ($3::bigint IS NULL OR p.id < $3) ORDER BY p.id DESC LIMIT $4",
-            viewer_id,
+            "SELECT id FROM posts WHERE author_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
             author_id,
             before,
             limit,
         )
-        return [post_from_row(r) for r in rows]
+        return [r["id"] for r in rows]
 
-    async def get_home_posts(
-        self,
-        viewer_id: int,
-        ids: Sequence[int] | None,
-        before: int | None,
-        limit: int,
-        *,
-        not_fanned_out: bool = False,
-    ) -> list[PostRecord]:
-        """Posts for the viewer's home feed: by the viewer or by someone they follow now.
+    async def get_home_graph_ids(self, viewer_id: int, before: int | None, limit: int) -> list[int]:
+        """The newest post ids of the viewer and of everyone they follow now, straight from
+        the follow graph (a page past the timeline's end)."""
+        rows = await self.db.fetch(
+            f"""SELECT p.id FROM posts p WHERE {_FROM_GRAPH} AND ($2::bigint IS NULL OR p.id < $2)
+                ORDER BY p.id DESC LIMIT $3""",
+            viewer_id,
+            before,
+            limit,
+        )
+        return [r["id"] for r in rows]
 
-        With `ids`: those posts, filtered (deleted ones and unfollowed authors drop out).
-        Without: straight from the follow graph (a cold timeline, or pages past its cap);
-        with `not_fanned_out`, only the followed authors' posts that were never fanned
-        out (merged in at read time).
-        """
-        if ids is not None:
-            rows = await self.db.fetch(
-                POST_SELECT + f" WHERE p.id = ANY($2::bigint[]) AND {_FOLLOWED} ORDER BY p.id DESC",
-                viewer_id,
-                list(ids),
-            )
-        else:
-            rows = await self.db.fetch(
-                POST_SELECT
-                + f" WHERE {_NOT_FANNED_OUT if not_fanned_out else _FROM_GRAPH}"
-                + " AND ($2::bigint IS NULL OR p.id < $2) ORDER BY p.id DESC LIMIT $3",
-                viewer_id,
-                before,
-                limit,
-            )
-        return [post_from_row(r) for r in rows]
+    async def get_not_fanned_out_ids(self, author_ids: Sequence[int], before: int | None, limit: int) -> list[int]:
+        """The newest posts of these authors that were never fanned out."""
+        rows = await self.db.fetch(
+            """SELECT id FROM posts WHERE author_id = ANY($1::bigint[]) AND NOT fanned_out
+                 AND ($2::bigint IS NULL OR id < $2)
+               ORDER BY id DESC LIMIT $3""",
+            list(author_ids),
+            before,
+            limit,
+        )
+        return [r["id"] for r in rows]
 
-    async def get_home_page(
-        self, viewer_id: int, ids: Sequence[int], before: int | None, limit: int
-    ) -> list[PostRecord]:
-        """`get_home_posts` with `ids`, and with `not_fanned_out` below `before`, in one
-        round trip. Unordered; a post may appear twice."""
-        rows = await self.db.fetch(HOME_PAGE, viewer_id, before, limit, list(ids))
-        return [post_from_row(r) for r in rows]
+    async def get_big_authors(self) -> list[int]:
+        """Every account with a post that was not fanned out (a loose index scan of the
+        partial index: one probe per such account)."""
+        rows = await self.db.fetch(
+            """WITH RECURSIVE a AS (
+                   (SELECT author_id FROM posts WHERE NOT fanned_out ORDER BY author_id LIMIT 1)
+                   UNION ALL
+                   SELECT (SELECT p.author_id FROM posts p WHERE NOT p.fanned_out AND p.author_id > a.author_id
+                           ORDER BY p.author_id LIMIT 1)
+                   FROM a WHERE a.author_id IS NOT NULL)
+               SELECT author_id FROM a WHERE author_id IS NOT NULL"""
+        )
+        return [r["author_id"] for r in rows]
+
+    async def get_viewer_state(self, user_id: int, liked_window: int) -> tuple[list[int], list[int]]:
+        """(whom the user follows, the ids of the newest `liked_window` posts they liked,
+        newest first), in one round trip."""
+        row = await self.db.fetchrow(
+            """SELECT ARRAY(SELECT followee_id FROM follows WHERE follower_id = $1 AND deleted_at IS NULL) AS f,
+                      ARRAY(SELECT post_id FROM likes WHERE user_id = $1 ORDER BY post_id DESC LIMIT $2) AS l""",
+            user_id,
+            liked_window,
+        )
+        assert row is not None
+        return list(row["f"]), list(row["l"])
+
+    async def get_liked_among(self, user_id: int, post_ids: Sequence[int]) -> list[int]:
+        rows = await self.db.fetch(
+            "SELECT post_id FROM likes WHERE user_id = $1 AND post_id = ANY($2::bigint[])", user_id, list(post_ids)
+        )
+        return [r["post_id"] for r in rows]
 
     async def get_home_ids(self, viewer_id: int, limit: int) -> list[int]:
         """Newest post ids for rebuilding a timeline: own posts, and followed authors'

@@ -28,7 +28,9 @@ from socialhub.domain.events import Envelope, Event
 from socialhub.domain.pages import PageRequest
 from socialhub.domain.users import Principal
 from socialhub.infra.kv.memory import MemoryKV
+from socialhub.infra.pubsub.memory import MemoryPubSub
 from socialhub.services.feed import FeedService
+from socialhub.services.readcache import ReadCache
 from socialhub.storage.database import Database
 from socialhub.storage.migrate import migrate
 from socialhub.storage.posts import PostStore
@@ -441,7 +443,11 @@ async def test_a_rebuild_misses_no_post_committed_late_with_a_smaller_id(databas
             late = await t1.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'late') RETURNING id", author)
             newer = [await insert_post(db, author) for _ in range(30)]
             store = PausingPosts(db)
-            feed = FeedService(posts=store, kv=MemoryKV(), media_base="")
+            pubsub = MemoryPubSub()
+            await pubsub.start()
+            cache = ReadCache(store, pubsub, "", max_posts=1000, max_viewers=10)
+            await cache.start()
+            feed = FeedService(posts=store, kv=MemoryKV(), cache=cache)
 
             async def commit_and_consume() -> None:
                 await tx.commit()

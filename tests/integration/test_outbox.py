@@ -29,6 +29,7 @@ from socialhub.infra.kv.redis import RedisKV
 from socialhub.infra.pubsub.memory import MemoryPubSub
 from socialhub.services.feed import TIMELINE_CAP, FeedService, timeline_key
 from socialhub.services.notifications import NotificationService
+from socialhub.services.readcache import ReadCache
 from socialhub.storage.database import Database
 from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
@@ -417,7 +418,8 @@ async def test_an_event_delivered_twice_makes_one_timeline_entry(db: Database, b
         async with db.transaction() as conn:
             await conn.execute("INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2)", fan, author)
         posts = PostStore(db)
-        feed = FeedService(posts=posts, kv=kv, media_base="")
+        cache = ReadCache(posts, MemoryPubSub(), "", max_posts=100, max_viewers=100)
+        feed = FeedService(posts=posts, kv=kv, cache=cache)
         await kv.timeline_create(timeline_key(fan), [], TIMELINE_CAP, 3600)
         p1 = await db.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'x') RETURNING id", author)
         p2 = await db.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'y') RETURNING id", author)

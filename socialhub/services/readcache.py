@@ -1,0 +1,309 @@
+"""ReadCache: what feed and post reads need, held in process so that a page is served
+without PostgreSQL.
+
+Three things are cached:
+
+- **posts**, as their public view with `liked` false (content, author, media,
+  counters), by post id;
+- **viewers**: whom a user follows and the ids of the posts they liked most recently
+  (`LIKED_WINDOW` of them; the rare older post is asked of PostgreSQL);
+- **big authors**: the accounts that have posts never fanned out (merged into their
+  followers' feeds at read time).
+
+Every change that alters one of them (a like, a comment, an edit or deletion, a
+follow, a profile edit, a post that is not fanned out) is committed first, then
+dropped here and announced on the pub/sub port, so every instance drops it within
+milliseconds; the writer's own instance drops it before the write returns, so a
+client reads its own writes. A fill that was running while its key was dropped does
+not store what it read. What pub/sub cannot promise is covered as the SessionGuard
+covers it: while the broker is down the cache is bypassed and emptied when it is
+back, and every entry is re-read after `TTL` at the latest (an instance that died
+between its commit and its announcement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from array import array
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import msgspec
+
+from socialhub.domain.posts import Post
+from socialhub.errors import Unavailable
+from socialhub.infra.pubsub.base import PubSub, Subscription
+from socialhub.storage.posts import PostStore
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "cache.invalidate"
+# The safety net for an announcement lost in flight; not the primary mechanism.
+TTL = 60.0
+# How many of a viewer's most recent likes are held (by post id, newest first): a feed
+# shows recent posts, and a page that reaches below them asks PostgreSQL.
+LIKED_WINDOW = 1000
+
+
+class Invalidation(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What changed: posts (by id), authors (their profile, shown in their posts),
+    viewers (their follows or likes), and accounts that now have posts not fanned out."""
+
+    posts: list[int] = []
+    authors: list[int] = []
+    viewers: list[int] = []
+    big_authors: list[int] = []
+
+
+class _Post:
+    __slots__ = ("author_id", "expires_at", "view")
+
+    def __init__(self, view: Post, author_id: int, expires_at: float) -> None:
+        self.view = view
+        self.author_id = author_id
+        self.expires_at = expires_at
+
+
+class ViewerState:
+    """Whom the viewer follows, and their liked post ids: every one at or above `floor`
+    (sorted ascending)."""
+
+    __slots__ = ("expires_at", "floor", "followees", "liked", "user_id")
+
+    def __init__(self, user_id: int, followees: frozenset[int], liked: array[int], floor: int, expires_at: float):
+        self.user_id = user_id
+        self.followees = followees
+        self.liked = liked
+        self.floor = floor
+        self.expires_at = expires_at
+
+    def sees(self, author_id: int) -> bool:
+        """Whether the author's posts belong in this viewer's home feed."""
+        return author_id == self.user_id or author_id in self.followees
+
+    def liked_known(self, post_id: int) -> bool | None:
+        """Whether the viewer liked the post; None when it is below the window."""
+        if post_id < self.floor:
+            return None
+        i = bisect_left(self.liked, post_id)
+        return i < len(self.liked) and self.liked[i] == post_id
+
+
+class _Fills:
+    """Keys dropped while a fill was reading them, so that the fill does not store what
+    it read. Kept only while some fill is running."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.running = 0
+        self.dropped: dict[tuple[str, int], int] = {}
+        self.all_dropped_at = 0
+
+    def drop(self, kind: str, key: int) -> None:
+        self.seq += 1
+        if self.running:
+            self.dropped[(kind, key)] = self.seq
+
+    def drop_all(self) -> None:
+        self.seq += 1
+        self.all_dropped_at = self.seq
+
+    def begin(self) -> int:
+        self.running += 1
+        return self.seq
+
+    def fresh(self, since: int, *keys: tuple[str, int]) -> bool:
+        """Whether nothing of `keys` was dropped since the fill began."""
+        if self.all_dropped_at > since:
+            return False
+        return all(self.dropped.get(k, 0) <= since for k in keys)
+
+    def end(self) -> None:
+        self.running -= 1
+        if not self.running:
+            self.dropped.clear()
+
+
+class ReadCache:
+    def __init__(self, posts: PostStore, pubsub: PubSub, media_base: str, *, max_posts: int, max_viewers: int) -> None:
+        self.store = posts
+        self.pubsub = pubsub
+        self.media_base = media_base
+        self.max_posts = max_posts
+        self.max_viewers = max_viewers
+        self._posts: OrderedDict[int, _Post] = OrderedDict()
+        self._by_author: dict[int, set[int]] = {}
+        self._viewers: OrderedDict[int, ViewerState] = OrderedDict()
+        self._fills = _Fills()
+        self._big: frozenset[int] = frozenset()
+        self._big_announced: set[int] = set()
+        self._big_expires_at = 0.0
+        self._big_lock = asyncio.Lock()
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self.pubsub.on_reset(self._on_reset)
+        self._subscription = await self.pubsub.subscribe(CHANNEL, self._on_message)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
+
+    @property
+    def _usable(self) -> bool:
+        # While the broker is down, other instances' announcements may be missed.
+        return self._subscription is not None and self.pubsub.healthy
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def posts(self, ids: Iterable[int], viewer: ViewerState) -> dict[int, tuple[Post, int]]:
+        """The posts that exist among `ids`, as this viewer sees them (with `liked`),
+        each with its author's id."""
+        now = time.monotonic()
+        usable = self._usable
+        found: dict[int, _Post] = {}
+        missing: list[int] = []
+        cache = self._posts
+        for pid in ids:
+            entry = cache.get(pid) if usable else None
+            if entry is not None and entry.expires_at > now:
+                cache.move_to_end(pid)
+                found[pid] = entry
+            elif pid not in found:
+                missing.append(pid)
+        if missing:
+            found.update(await self._fill_posts(missing, now, store=usable))
+        unknown = [pid for pid in found if viewer.liked_known(pid) is None]
+        liked_below = set(await self.store.get_liked_among(viewer.user_id, unknown)) if unknown else set()
+        out: dict[int, tuple[Post, int]] = {}
+        for pid, entry in found.items():
+            liked = viewer.liked_known(pid)
+            if liked is None:
+                liked = pid in liked_below
+            out[pid] = (msgspec.structs.replace(entry.view, liked=True) if liked else entry.view, entry.author_id)
+        return out
+
+    async def _fill_posts(self, ids: list[int], now: float, *, store: bool) -> dict[int, _Post]:
+        fills = self._fills
+        since = fills.begin()
+        try:
+            records = await self.store.get_post_records(ids)
+            entries = {r.id: _Post(Post.of(r, self.media_base), int(r.author.id), now + TTL) for r in records}
+            if store and self.max_posts:
+                for pid, entry in entries.items():
+                    if fills.fresh(since, ("post", pid), ("author", entry.author_id)):
+                        self._put_post(pid, entry)
+        finally:
+            fills.end()
+        return entries
+
+    def _put_post(self, pid: int, entry: _Post) -> None:
+        self._posts[pid] = entry
+        self._posts.move_to_end(pid)
+        self._by_author.setdefault(entry.author_id, set()).add(pid)
+        while len(self._posts) > self.max_posts:
+            old_id, old = self._posts.popitem(last=False)
+            self._unindex(old_id, old.author_id)
+
+    def _unindex(self, pid: int, author_id: int) -> None:
+        ids = self._by_author.get(author_id)
+        if ids is not None:
+            ids.discard(pid)
+            if not ids:
+                del self._by_author[author_id]
+
+    async def viewer(self, user_id: int) -> ViewerState:
+        """Whom the user follows and what they liked lately."""
+        now = time.monotonic()
+        usable = self._usable
+        state = self._viewers.get(user_id) if usable else None
+        if state is not None and state.expires_at > now:
+            self._viewers.move_to_end(user_id)
+            return state
+        fills = self._fills
+        since = fills.begin()
+        try:
+            followees, liked = await self.store.get_viewer_state(user_id, LIKED_WINDOW)
+            # `liked` is newest first: with a full window, older likes are not known here.
+            floor = liked[-1] if len(liked) >= LIKED_WINDOW else 0
+            state = ViewerState(user_id, frozenset(followees), array("q", reversed(liked)), floor, now + TTL)
+            if usable and self.max_viewers and fills.fresh(since, ("viewer", user_id)):
+                self._viewers[user_id] = state
+                self._viewers.move_to_end(user_id)
+                while len(self._viewers) > self.max_viewers:
+                    self._viewers.popitem(last=False)
+        finally:
+            fills.end()
+        return state
+
+    async def big_followees(self, viewer: ViewerState) -> list[int]:
+        """The accounts the viewer follows that may have posts not fanned out."""
+        if not viewer.followees:
+            return []
+        if not self._usable:
+            return list(viewer.followees)
+        if time.monotonic() >= self._big_expires_at:
+            async with self._big_lock:
+                if time.monotonic() >= self._big_expires_at:
+                    started = time.monotonic()
+                    self._big_announced = set()
+                    listed = await self.store.get_big_authors()
+                    # Accounts announced while the list was read stay in.
+                    self._big = frozenset(listed) | self._big_announced
+                    self._big_expires_at = started + TTL
+        big, followees = self._big, viewer.followees
+        small, large = (big, followees) if len(big) < len(followees) else (followees, big)
+        return [a for a in small if a in large]
+
+    # -- changes -----------------------------------------------------------------------
+
+    async def changed(self, change: Invalidation) -> None:
+        """Apply here, then tell every other instance. Call after the change committed."""
+        self._apply(change)
+        try:
+            await self.pubsub.publish(CHANNEL, msgspec.json.encode(change))
+        except Unavailable:
+            # The others bypass their caches while the broker is down and empty them when
+            # it is back.
+            logger.warning("could not announce a cache invalidation; the broker is down")
+
+    def _apply(self, change: Invalidation) -> None:
+        fills = self._fills
+        for pid in change.posts:
+            fills.drop("post", pid)
+            entry = self._posts.pop(pid, None)
+            if entry is not None:
+                self._unindex(pid, entry.author_id)
+        for author in change.authors:
+            fills.drop("author", author)
+            for pid in self._by_author.pop(author, ()):
+                self._posts.pop(pid, None)
+        for uid in change.viewers:
+            fills.drop("viewer", uid)
+            self._viewers.pop(uid, None)
+        if change.big_authors:
+            self._big_announced.update(change.big_authors)
+            self._big = self._big | frozenset(change.big_authors)
+
+    async def _on_message(self, channel: str, payload: bytes) -> None:
+        try:
+            change = msgspec.json.decode(payload, type=Invalidation)
+        except msgspec.DecodeError:
+            logger.warning("malformed cache invalidation ignored")
+            return
+        self._apply(change)
+
+    async def _on_reset(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything (and what running fills read)."""
+        self._fills.drop_all()
+        self._posts.clear()
+        self._by_author.clear()
+        self._viewers.clear()
+        self._big_expires_at = 0.0
