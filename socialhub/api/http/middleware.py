@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 import time
@@ -10,7 +9,7 @@ import time
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-logger = logging.getLogger("socialhub.access")
+from socialhub.logs import AccessEntry, access_log
 
 # Labelled by the route's template (/posts/{id}), never the raw path: bounded cardinality.
 REQUESTS = Counter("socialhub_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
@@ -31,6 +30,7 @@ class AccessLog:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._metrics: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -42,7 +42,10 @@ class AccessLog:
                 incoming = value.decode("latin-1")
                 break
         request_id = incoming if _REQUEST_ID.match(incoming) else secrets.token_hex(8)
-        state = scope.setdefault("state", {})
+        # This request's own copy of the lifespan state (as uvicorn makes; not every ASGI
+        # server does), so that what a request records never leaks into the next.
+        state = dict(scope.get("state") or {})
+        scope["state"] = state
         state["request_id"] = request_id
         started = time.perf_counter()
         status = 0
@@ -59,25 +62,38 @@ class AccessLog:
             await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
+            method = scope.get("method", "WS")
             if scope["type"] == "http":
                 route = scope.get("route")
                 template = getattr(route, "path", None) or "unmatched"
-                method = scope.get("method", "")
-                REQUESTS.labels(method, template, str(status or 500)).inc()
-                LATENCY.labels(method, template).observe(elapsed)
-            client = scope.get("client")
-            logger.info(
-                "%s %s %s",
-                scope.get("method", "WS"),
-                scope["path"],
-                status or ("-" if scope["type"] == "websocket" else 500),
-                extra={
-                    "request_id": request_id,
-                    "method": scope.get("method", "WS"),
-                    "path": scope["path"],
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "client": client[0] if client else None,
-                    "user_id": str(state["user_id"]) if state.get("user_id") else None,
-                },
-            )
+                self._observe(method, template, status or 500, elapsed)
+            if access_log.enabled:
+                client = scope.get("client")
+                shown = status or ("-" if scope["type"] == "websocket" else 500)
+                user_id = state.get("user_id")
+                access_log.write(
+                    AccessEntry(
+                        ts=access_log.timestamp(time.time()),
+                        level="info",
+                        logger="socialhub.access",
+                        msg=f"{method} {scope['path']} {shown}",
+                        request_id=request_id,
+                        method=method,
+                        path=scope["path"],
+                        status=status,
+                        duration_ms=round(elapsed * 1000, 2),
+                        client=client[0] if client else None,
+                        user_id=str(user_id) if user_id else None,
+                    )
+                )
+
+    def _observe(self, method: str, template: str, status: int, elapsed: float) -> None:
+        key = (method, template, status)
+        children = self._metrics.get(key)
+        if children is None:
+            # prometheus_client's labels() looks the child up under a lock on every call;
+            # the pair is kept here (routes x methods x statuses: a bounded set).
+            children = (REQUESTS.labels(method, template, str(status)), LATENCY.labels(method, template))
+            self._metrics[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
