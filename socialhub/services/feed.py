@@ -105,12 +105,11 @@ class FeedService(Consumer):
         big = await self.cache.big_followees(state)
         merged = await self.posts.get_not_fanned_out_ids(big, page.before, page.limit) if big else []
         # Filtered by the follow graph as it is now: unfollowed authors drop out at once.
-        found = {
-            pid: view
-            for pid, (view, author) in (await self.cache.posts([*ids, *merged], state)).items()
-            if state.sees(author)
-        }
-        if len(ids) < want or sum(1 for i in ids if i in found) < page.limit:
+        followees = state.followees
+        hydrated = await self.cache.posts([*ids, *merged] if merged else ids, state)
+        found = {pid: view for pid, (view, author) in hydrated.items() if author == uid or author in followees}
+        from_timeline = sum(1 for i in ids if i in found) if merged else len(found)
+        if len(ids) < want or from_timeline < page.limit:
             # Past the timeline's end (its cap, or posts that were never fanned out), or
             # too many of its ids dropped out (deleted posts and unfollowed authors the
             # consumer has not removed yet): straight from the follow graph.

@@ -26,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from array import array
-from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -43,9 +41,10 @@ logger = logging.getLogger(__name__)
 CHANNEL = "cache.invalidate"
 # The safety net for an announcement lost in flight; not the primary mechanism.
 TTL = 60.0
-# How many of a viewer's most recent likes are held (by post id, newest first): a feed
-# shows recent posts, and a page that reaches below them asks PostgreSQL.
-LIKED_WINDOW = 1000
+# How many of a viewer's likes are held (those of the newest posts): a feed shows recent
+# posts, and a page that reaches below them asks PostgreSQL. Bounds a viewer's entry to
+# some 15 KB.
+LIKED_WINDOW = 200
 
 
 class Invalidation(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -68,28 +67,19 @@ class _Post:
 
 
 class ViewerState:
-    """Whom the viewer follows, and their liked post ids: every one at or above `floor`
-    (sorted ascending)."""
+    """Whom the viewer follows, and the posts they liked: every one with an id at or
+    above `floor` (below it, PostgreSQL is asked)."""
 
     __slots__ = ("expires_at", "floor", "followees", "liked", "user_id")
 
-    def __init__(self, user_id: int, followees: frozenset[int], liked: array[int], floor: int, expires_at: float):
+    def __init__(
+        self, user_id: int, followees: frozenset[int], liked: frozenset[int], floor: int, expires_at: float
+    ) -> None:
         self.user_id = user_id
         self.followees = followees
         self.liked = liked
         self.floor = floor
         self.expires_at = expires_at
-
-    def sees(self, author_id: int) -> bool:
-        """Whether the author's posts belong in this viewer's home feed."""
-        return author_id == self.user_id or author_id in self.followees
-
-    def liked_known(self, post_id: int) -> bool | None:
-        """Whether the viewer liked the post; None when it is below the window."""
-        if post_id < self.floor:
-            return None
-        i = bisect_left(self.liked, post_id)
-        return i < len(self.liked) and self.liked[i] == post_id
 
 
 class _Fills:
@@ -164,28 +154,28 @@ class ReadCache:
         """The posts that exist among `ids`, as this viewer sees them (with `liked`),
         each with its author's id."""
         now = time.monotonic()
-        usable = self._usable
+        cache = self._posts if self._usable else None
         found: dict[int, _Post] = {}
         missing: list[int] = []
-        cache = self._posts
-        for pid in ids:
-            entry = cache.get(pid) if usable else None
-            if entry is not None and entry.expires_at > now:
-                cache.move_to_end(pid)
-                found[pid] = entry
-            elif pid not in found:
-                missing.append(pid)
+        if cache is not None:
+            touch = cache.move_to_end
+            for pid in ids:
+                entry = cache.get(pid)
+                if entry is not None and entry.expires_at > now:
+                    touch(pid)
+                    found[pid] = entry
+                else:
+                    missing.append(pid)
+        else:
+            missing = list(ids)
         if missing:
-            found.update(await self._fill_posts(missing, now, store=usable))
-        unknown = [pid for pid in found if viewer.liked_known(pid) is None]
-        liked_below = set(await self.store.get_liked_among(viewer.user_id, unknown)) if unknown else set()
-        out: dict[int, tuple[Post, int]] = {}
-        for pid, entry in found.items():
-            liked = viewer.liked_known(pid)
-            if liked is None:
-                liked = pid in liked_below
-            out[pid] = (msgspec.structs.replace(entry.view, liked=True) if liked else entry.view, entry.author_id)
-        return out
+            found.update(await self._fill_posts(missing, now, store=cache is not None))
+        liked = viewer.liked
+        below = [pid for pid in found if pid < viewer.floor]
+        if below:
+            liked = liked | frozenset(await self.store.get_liked_among(viewer.user_id, below))
+        replace = msgspec.structs.replace
+        return {pid: (replace(e.view, liked=True) if pid in liked else e.view, e.author_id) for pid, e in found.items()}
 
     async def _fill_posts(self, ids: list[int], now: float, *, store: bool) -> dict[int, _Post]:
         fills = self._fills
@@ -230,7 +220,7 @@ class ReadCache:
             followees, liked = await self.store.get_viewer_state(user_id, LIKED_WINDOW)
             # `liked` is newest first: with a full window, older likes are not known here.
             floor = liked[-1] if len(liked) >= LIKED_WINDOW else 0
-            state = ViewerState(user_id, frozenset(followees), array("q", reversed(liked)), floor, now + TTL)
+            state = ViewerState(user_id, frozenset(followees), frozenset(liked), floor, now + TTL)
             if usable and self.max_viewers and fills.fresh(since, ("viewer", user_id)):
                 self._viewers[user_id] = state
                 self._viewers.move_to_end(user_id)
