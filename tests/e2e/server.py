@@ -13,12 +13,28 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import TEST_SECRET
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def server_env(database_url: str, **extra: str) -> dict[str, str]:
+    """SOCIALHUB_* settings for a server on this database: the tests' JWT secret, cheap
+    password hashing, no Kafka; `extra` adds to them or overrides them."""
+    return {
+        "SOCIALHUB_DATABASE_URL": database_url,
+        "SOCIALHUB_AUTH_JWT_SECRET": TEST_SECRET,
+        "SOCIALHUB_AUTH_ARGON2_TIME_COST": "1",
+        "SOCIALHUB_AUTH_ARGON2_MEMORY_KIB": "1024",
+        "SOCIALHUB_AUTH_ARGON2_PARALLELISM": "1",
+        "SOCIALHUB_KAFKA_BOOTSTRAP_SERVERS": "",
+        **extra,
+    }
 
 
 class Server:
@@ -75,3 +91,14 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+def start_pair(root: Path, env: dict[str, str]) -> tuple[Server, Server]:
+    """Instances A and B with one configuration (one database, one Redis), started in
+    turn; A is killed again if B does not start."""
+    a = Server(root / "a", env).start()
+    try:
+        return a, Server(root / "b", env).start()
+    except BaseException:
+        a.kill()
+        raise

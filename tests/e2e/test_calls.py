@@ -47,15 +47,12 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from socialhub.services.calls import DISCONNECT_GRACE, MAX_SDP_BYTES
 from socialhub.services.presence import DEFAULT_GRACE as PRESENCE_GRACE
-from tests.conftest import REDIS_URL, TEST_SECRET, create_database, drop_database
-from tests.e2e.server import Server, free_port
-
-Frame = dict[str, Any]
+from tests.conftest import REDIS_URL, create_database, drop_database
+from tests.e2e.server import Server, free_port, server_env, start_pair
+from tests.e2e.wsclient import Frame, User, WsClient, signups
 
 RING_TIMEOUT = 2.0  # calls.ring_timeout in every server here
 TURN_SECRET = "turn-shared-secret-" + "t" * 16
@@ -67,17 +64,12 @@ SWEEP_SLACK = 4.0
 
 
 def base_env(database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "SOCIALHUB_DATABASE_URL": database_url,
-        "SOCIALHUB_AUTH_JWT_SECRET": TEST_SECRET,
-        "SOCIALHUB_AUTH_ARGON2_TIME_COST": "1",
-        "SOCIALHUB_AUTH_ARGON2_MEMORY_KIB": "1024",
-        "SOCIALHUB_AUTH_ARGON2_PARALLELISM": "1",
-        "SOCIALHUB_RATELIMIT_ENABLED": "false",
-        "SOCIALHUB_KAFKA_BOOTSTRAP_SERVERS": "",
-        "SOCIALHUB_CALLS_RING_TIMEOUT": str(RING_TIMEOUT),
+    return server_env(
+        database_url,
+        SOCIALHUB_RATELIMIT_ENABLED="false",
+        SOCIALHUB_CALLS_RING_TIMEOUT=str(RING_TIMEOUT),
         **extra,
-    }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -131,156 +123,22 @@ def redis_env(database_url: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pair(cluster_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    cluster_env = redis_env(cluster_db)
-    root = tmp_path_factory.mktemp("calls-cluster")
-    a = Server(root / "a", cluster_env).start()
-    try:
-        b = Server(root / "b", cluster_env).start()
-    except BaseException:
-        a.kill()
-        raise
+    a, b = start_pair(tmp_path_factory.mktemp("calls-cluster"), redis_env(cluster_db))
     yield a, b
     for srv in (a, b):
         srv.kill()
 
 
-# -- users and sockets ---------------------------------------------------------------------
+# -- signaling -----------------------------------------------------------------------------
 
 
-class User:
-    def __init__(self, server: Server, body: dict[str, Any], username: str, password: str) -> None:
-        self.server = server
-        self.id: str = body["user"]["id"]
-        self.token: str = body["token"]
-        self.username = username
-        self.password = password
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    async def get(self, path: str, **kw: Any) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.server.url, timeout=10) as c:
-            return await c.get(path, headers=self.auth, **kw)
-
-    async def login(self, server: Server | None = None) -> str:
-        """A second session (another device): its access token."""
-        async with httpx.AsyncClient(base_url=(server or self.server).url, timeout=10) as c:
-            r = await c.post("/auth/login", json={"identifier": self.username, "password": self.password})
-        assert r.status_code == 200, r.text
-        token: str = r.json()["token"]
-        return token
-
-    async def socket(self, server: Server | None = None, token: str | None = None) -> Client:
-        return await Client.open(server or self.server, token or self.token, self.username)
-
-
-async def signup(server: Server, name: str) -> User:
-    u = f"{name}_{secrets.token_hex(4)}"
-    password = "pass word 1"
-    body = {"name": name, "email": f"{u}@example.test", "username": u, "password": password}
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
-        r = await c.post("/auth/signup", json=body)
-    assert r.status_code == 201, r.text
-    return User(server, r.json(), u, password)
-
-
-async def signups(server: Server, *names: str) -> list[User]:
-    return list(await asyncio.gather(*(signup(server, n) for n in names)))
-
-
-class Client:
-    """One socialhub socket; a reader keeps every frame, tests take the ones they expect."""
-
-    def __init__(self, ws: ClientConnection, label: str) -> None:
-        self.ws = ws
-        self.label = label
-        self.log: list[Frame] = []  # every frame, in arrival order
-        self.taken: set[int] = set()
-        self.session_id = ""
-        self._arrived = asyncio.Event()
-        self._reader = asyncio.create_task(self._read())
-
-    @classmethod
-    async def open(cls, server: Server, token: str, label: str) -> Client:
-        ws = await connect(server.url.replace("http://", "ws://") + "/ws", max_size=2**20)
-        client = cls(ws, label)
-        await client.send({"type": "authenticate", "token": token})
-        client.session_id = (await client.expect("authenticated"))["session_id"]
-        return client
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self.ws:
-                self.log.append(json.loads(raw))
-                self._arrived.set()
-        except ConnectionClosed:
-            pass
-        finally:
-            self._arrived.set()
-
-    async def send(self, frame: Frame) -> None:
-        await self.ws.send(json.dumps(frame))
-
-    def seen(self, type_: str, **fields: Any) -> list[Frame]:
-        return [f for f in self.log if f.get("type") == type_ and all(f.get(k) == v for k, v in fields.items())]
-
-    async def expect(self, type_: str, timeout: float = 5.0, **fields: Any) -> Frame:
-        """The first frame not yet taken with this type and these fields."""
-        end = time.monotonic() + timeout
-        while True:
-            for i, f in enumerate(self.log):
-                if i not in self.taken and f.get("type") == type_ and all(f.get(k) == v for k, v in fields.items()):
-                    self.taken.add(i)
-                    return f
-            left = end - time.monotonic()
-            if left <= 0 or self._reader.done():
-                raise AssertionError(f"{self.label}: no {type_} {fields} in {timeout}s; got {self.log}")
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
-
-    async def request(self, frame: Frame, timeout: float = 5.0) -> Frame:
-        """Send with a fresh ref; the ack or error that answers it."""
-        ref = secrets.token_hex(4)
-        await self.send({**frame, "ref": ref})
-        end = time.monotonic() + timeout
-        while True:
-            for i, f in enumerate(self.log):
-                if i not in self.taken and f.get("ref") == ref and f.get("type") in ("ack", "error"):
-                    self.taken.add(i)
-                    return f
-            left = end - time.monotonic()
-            if left <= 0 or self._reader.done():
-                raise AssertionError(f"{self.label}: no answer to {frame['type']} in {timeout}s; got {self.log}")
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
-
-    def index(self, frame: Frame) -> int:
-        return next(i for i, f in enumerate(self.log) if f is frame)
-
-    async def close(self) -> None:
-        await self.ws.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
-
-
-@pytest.fixture
-async def sockets() -> AsyncIterator[list[Client]]:
-    """Sockets a test opens are closed after it (append them)."""
-    opened: list[Client] = []
-    yield opened
-    await asyncio.gather(*(c.close() for c in opened), return_exceptions=True)
-
-
-async def acked(client: Client, frame: Frame) -> Frame:
+async def acked(client: WsClient, frame: Frame) -> Frame:
     reply = await client.request(frame)
     assert reply["type"] == "ack", reply
     return reply
 
 
-async def refused(client: Client, frame: Frame, code: str) -> Frame:
+async def refused(client: WsClient, frame: Frame, code: str) -> Frame:
     reply = await client.request(frame)
     assert reply["type"] == "error" and reply["code"] == code, reply
     assert set(reply) == {"type", "code", "message", "ref"}, reply
@@ -407,7 +265,7 @@ class Peer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def relay_candidates(receiver: Client, peer: Peer, call_id: str, sent: list[dict[str, Any]]) -> None:
+async def relay_candidates(receiver: WsClient, peer: Peer, call_id: str, sent: list[dict[str, Any]]) -> None:
     """Feed the peer each `call_candidate` its socket gets for the call: those the other
     party sent, as they were sent, in order."""
     for init in sent:
@@ -417,14 +275,14 @@ async def relay_candidates(receiver: Client, peer: Peer, call_id: str, sent: lis
 
 
 async def real_call(
-    caller: Client,
-    callee: Client,
+    caller: WsClient,
+    callee: WsClient,
     callee_id: str,
     *,
     trickle: bool,
     config: RTCConfiguration | None = None,
     callee_config: RTCConfiguration | None = None,
-    other_callee_sockets: Sequence[Client] = (),
+    other_callee_sockets: Sequence[WsClient] = (),
 ) -> tuple[str, Peer, Peer]:
     """A full call between two aiortc peers through socialhub; checks every frame on the way."""
     caller_peer, callee_peer = Peer(config), Peer(callee_config or config)
@@ -485,7 +343,7 @@ async def real_call(
         raise
 
 
-async def hang_up(by: Client, other: Client, call_id: str, *peers: Peer) -> None:
+async def hang_up(by: WsClient, other: WsClient, call_id: str, *peers: Peer) -> None:
     ack = await acked(by, {"type": "call_hangup", "call_id": call_id})
     assert ack["call"]["state"] == "ended" and ack["call"]["end_reason"] == "hangup"
     for sock in (by, other):
@@ -517,7 +375,7 @@ async def history(user: User, **params: Any) -> dict[str, Any]:
 # -- real calls ----------------------------------------------------------------------------
 
 
-async def test_a_real_call_on_one_instance(server: Server, sockets: list[Client]) -> None:
+async def test_a_real_call_on_one_instance(server: Server, sockets: list[WsClient]) -> None:
     alice, bob = await signups(server, "alice", "bob")
     a, b = await alice.socket(), await bob.socket()
     sockets += [a, b]
@@ -531,7 +389,7 @@ async def test_a_real_call_on_one_instance(server: Server, sockets: list[Client]
 
 
 async def test_a_real_call_across_two_instances_with_trickled_candidates(
-    pair: tuple[Server, Server], sockets: list[Client]
+    pair: tuple[Server, Server], sockets: list[WsClient]
 ) -> None:
     """Caller on A, callee on B (and on A too: every socket rings). The candidates are
     not in the SDP: the peers connect only through what `call_candidate` relays."""
@@ -544,16 +402,16 @@ async def test_a_real_call_across_two_instances_with_trickled_candidates(
     call_id, pa, pb = await real_call(caller, callee, bob.id, trickle=True, other_callee_sockets=[callee_elsewhere])
     # The other device of the callee stopped ringing; the answering one was not told so.
     await callee_elsewhere.expect("call_ended", call_id=call_id, reason="answered_elsewhere")
-    assert not callee.seen("call_ended")
+    assert not callee.matching("call_ended")
     # Before the answer it saw the caller's candidates too; after, none of the callee's.
-    assert callee_elsewhere.seen("call_candidate", call_id=call_id)
+    assert callee_elsewhere.matching("call_candidate", call_id=call_id)
     await hang_up(caller, callee, call_id, pa, pb)
 
 
 # -- ways a call ends ------------------------------------------------------------------------
 
 
-async def test_reject_ends_the_call_for_both(server: Server, sockets: list[Client], sdp: tuple[str, str]) -> None:
+async def test_reject_ends_the_call_for_both(server: Server, sockets: list[WsClient], sdp: tuple[str, str]) -> None:
     alice, bob = await signups(server, "alice", "bob")
     a, b = await alice.socket(), await bob.socket()
     sockets += [a, b]
@@ -580,7 +438,7 @@ async def test_reject_ends_the_call_for_both(server: Server, sockets: list[Clien
 
 @pytest.mark.parametrize("who", ["caller", "callee"])
 async def test_hangup_by_either_party_ends_the_call_for_both(
-    server: Server, sockets: list[Client], sdp: tuple[str, str], who: str
+    server: Server, sockets: list[WsClient], sdp: tuple[str, str], who: str
 ) -> None:
     alice, bob = await signups(server, "alice", "bob")
     a, b = await alice.socket(), await bob.socket()
@@ -598,7 +456,7 @@ async def test_hangup_by_either_party_ends_the_call_for_both(
 
 
 async def test_the_caller_cancelling_a_ring_is_a_hangup(
-    server: Server, sockets: list[Client], sdp: tuple[str, str]
+    server: Server, sockets: list[WsClient], sdp: tuple[str, str]
 ) -> None:
     alice, bob = await signups(server, "alice", "bob")
     a, b = await alice.socket(), await bob.socket()
@@ -610,11 +468,11 @@ async def test_the_caller_cancelling_a_ring_is_a_hangup(
     await hang_up(a, b, call_id)
     # Ended before its ring deadline: the sweeper must not also call it missed.
     await asyncio.sleep(RING_TIMEOUT + 1.5)
-    assert not a.seen("call_ended", reason="missed") and not b.seen("call_ended", reason="missed")
+    assert not a.matching("call_ended", reason="missed") and not b.matching("call_ended", reason="missed")
 
 
 async def test_an_unanswered_call_is_missed_and_the_callee_notified(
-    server: Server, sockets: list[Client], sdp: tuple[str, str]
+    server: Server, sockets: list[WsClient], sdp: tuple[str, str]
 ) -> None:
     alice, bob = await signups(server, "alice", "bob")
     a, b = await alice.socket(), await bob.socket()
@@ -630,7 +488,7 @@ async def test_an_unanswered_call_is_missed_and_the_callee_notified(
     assert time.monotonic() - started >= RING_TIMEOUT - 0.2  # not before the ring timeout
     live = await b.expect("notification")
     assert live["notification"]["type"] == "missed_call" and live["notification"]["call_id"] == call_id
-    assert not a.seen("notification")  # the caller is not notified of their own call
+    assert not a.matching("notification")  # the caller is not notified of their own call
     r = await bob.get("/notify/notifications")
     assert r.status_code == 200, r.text
     (note,) = r.json()["items"]
@@ -640,7 +498,7 @@ async def test_an_unanswered_call_is_missed_and_the_callee_notified(
     assert call["end_reason"] == "missed"
 
 
-async def test_busy_callee_and_busy_caller(server: Server, sockets: list[Client], sdp: tuple[str, str]) -> None:
+async def test_busy_callee_and_busy_caller(server: Server, sockets: list[WsClient], sdp: tuple[str, str]) -> None:
     alice, bob, carol, dave = await signups(server, "alice", "bob", "carol", "dave")
     a, b, c, d = [await u.socket() for u in (alice, bob, carol, dave)]
     sockets += [a, b, c, d]
@@ -662,9 +520,9 @@ async def test_busy_callee_and_busy_caller(server: Server, sockets: list[Client]
     ended = await a.expect("call_ended", call_id=caller_busy_id)
     assert ended["reason"] == "busy" and a.index(ack) < a.index(ended)
     await asyncio.sleep(0.5)
-    assert len(b.seen("call_incoming")) == 1 and not d.seen("call_incoming")  # nobody rang
+    assert len(b.matching("call_incoming")) == 1 and not d.matching("call_incoming")  # nobody rang
     # The first call is untouched, and once it ends Bob can be called again.
-    assert not b.seen("call_ended") and not a.seen("call_ended", call_id=live_id)
+    assert not b.matching("call_ended") and not a.matching("call_ended", call_id=live_id)
     await hang_up(a, b, live_id)
     again = await acked(c, {"type": "call_invite", "callee_id": bob.id, "media": "audio", "sdp": sdp[0]})
     assert again["call"]["state"] == "ringing"
@@ -675,7 +533,7 @@ async def test_busy_callee_and_busy_caller(server: Server, sockets: list[Client]
 
 
 async def test_answered_elsewhere_on_two_tabs_of_one_session(
-    server: Server, sockets: list[Client], sdp: tuple[str, str]
+    server: Server, sockets: list[WsClient], sdp: tuple[str, str]
 ) -> None:
     """Two sockets with one token (two tabs): the tab that did not answer stops ringing."""
     alice, bob = await signups(server, "alice", "bob")
@@ -697,7 +555,7 @@ async def test_answered_elsewhere_on_two_tabs_of_one_session(
     await hang_up(a, tab2, call_id)
 
 
-async def test_answered_elsewhere(server: Server, sockets: list[Client], sdp: tuple[str, str]) -> None:
+async def test_answered_elsewhere(server: Server, sockets: list[WsClient], sdp: tuple[str, str]) -> None:
     alice, bob = await signups(server, "alice", "bob")
     a = await alice.socket()
     phone = await bob.socket()
@@ -723,12 +581,12 @@ async def test_answered_elsewhere(server: Server, sockets: list[Client], sdp: tu
     await acked(a, {"type": "call_candidate", "call_id": call_id, "candidate": candidate})
     assert (await laptop.expect("call_candidate", call_id=call_id))["candidate"] == candidate
     await asyncio.sleep(0.3)
-    assert not phone.seen("call_candidate") and not laptop.seen("call_ended")
+    assert not phone.matching("call_candidate") and not laptop.matching("call_ended")
     await hang_up(a, laptop, call_id)
 
 
 async def test_a_party_whose_sockets_all_vanish_ends_the_call(
-    server: Server, sockets: list[Client], sdp: tuple[str, str]
+    server: Server, sockets: list[WsClient], sdp: tuple[str, str]
 ) -> None:
     """The caller's only socket drops: after presence's grace (offline) and the call's own
     DISCONNECT_GRACE, the call ends; the callee hears `hangup`, the record says why."""
@@ -751,7 +609,7 @@ async def test_a_party_whose_sockets_all_vanish_ends_the_call(
 
 
 async def test_the_ring_times_out_when_its_instance_dies(
-    tmp_path_factory: pytest.TempPathFactory, sockets: list[Client], sdp: tuple[str, str]
+    tmp_path_factory: pytest.TempPathFactory, sockets: list[WsClient], sdp: tuple[str, str]
 ) -> None:
     """Two instances of their own: invite on A, SIGKILL A. B alone, where the callee is,
     still ends the ring on time (the deadline is in PostgreSQL and every instance sweeps)."""
@@ -788,7 +646,7 @@ async def test_the_ring_times_out_when_its_instance_dies(
 # -- who may signal, and what ------------------------------------------------------------------
 
 
-async def test_only_the_two_parties_may_signal(server: Server, sockets: list[Client], sdp: tuple[str, str]) -> None:
+async def test_only_the_two_parties_may_signal(server: Server, sockets: list[WsClient], sdp: tuple[str, str]) -> None:
     alice, bob, eve = await signups(server, "alice", "bob", "eve")
     a, b, e = await alice.socket(), await bob.socket(), await eve.socket()
     sockets += [a, b, e]
@@ -813,7 +671,7 @@ async def test_only_the_two_parties_may_signal(server: Server, sockets: list[Cli
         await refused(a, frame, "not_found")
     # Nothing of it reached the parties, and the call still rings.
     await asyncio.sleep(0.3)
-    assert not a.seen("call_ended") and not b.seen("call_ended") and not b.seen("call_candidate")
+    assert not a.matching("call_ended") and not b.matching("call_ended") and not b.matching("call_candidate")
     await acked(b, {"type": "call_answer", "call_id": call_id, "sdp": sdp[1]})
     await hang_up(a, b, call_id)
 
@@ -830,7 +688,7 @@ def oversized(offer: str) -> str:
 
 
 async def test_bad_sdp_is_refused_and_creates_no_call(
-    server: Server, sockets: list[Client], sdp: tuple[str, str]
+    server: Server, sockets: list[WsClient], sdp: tuple[str, str]
 ) -> None:
     alice, bob = await signups(server, "alice", "bob")
     a, b = await alice.socket(), await bob.socket()
@@ -853,7 +711,7 @@ async def test_bad_sdp_is_refused_and_creates_no_call(
         reply = await a.request(frame)
         assert reply["type"] == "error" and reply["code"] in ("bad_request", "validation_error"), reply
     assert (await history(alice))["items"] == []
-    assert not b.seen("call_incoming")
+    assert not b.matching("call_incoming")
 
     # The answer is checked the same way, and a refused answer leaves the call ringing.
     call_id = (await acked(a, {"type": "call_invite", "callee_id": bob.id, "media": "audio", "sdp": offer}))["call"][
@@ -863,14 +721,14 @@ async def test_bad_sdp_is_refused_and_creates_no_call(
     for what, body in bad.items():
         reply = await b.request({"type": "call_answer", "call_id": call_id, "sdp": body})
         assert reply["type"] == "error" and reply["code"] == "bad_request", (what, reply)
-    assert not a.seen("call_answered")
+    assert not a.matching("call_answered")
     (call,) = (await history(alice))["items"]
     assert call["state"] == "ringing"
     await acked(b, {"type": "call_answer", "call_id": call_id, "sdp": answer})
     await hang_up(a, b, call_id)
 
 
-async def test_calling_yourself_or_nobody(server: Server, sockets: list[Client], sdp: tuple[str, str]) -> None:
+async def test_calling_yourself_or_nobody(server: Server, sockets: list[WsClient], sdp: tuple[str, str]) -> None:
     (alice,) = await signups(server, "alice")
     a = await alice.socket()
     sockets += [a]
@@ -884,14 +742,14 @@ async def test_calling_yourself_or_nobody(server: Server, sockets: list[Client],
 
 
 async def test_history_lists_calls_newest_first_with_pages(
-    server: Server, sockets: list[Client], sdp: tuple[str, str]
+    server: Server, sockets: list[WsClient], sdp: tuple[str, str]
 ) -> None:
     alice, bob, carol = await signups(server, "alice", "bob", "carol")
     a, b, c = await alice.socket(), await bob.socket(), await carol.socket()
     sockets += [a, b, c]
     made: list[tuple[str, str, str]] = []  # (id, state, end_reason)
 
-    async def invite(caller: Client, callee: User) -> str:
+    async def invite(caller: WsClient, callee: User) -> str:
         call_id: str = (
             await acked(caller, {"type": "call_invite", "callee_id": callee.id, "media": "audio", "sdp": sdp[0]})
         )["call"]["id"]
@@ -1013,7 +871,7 @@ async def relay_candidate_types(port: int, username: str, password: str) -> list
 
 
 async def test_coturn_accepts_the_credentials_and_relays_a_call(
-    server: Server, coturn: int, sockets: list[Client]
+    server: Server, coturn: int, sockets: list[WsClient]
 ) -> None:
     alice, bob = await signups(server, "alice", "bob")
 

@@ -12,44 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import TEST_SECRET
-from tests.e2e.server import Server
+from tests.e2e.server import Server, server_env
+from tests.e2e.wsclient import Frame, User, WsClient, connect_ws, signups
 
 TYPING_EXPIRES = 6.0  # SPEC
 PRESENCE_GRACE = 5.0  # services/presence.py DEFAULT_GRACE ("a few seconds")
-Frame = dict[str, Any]
 
 
-def server_env(database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "SOCIALHUB_DATABASE_URL": database_url,
-        "SOCIALHUB_AUTH_JWT_SECRET": TEST_SECRET,
-        "SOCIALHUB_AUTH_ARGON2_TIME_COST": "1",
-        "SOCIALHUB_AUTH_ARGON2_MEMORY_KIB": "1024",
-        "SOCIALHUB_AUTH_ARGON2_PARALLELISM": "1",
-        "SOCIALHUB_REDIS_URL": "",
-        "SOCIALHUB_KAFKA_BOOTSTRAP_SERVERS": "",
-        **extra,
-    }
+def single_env(database_url: str, **extra: str) -> dict[str, str]:
+    """One instance: pub/sub and the rest in process."""
+    return server_env(database_url, SOCIALHUB_REDIS_URL="", **extra)
 
 
 @pytest.fixture(scope="module")
 def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(
-        tmp_path_factory.mktemp("ws") / "data", env=server_env(database_url, SOCIALHUB_RATELIMIT_ENABLED="false")
+        tmp_path_factory.mktemp("ws") / "data", env=single_env(database_url, SOCIALHUB_RATELIMIT_ENABLED="false")
     ).start()
     yield srv
     srv.kill()
@@ -59,166 +48,6 @@ def server(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 async def http(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
         yield c
-
-
-class User:
-    def __init__(self, http: httpx.AsyncClient, data: dict[str, Any], password: str) -> None:
-        self.http = http
-        self.id: str = data["user"]["id"]
-        self.username: str = data["user"]["username"]
-        self.token: str = data["token"]
-        self.password = password
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    async def get(self, url: str, **kw: Any) -> httpx.Response:
-        return await self.http.get(url, headers=self.auth, **kw)
-
-    async def post(self, url: str, **kw: Any) -> httpx.Response:
-        return await self.http.post(url, headers=self.auth, **kw)
-
-    async def room(self, *others: User, name: str | None = None) -> str:
-        body: dict[str, Any] = {"members": [o.id for o in others]}
-        if name is not None:
-            body["name"] = name
-        r = await self.post("/chat/rooms", json=body)
-        assert r.status_code in (200, 201), r.text
-        return str(r.json()["id"])
-
-
-async def signup(http: httpx.AsyncClient) -> User:
-    u = "w" + secrets.token_hex(6)
-    password = "correct horse 1"
-    r = await http.post(
-        "/auth/signup", json={"name": f"User {u}", "email": f"{u}@example.test", "username": u, "password": password}
-    )
-    assert r.status_code == 201, r.text
-    return User(http, r.json(), password)
-
-
-async def users(http: httpx.AsyncClient, n: int) -> list[User]:
-    return list(await asyncio.gather(*(signup(http) for _ in range(n))))
-
-
-class Sock:
-    """One client socket; a reader task keeps every frame it gets, in order."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.frames: list[Frame] = []
-        self.taken: set[int] = set()
-        self._changed = asyncio.Event()
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self.ws:
-                self.frames.append(json.loads(raw))
-                self._changed.set()
-        except ConnectionClosed:
-            pass
-        finally:
-            self._changed.set()
-
-    @property
-    def close_code(self) -> int | None:
-        return self.ws.close_code
-
-    async def send(self, frame: Frame | str | bytes) -> None:
-        await self.ws.send(frame if isinstance(frame, str | bytes) else json.dumps(frame))
-
-    def matching(self, type_: str, **fields: Any) -> list[Frame]:
-        return [f for f in self.frames if f.get("type") == type_ and all(f.get(k) == v for k, v in fields.items())]
-
-    async def expect(self, type_: str, timeout: float = 5.0, **fields: Any) -> Frame:
-        """The first frame not yet taken that has this type and these fields."""
-        end = time.monotonic() + timeout
-        while True:
-            for i, f in enumerate(self.frames):
-                if i not in self.taken and f.get("type") == type_ and all(f.get(k) == v for k, v in fields.items()):
-                    self.taken.add(i)
-                    return f
-            left = end - time.monotonic()
-            if left <= 0 or self.reader.done():
-                raise AssertionError(f"no {type_} {fields} within {timeout}s; got {self.frames[-10:]}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), left)
-            except TimeoutError:
-                pass
-
-    async def wait_until(self, check: Callable[[], bool], timeout: float = 5.0) -> None:
-        end = time.monotonic() + timeout
-        while not check():
-            left = end - time.monotonic()
-            if left <= 0 or self.reader.done():
-                raise AssertionError(f"condition not met within {timeout}s; last frames {self.frames[-5:]}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), left)
-            except TimeoutError:
-                pass
-
-    async def wait_frames(self, n: int, timeout: float = 5.0) -> None:
-        await self.wait_until(lambda: len(self.frames) >= n, timeout)
-
-    async def wait_count(self, type_: str, n: int, timeout: float = 5.0) -> None:
-        await self.wait_until(lambda: len(self.matching(type_)) >= n, timeout)
-
-    async def wait_seqs(self, room_id: str, n: int, timeout: float = 5.0) -> None:
-        await self.wait_until(lambda: len(self.seqs(room_id)) >= n, timeout)
-
-    async def closed(self, timeout: float = 5.0) -> int | None:
-        await asyncio.wait_for(asyncio.shield(self.reader), timeout)
-        return self.close_code
-
-    async def ping(self) -> None:
-        """A round trip: frames the server queued before the pong have arrived."""
-        ref = "p" + secrets.token_hex(4)
-        await self.send({"type": "ping", "ref": ref})
-        await self.expect("pong", ref=ref)
-
-    async def join(self, room_id: str, since_seq: int | None = None) -> Frame:
-        ref = "j" + secrets.token_hex(4)
-        frame: Frame = {"type": "join_room", "room_id": room_id, "ref": ref}
-        if since_seq is not None:
-            frame["since_seq"] = since_seq
-        await self.send(frame)
-        return await self.expect("joined", room_id=room_id)
-
-    async def say(self, room_id: str, body: str, client_msg_id: str | None = None) -> Frame:
-        ref = "s" + secrets.token_hex(4)
-        cid = client_msg_id or secrets.token_hex(8)
-        await self.send({"type": "send_message", "room_id": room_id, "body": body, "client_msg_id": cid, "ref": ref})
-        ack = await self.expect("ack", ref=ref)
-        message: Frame = ack["message"]
-        return message
-
-    def seqs(self, room_id: str) -> list[int]:
-        return [f["message"]["seq"] for f in self.matching("new_message") if f["message"]["room_id"] == room_id]
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self.reader
-
-
-def ws_url(server: Server) -> str:
-    return f"ws://127.0.0.1:{server.port}/ws"
-
-
-async def open_raw(server: Server, **kw: Any) -> ClientConnection:
-    return await connect(ws_url(server), open_timeout=5, close_timeout=2, **kw)
-
-
-async def connect_as(server: Server, user: User, token: str | None = None, **kw: Any) -> Sock:
-    sock = Sock(await open_raw(server, **kw))
-    await sock.send({"type": "authenticate", "token": token or user.token})
-    ok = await sock.expect("authenticated")
-    assert ok["user_id"] == user.id
-    assert ok["session_id"].isdigit()
-    return sock
 
 
 async def history(user: User, room_id: str, **params: Any) -> list[Frame]:
@@ -237,35 +66,35 @@ async def rooms_of(user: User) -> dict[str, Frame]:
 # -- authenticate ---------------------------------------------------------------------------
 
 
-async def test_authenticate(server: Server, http: httpx.AsyncClient) -> None:
-    (a,) = await users(http, 1)
+async def test_authenticate(server: Server) -> None:
+    (a,) = await signups(server, "a")
     # Opened first, so its 10 s deadline runs while the other cases do.
-    silent = Sock(await open_raw(server))
+    silent = await WsClient.connect(server)
     started = time.monotonic()
 
-    good = await connect_as(server, a)
+    good = await a.socket()
     assert good.frames[0] == {"type": "authenticated", "user_id": a.id, "session_id": good.frames[0]["session_id"]}
     await good.ping()
 
     for token in ("not-a-jwt", a.token[:-4] + "AAAA", ""):
-        bad = Sock(await open_raw(server))
+        bad = await WsClient.connect(server)
         await bad.send({"type": "authenticate", "token": token, "ref": "a1"})
-        assert await bad.closed() == 4401
+        assert await bad.wait_closed() == 4401
         assert [f["type"] for f in bad.frames] == ["error"]
         assert bad.frames[0]["code"] == "unauthenticated"
         assert bad.frames[0]["ref"] == "a1"
 
     firsts: list[Any] = [{"type": "ping", "ref": "x"}, {"type": "join_room", "room_id": "1"}, "not json", [1, 2]]
     for first in [*firsts, b'{"type": "authenticate", "token": "\xff"}']:
-        other = Sock(await open_raw(server))
+        other = await WsClient.connect(server)
         await other.send(first if isinstance(first, str | bytes | dict) else json.dumps(first))
-        assert await other.closed() == 4401, first
+        assert await other.wait_closed() == 4401, first
         assert [f.get("code") for f in other.frames] == ["unauthenticated"], first
 
     # The same user on two sockets (two devices): frames reach both.
-    second = await connect_as(server, a)
+    second = await a.socket()
     assert second.frames[0]["session_id"] == good.frames[0]["session_id"]  # same token, same session
-    (b,) = await users(http, 1)
+    (b,) = await signups(server, "b")
     r = await b.post(f"/users/follow/{a.id}")
     assert r.status_code == 200, r.text
     for sock in (good, second):
@@ -274,7 +103,7 @@ async def test_authenticate(server: Server, http: httpx.AsyncClient) -> None:
         assert n["notification"]["actor"]["id"] == b.id
 
     # No frame within 10 s: closed with 4401.
-    assert await silent.closed(timeout=15) == 4401
+    assert await silent.wait_closed(timeout=15) == 4401
     waited = time.monotonic() - started
     assert 9.0 <= waited <= 12.5, waited
     assert silent.frames == [] or [f.get("code") for f in silent.frames] == ["unauthenticated"]
@@ -285,8 +114,8 @@ async def test_authenticate(server: Server, http: httpx.AsyncClient) -> None:
 # -- rooms over REST ------------------------------------------------------------------------
 
 
-async def test_rooms_history_and_membership(server: Server, http: httpx.AsyncClient) -> None:
-    a, b, c = await users(http, 3)
+async def test_rooms_history_and_membership(server: Server) -> None:
+    a, b, c = await signups(server, "a", "b", "c")
     r = await a.post("/chat/rooms", json={"members": [b.id]})
     assert r.status_code == 201, r.text
     direct = r.json()
@@ -306,7 +135,7 @@ async def test_rooms_history_and_membership(server: Server, http: httpx.AsyncCli
     assert r.status_code == 201 and r.json()["id"] != group["id"]  # groups are not unique
     assert (await a.post("/chat/rooms", json={"members": ["123456789"]})).status_code == 404
 
-    sa = await connect_as(server, a)
+    sa = await a.socket()
     for i in range(5):
         m = await sa.say(direct["id"], f"direct {i}")
         assert m["seq"] == i + 1
@@ -344,7 +173,7 @@ async def test_rooms_history_and_membership(server: Server, http: httpx.AsyncCli
     assert (await rooms_of(a))[direct["id"]]["unread_count"] == 0  # one's own messages are read
 
     # Members only: every frame of a non-member is refused with its ref, and history too.
-    sc = await connect_as(server, c)
+    sc = await c.socket()
     refused: list[Frame] = [
         {"type": "join_room", "room_id": direct["id"], "since_seq": 0},
         {"type": "send_message", "room_id": direct["id"], "body": "let me in", "client_msg_id": "x1"},
@@ -376,13 +205,13 @@ async def test_rooms_history_and_membership(server: Server, http: httpx.AsyncCli
 # -- messages -----------------------------------------------------------------------------
 
 
-async def test_send_ack_fanout_and_idempotency(server: Server, http: httpx.AsyncClient) -> None:
-    a, b, c = await users(http, 3)
+async def test_send_ack_fanout_and_idempotency(server: Server) -> None:
+    a, b, c = await signups(server, "a", "b", "c")
     room = await a.room(b, c, name="fanout")
-    sa = await connect_as(server, a)
-    sb1 = await connect_as(server, b)
-    sb2 = await connect_as(server, b)
-    sc = await connect_as(server, c)
+    sa = await a.socket()
+    sb1 = await b.socket()
+    sb2 = await b.socket()
+    sc = await c.socket()
     for sock in (sa, sb1, sb2, sc):
         joined = await sock.join(room)
         assert joined["last_seq"] == 0
@@ -425,13 +254,13 @@ async def test_send_ack_fanout_and_idempotency(server: Server, http: httpx.Async
         await sock.close()
 
 
-async def test_join_replays_then_streams(server: Server, http: httpx.AsyncClient) -> None:
-    a, b = await users(http, 2)
+async def test_join_replays_then_streams(server: Server) -> None:
+    a, b = await signups(server, "a", "b")
     room = await a.room(b)
-    sa = await connect_as(server, a)
+    sa = await a.socket()
     for i in range(5):
         await sa.say(room, f"m{i}")
-    sb = await connect_as(server, b)
+    sb = await b.socket()
     joined = await sb.join(room, since_seq=2)
     assert joined["last_seq"] == 5
     await sb.wait_until(lambda: len(sb.seqs(room)) == 3)
@@ -443,7 +272,7 @@ async def test_join_replays_then_streams(server: Server, http: httpx.AsyncClient
     assert [f["message"]["body"] for f in sb.matching("new_message")] == ["m2", "m3", "m4", "live"]
 
     # Without since_seq: no replay, only what comes next. Joining twice changes nothing.
-    sb2 = await connect_as(server, b)
+    sb2 = await b.socket()
     assert (await sb2.join(room))["last_seq"] == 6
     assert (await sb2.join(room))["last_seq"] == 6
     await sa.say(room, "next")
@@ -457,7 +286,7 @@ async def test_join_replays_then_streams(server: Server, http: httpx.AsyncClient
     for i in range(many):
         await sa.send({"type": "send_message", "room_id": room, "body": f"bulk {i}", "client_msg_id": f"bulk{i}"})
     await sa.wait_count("ack", 7 + many, timeout=30)
-    sb3 = await connect_as(server, b)
+    sb3 = await b.socket()
     await sb3.send({"type": "join_room", "room_id": room, "since_seq": 0})
     for i in range(more):
         await sa.send({"type": "send_message", "room_id": room, "body": f"more {i}", "client_msg_id": f"more{i}"})
@@ -471,16 +300,16 @@ async def test_join_replays_then_streams(server: Server, http: httpx.AsyncClient
         await sock.close()
 
 
-async def test_join_during_a_burst_has_no_gap_and_no_duplicate(server: Server, http: httpx.AsyncClient) -> None:
+async def test_join_during_a_burst_has_no_gap_and_no_duplicate(server: Server) -> None:
     """Messages committed while a join's replay runs are sent exactly once, in order."""
-    a, b = await users(http, 2)
+    a, b = await signups(server, "a", "b")
     room = await a.room(b)
-    senders = [await connect_as(server, a) for _ in range(3)]
-    joiners = [await connect_as(server, b) for _ in range(4)]
+    senders = [await a.socket() for _ in range(3)]
+    joiners = [await b.socket() for _ in range(4)]
     per_sender = 40
     total = per_sender * len(senders)
 
-    async def burst(sock: Sock, n: int) -> None:
+    async def burst(sock: WsClient, n: int) -> None:
         for i in range(per_sender):
             await sock.send(
                 {"type": "send_message", "room_id": room, "body": f"s{n} #{i}", "client_msg_id": f"s{n}-{i}"}
@@ -490,7 +319,7 @@ async def test_join_during_a_burst_has_no_gap_and_no_duplicate(server: Server, h
 
     joined_at: list[int] = []
 
-    async def join_later(sock: Sock, delay: float) -> None:
+    async def join_later(sock: WsClient, delay: float) -> None:
         await asyncio.sleep(delay)
         joined_at.append((await sock.join(room, since_seq=0))["last_seq"])
 
@@ -511,12 +340,12 @@ async def test_join_during_a_burst_has_no_gap_and_no_duplicate(server: Server, h
         await sock.close()
 
 
-async def test_leave_room(server: Server, http: httpx.AsyncClient) -> None:
-    a, b = await users(http, 2)
+async def test_leave_room(server: Server) -> None:
+    a, b = await signups(server, "a", "b")
     room = await a.room(b)
-    sa = await connect_as(server, a)
-    stay = await connect_as(server, b)
-    go = await connect_as(server, b)
+    sa = await a.socket()
+    stay = await b.socket()
+    go = await b.socket()
     for sock in (stay, go):
         await sock.join(room)
     await sa.say(room, "both")
@@ -536,11 +365,11 @@ async def test_leave_room(server: Server, http: httpx.AsyncClient) -> None:
 # -- typing and read receipts ----------------------------------------------------------------
 
 
-async def test_typing_and_its_expiry(server: Server, http: httpx.AsyncClient) -> None:
-    a, b = await users(http, 2)
+async def test_typing_and_its_expiry(server: Server) -> None:
+    a, b = await signups(server, "a", "b")
     room = await a.room(b)
-    sa = await connect_as(server, a)
-    sb = await connect_as(server, b)
+    sa = await a.socket()
+    sb = await b.socket()
     for sock in (sa, sb):
         await sock.join(room)
 
@@ -564,11 +393,11 @@ async def test_typing_and_its_expiry(server: Server, http: httpx.AsyncClient) ->
         await sock.close()
 
 
-async def test_read_receipts_and_unread_counts(server: Server, http: httpx.AsyncClient) -> None:
-    a, b = await users(http, 2)
+async def test_read_receipts_and_unread_counts(server: Server) -> None:
+    a, b = await signups(server, "a", "b")
     room = await a.room(b)
-    sa = await connect_as(server, a)
-    sb = await connect_as(server, b)
+    sa = await a.socket()
+    sb = await b.socket()
     for sock in (sa, sb):
         await sock.join(room)
     for i in range(3):
@@ -592,9 +421,9 @@ async def test_read_receipts_and_unread_counts(server: Server, http: httpx.Async
 # -- presence ---------------------------------------------------------------------------------
 
 
-async def test_presence(server: Server, http: httpx.AsyncClient) -> None:
-    watcher, leaver, flapper, never = await users(http, 4)
-    sw = await connect_as(server, watcher)
+async def test_presence(server: Server) -> None:
+    watcher, leaver, flapper, never = await signups(server, "watcher", "leaver", "flapper", "never")
+    sw = await watcher.socket()
     await sw.send({"type": "subscribe_presence", "user_ids": [leaver.id, flapper.id, never.id], "ref": "sp"})
     for u in (leaver, flapper, never):
         now = await sw.expect("presence", user_id=u.id)
@@ -611,8 +440,8 @@ async def test_presence(server: Server, http: httpx.AsyncClient) -> None:
     assert (await presence_of(never))["user_id"] == never.id
 
     # Two sockets each: online once, offline only after the grace that follows the last close.
-    leaving = [await connect_as(server, leaver) for _ in range(2)]
-    flapping = await connect_as(server, flapper)
+    leaving = [await leaver.socket() for _ in range(2)]
+    flapping = await flapper.socket()
     for u in (leaver, flapper):
         await sw.expect("presence", user_id=u.id, status="online")
         assert (await presence_of(u))["status"] == "online"
@@ -623,7 +452,7 @@ async def test_presence(server: Server, http: httpx.AsyncClient) -> None:
     assert (await presence_of(leaver))["status"] == "online"  # within the grace
     await flapping.close()
     await asyncio.sleep(1.0)
-    flapping = await connect_as(server, flapper)  # back within the grace
+    flapping = await flapper.socket()  # back within the grace
 
     offline = await sw.expect("presence", user_id=leaver.id, status="offline", timeout=PRESENCE_GRACE + 5)
     waited = time.monotonic() - closed_at
@@ -645,9 +474,9 @@ async def test_presence(server: Server, http: httpx.AsyncClient) -> None:
 # -- notifications --------------------------------------------------------------------------------
 
 
-async def test_live_notifications(server: Server, http: httpx.AsyncClient) -> None:
-    a, joined, connected, away = await users(http, 4)
-    s_connected = await connect_as(server, connected)
+async def test_live_notifications(server: Server) -> None:
+    a, joined, connected, away = await signups(server, "a", "joined", "connected", "away")
+    s_connected = await connected.socket()
     r = await a.post(f"/users/follow/{connected.id}")
     assert r.status_code == 200, r.text
     pushed = await s_connected.expect("notification")
@@ -655,8 +484,8 @@ async def test_live_notifications(server: Server, http: httpx.AsyncClient) -> No
     assert n["type"] == "follow" and n["actor"]["id"] == a.id and n["read"] is False
 
     room = await a.room(joined, connected, away, name="notify")
-    sa = await connect_as(server, a)
-    s_joined = await connect_as(server, joined)
+    sa = await a.socket()
+    s_joined = await joined.socket()
     for sock in (sa, s_joined):
         await sock.join(room)
     await sa.say(room, "are you there?")
@@ -686,8 +515,8 @@ async def test_live_notifications(server: Server, http: httpx.AsyncClient) -> No
 
 
 async def test_ping_and_malformed_frames(server: Server, http: httpx.AsyncClient) -> None:
-    (a,) = await users(http, 1)
-    sock = await connect_as(server, a)
+    (a,) = await signups(server, "a")
+    sock = await a.socket()
     await sock.send({"type": "ping", "ref": "hello"})
     assert await sock.expect("pong") == {"type": "pong", "ref": "hello"}
     await sock.send({"type": "ping"})
@@ -747,9 +576,9 @@ async def test_ping_and_malformed_frames(server: Server, http: httpx.AsyncClient
     await sock.close()
 
 
-async def test_frame_over_64_kib_closes_1009(server: Server, http: httpx.AsyncClient) -> None:
-    (a,) = await users(http, 1)
-    sock = await connect_as(server, a)
+async def test_frame_over_64_kib_closes_1009(server: Server) -> None:
+    (a,) = await signups(server, "a")
+    sock = await a.socket()
     # Exactly 64 KiB is not over the limit: an ordinary bad frame.
     at_limit = json.dumps({"type": "ping", "ref": "big", "pad": ""})
     at_limit = at_limit[:-2] + "x" * (64 * 1024 - len(at_limit)) + '"}'
@@ -757,15 +586,15 @@ async def test_frame_over_64_kib_closes_1009(server: Server, http: httpx.AsyncCl
     await sock.send(at_limit)
     await sock.expect("pong", ref="big")  # unknown fields are ignored
     await sock.send("x" * (64 * 1024 + 1))
-    assert await sock.closed() == 1009
+    assert await sock.wait_closed() == 1009
     # Also before authenticating.
-    raw = Sock(await open_raw(server))
+    raw = await WsClient.connect(server)
     await raw.send(json.dumps({"type": "authenticate", "token": "t" * (70 * 1024)}))
-    assert await raw.closed() == 1009
+    assert await raw.wait_closed() == 1009
 
 
 async def test_slow_reader_is_disconnected(server: Server, http: httpx.AsyncClient) -> None:
-    a, b = await users(http, 2)
+    a, b = await signups(server, "a", "b")
     room = await a.room(b)
     assert server.proc is not None
     proc = psutil.Process(server.proc.pid)
@@ -776,17 +605,17 @@ async def test_slow_reader_is_disconnected(server: Server, http: httpx.AsyncClie
     raw_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     raw_sock.connect(("127.0.0.1", server.port))
     # No compression: 4000 equal characters would deflate to almost nothing.
-    slow = await open_raw(server, sock=raw_sock, max_queue=2, ping_interval=None, compression=None)
+    slow = await connect_ws(server, sock=raw_sock, max_queue=2, ping_interval=None, compression=None)
     await slow.send(json.dumps({"type": "authenticate", "token": b.token}))
     assert json.loads(await slow.recv())["type"] == "authenticated"
     await slow.send(json.dumps({"type": "join_room", "room_id": room}))
     assert json.loads(await slow.recv())["type"] == "joined"
-    watcher = await connect_as(server, b)  # another socket of the same user, reading
+    watcher = await b.socket()  # another socket of the same user, reading
     await watcher.join(room)
 
     # Big frames: 4000 four-byte characters make ~16 KB per new_message, so the server
     # would hold ~40 MB for this one client if it buffered them all.
-    sender = await connect_as(server, a)
+    sender = await a.socket()
     body = "\U0001f600" * 4000
     total = 3000
     rss_peak = rss_before
@@ -821,80 +650,76 @@ async def test_slow_reader_is_disconnected(server: Server, http: httpx.AsyncClie
 # -- sessions ends --------------------------------------------------------------------------------
 
 
-async def test_logout_closes_that_session_only(server: Server, http: httpx.AsyncClient) -> None:
-    (a,) = await users(http, 1)
-    r = await http.post("/auth/login", json={"identifier": a.username, "password": a.password})
-    assert r.status_code == 200, r.text
-    other_token = r.json()["token"]
-    first = await connect_as(server, a)
-    also_first = await connect_as(server, a)
-    other = await connect_as(server, a, token=other_token)
+async def test_logout_closes_that_session_only(server: Server) -> None:
+    (a,) = await signups(server, "a")
+    other_token = await a.login()
+    first = await a.socket()
+    also_first = await a.socket()
+    other = await a.socket(token=other_token)
     assert other.frames[0]["session_id"] != first.frames[0]["session_id"]
 
     r = await a.post("/auth/logout")
     assert r.status_code == 204, r.text
-    assert await first.closed() == 4401
-    assert await also_first.closed() == 4401
+    assert await first.wait_closed() == 4401
+    assert await also_first.wait_closed() == 4401
     await other.ping()
     # The ended session's token opens no new socket.
-    late = Sock(await open_raw(server))
+    late = await WsClient.connect(server)
     await late.send({"type": "authenticate", "token": a.token})
-    assert await late.closed() == 4401
+    assert await late.wait_closed() == 4401
     assert late.frames[0]["code"] == "unauthenticated"
     await other.close()
 
 
 async def test_frame_rate_limit(database_url: str, tmp_path: Path) -> None:
-    limited = Server(tmp_path / "data", env=server_env(database_url, SOCIALHUB_RATELIMIT_SIGNUP="off")).start()
+    limited = Server(tmp_path / "data", env=single_env(database_url, SOCIALHUB_RATELIMIT_SIGNUP="off")).start()
     try:
-        async with httpx.AsyncClient(base_url=limited.url, timeout=10) as c:
-            a, b = await users(c, 2)
-            room = await a.room(b)
-            sock = await connect_as(limited, a)
-            # 100 frames at once: the burst of 60 passes, the rest (30/s) mostly not. A
-            # send_message well past the burst is dropped: nothing is stored.
-            n, dropped = 100, 80
-            for i in range(n):
-                if i == dropped:
-                    frame = {"type": "send_message", "room_id": room, "body": "x", "client_msg_id": "d", "ref": f"r{i}"}
-                else:
-                    frame = {"type": "ping", "ref": f"r{i}"}
-                await sock.send(frame)
-            await sock.wait_frames(1 + n)
-            answered = sock.frames[1:]
-            assert len(answered) == n  # exactly one reply each
-            assert {f["ref"] for f in answered} == {f"r{i}" for i in range(n)}
-            pongs = [f for f in answered if f["type"] == "pong"]
-            refused = [f for f in answered if f["type"] == "error"]
-            assert len(pongs) + len(refused) == n
-            # The burst, and the few that the 30/s rate lets through while the rest arrive.
-            assert 60 <= len(pongs) <= 70, len(pongs)
-            assert all(f["code"] == "rate_limited" for f in refused)
-            assert [f["ref"] for f in answered[:60]] == [f"r{i}" for i in range(60)]
-            assert {"type": "error", "code": "rate_limited", "ref": f"r{dropped}"}.items() <= next(
-                f for f in answered if f["ref"] == f"r{dropped}"
-            ).items()
-            await asyncio.sleep(1.0)  # ~30 frames' worth of budget back
-            await sock.ping()
-            assert sock.close_code is None
-            r = await a.get(f"/chat/{room}/history")
-            assert r.json()["items"] == []
-            await sock.close()
+        a, b = await signups(limited, "a", "b")
+        room = await a.room(b)
+        sock = await a.socket()
+        # 100 frames at once: the burst of 60 passes, the rest (30/s) mostly not. A
+        # send_message well past the burst is dropped: nothing is stored.
+        n, dropped = 100, 80
+        for i in range(n):
+            if i == dropped:
+                frame = {"type": "send_message", "room_id": room, "body": "x", "client_msg_id": "d", "ref": f"r{i}"}
+            else:
+                frame = {"type": "ping", "ref": f"r{i}"}
+            await sock.send(frame)
+        await sock.wait_frames(1 + n)
+        answered = sock.frames[1:]
+        assert len(answered) == n  # exactly one reply each
+        assert {f["ref"] for f in answered} == {f"r{i}" for i in range(n)}
+        pongs = [f for f in answered if f["type"] == "pong"]
+        refused = [f for f in answered if f["type"] == "error"]
+        assert len(pongs) + len(refused) == n
+        # The burst, and the few that the 30/s rate lets through while the rest arrive.
+        assert 60 <= len(pongs) <= 70, len(pongs)
+        assert all(f["code"] == "rate_limited" for f in refused)
+        assert [f["ref"] for f in answered[:60]] == [f"r{i}" for i in range(60)]
+        assert {"type": "error", "code": "rate_limited", "ref": f"r{dropped}"}.items() <= next(
+            f for f in answered if f["ref"] == f"r{dropped}"
+        ).items()
+        await asyncio.sleep(1.0)  # ~30 frames' worth of budget back
+        await sock.ping()
+        assert sock.close_code is None
+        r = await a.get(f"/chat/{room}/history")
+        assert r.json()["items"] == []
+        await sock.close()
     finally:
         limited.kill()
 
 
 async def test_shutdown_closes_sockets_with_1012(database_url: str, tmp_path: Path) -> None:
-    srv = Server(tmp_path / "data", env=server_env(database_url, SOCIALHUB_RATELIMIT_ENABLED="false")).start()
+    srv = Server(tmp_path / "data", env=single_env(database_url, SOCIALHUB_RATELIMIT_ENABLED="false")).start()
     try:
-        async with httpx.AsyncClient(base_url=srv.url, timeout=10) as c:
-            a, b = await users(c, 2)
-            room = await a.room(b)
-            socks = [await connect_as(srv, a), await connect_as(srv, b)]
-            await socks[1].join(room)
-            code = await asyncio.to_thread(srv.stop)
-            assert code == 0
-            for sock in socks:
-                assert await sock.closed() == 1012
+        a, b = await signups(srv, "a", "b")
+        room = await a.room(b)
+        socks = [await a.socket(), await b.socket()]
+        await socks[1].join(room)
+        code = await asyncio.to_thread(srv.stop)
+        assert code == 0
+        for sock in socks:
+            assert await sock.wait_closed() == 1012
     finally:
         srv.kill()

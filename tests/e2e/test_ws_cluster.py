@@ -14,26 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import REDIS_URL, TEST_SECRET
-from tests.e2e.server import Server, free_port
+from tests.conftest import REDIS_URL
+from tests.e2e.server import Server, free_port, server_env, start_pair
+from tests.e2e.wsclient import User, WsClient, signup
 
-Frame = dict[str, Any]
-
+# How long a socket waits for a frame unless told: cross-instance delivery goes through
+# Redis; slack for a loaded machine.
+WAIT = 15.0
 # Presence: offline is announced `grace` (5 s) after the last socket closed, by a
 # worker that wakes for it; the rest is slack for a loaded machine.
 OFFLINE_WITHIN = 15.0
@@ -48,17 +48,12 @@ RECONNECT_WITHIN = 20.0
 
 
 def cluster_env(database_url: str, redis_url: str, prefix: str) -> dict[str, str]:
-    return {
-        "SOCIALHUB_DATABASE_URL": database_url,
-        "SOCIALHUB_REDIS_URL": redis_url,
-        "SOCIALHUB_REDIS_KEY_PREFIX": prefix,
-        "SOCIALHUB_AUTH_JWT_SECRET": TEST_SECRET,
-        "SOCIALHUB_RATELIMIT_ENABLED": "false",
-        "SOCIALHUB_KAFKA_BOOTSTRAP_SERVERS": "",
-        "SOCIALHUB_AUTH_ARGON2_TIME_COST": "1",
-        "SOCIALHUB_AUTH_ARGON2_MEMORY_KIB": "1024",
-        "SOCIALHUB_AUTH_ARGON2_PARALLELISM": "1",
-    }
+    return server_env(
+        database_url,
+        SOCIALHUB_REDIS_URL=redis_url,
+        SOCIALHUB_REDIS_KEY_PREFIX=prefix,
+        SOCIALHUB_RATELIMIT_ENABLED="false",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +64,7 @@ def env(database_url: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def pair(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     """Instances A and B, shared by the tests that do not kill anything."""
-    root = tmp_path_factory.mktemp("cluster")
-    a = Server(root / "a", env).start()
-    try:
-        b = Server(root / "b", env).start()
-    except BaseException:
-        a.kill()
-        raise
+    a, b = start_pair(tmp_path_factory.mktemp("cluster"), env)
     yield a, b
     for server in (a, b):
         server.kill()
@@ -84,150 +73,10 @@ def pair(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Itera
 # -- clients ------------------------------------------------------------------------------
 
 
-class User:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.id: str = body["user"]["id"]
-        self.token: str = body["token"]
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-async def signup(server: Server, name: str) -> User:
-    u = f"{name}_{secrets.token_hex(4)}"
-    body = {"name": name, "email": f"{u}@example.test", "username": u, "password": "pass word 1"}
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
-        r = await c.post("/auth/signup", json=body)
-    assert r.status_code == 201, r.text
-    return User(r.json())
-
-
-async def make_room(server: Server, owner: User, *others: User, name: str | None = None) -> str:
-    body: dict[str, Any] = {"members": [o.id for o in others]} | ({"name": name} if name else {})
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
-        r = await c.post("/chat/rooms", json=body, headers=owner.auth)
-    assert r.status_code in (200, 201), r.text
-    room_id: str = r.json()["id"]
-    return room_id
-
-
-class Socket:
-    """A `websockets` client whose reader keeps every frame; tests pick what they expect."""
-
-    def __init__(self, ws: ClientConnection, label: str) -> None:
-        self.ws = ws
-        self.label = label
-        self.frames: list[Frame] = []  # not yet taken by expect()
-        self.messages: dict[str, list[Frame]] = {}  # room -> every new_message, in arrival order
-        self.closed = asyncio.Event()
-        self._arrived = asyncio.Event()
-        self._reader = asyncio.create_task(self._read())
-
-    @classmethod
-    async def open(cls, server: Server, user: User, label: str = "") -> Socket:
-        ws = await connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=10, max_queue=None)
-        sock = cls(ws, label or f"{user.id}@{server.port}")
-        await sock.send(type="authenticate", token=user.token)
-        hello = await sock.expect("authenticated")
-        assert hello["user_id"] == user.id
-        return sock
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self.ws:
-                frame: Frame = json.loads(raw)
-                if frame.get("type") == "new_message":
-                    message = frame["message"]
-                    self.messages.setdefault(message["room_id"], []).append(message)
-                self.frames.append(frame)
-                self._arrived.set()
-        except ConnectionClosed:
-            pass
-        finally:
-            self.closed.set()
-            self._arrived.set()
-
-    @property
-    def close_code(self) -> int | None:
-        return self.ws.close_code
-
-    def seqs(self, room_id: str) -> list[int]:
-        return [m["seq"] for m in self.messages.get(room_id, [])]
-
-    async def send(self, **frame: Any) -> None:
-        await self.ws.send(json.dumps(frame))
-
-    async def expect(self, kind: str, timeout: float = 10, where: Callable[[Frame], bool] | None = None) -> Frame:
-        """Take the first frame of `kind` (that `where` accepts), waiting up to `timeout`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            for i, frame in enumerate(self.frames):
-                if frame.get("type") == kind and (where is None or where(frame)):
-                    return self.frames.pop(i)
-            remaining = deadline - loop.time()
-            if self.closed.is_set() or remaining <= 0:
-                state = f"closed with {self.close_code}" if self.closed.is_set() else "open"
-                raise AssertionError(f"{self.label} ({state}): no {kind} frame; got {self.frames[-10:]}")
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-
-    async def wait_seqs(self, room_id: str, count: int, timeout: float = 15) -> list[int]:
-        """Wait until `count` new_message frames of the room arrived (or time out)."""
-        end = time.monotonic() + timeout
-        while len(self.seqs(room_id)) < count and time.monotonic() < end and not self.closed.is_set():
-            await asyncio.sleep(0.02)
-        return self.seqs(room_id)
-
-    async def join(self, room_id: str, since_seq: int | None = None) -> int:
-        frame: Frame = {"room_id": room_id, "ref": f"join-{room_id}"}
-        if since_seq is not None:
-            frame["since_seq"] = since_seq
-        await self.send(type="join_room", **frame)
-        joined = await self.expect("joined", where=lambda f: f["room_id"] == room_id)
-        last_seq: int = joined["last_seq"]
-        return last_seq
-
-    async def say(self, room_id: str, body: str, timeout: float = 10) -> Frame:
-        """send_message and wait for its ack; the stored message."""
-        ref = "c" + secrets.token_hex(6)
-        await self.send(type="send_message", room_id=room_id, body=body, client_msg_id=ref, ref=ref)
-        ack = await self.expect("ack", timeout, where=lambda f: f.get("ref") == ref)
-        message: Frame = ack["message"]
-        assert message["client_msg_id"] == ref and message["body"] == body
-        return message
-
-    async def wait_closed(self, timeout: float) -> int | None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.closed.wait(), timeout)
-        return self.close_code
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close()
-        with contextlib.suppress(Exception):
-            await self._reader
-
-
-@pytest.fixture
-async def sockets() -> AsyncIterator[list[Socket]]:
-    """Every socket a test opens, closed after it whatever happened."""
-    opened: list[Socket] = []
-    yield opened
-    await asyncio.gather(*(s.close() for s in opened))
-
-
-async def opened(into: list[Socket], server: Server, user: User, label: str = "") -> Socket:
-    sock = await Socket.open(server, user, label)
+async def opened(into: list[WsClient], server: Server, user: User, label: str) -> WsClient:
+    sock = await user.socket(server, label=label, timeout=WAIT)
     into.append(sock)
     return sock
-
-
-async def get(server: Server, path: str, user: User | None = None) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
-        return await c.get(path, headers=user.auth if user else None)
 
 
 async def room_rows(database_url: str, room_id: str) -> list[asyncpg.Record]:
@@ -244,15 +93,15 @@ async def room_rows(database_url: str, room_id: str) -> list[asyncpg.Record]:
 
 
 async def test_chat_typing_receipts_presence_and_notifications_cross_instances(
-    pair: tuple[Server, Server], sockets: list[Socket]
+    pair: tuple[Server, Server], sockets: list[WsClient]
 ) -> None:
     a, b = pair
     alice, bob, carol, dave = [await signup(a, n) for n in ("alice", "bob", "carol", "dave")]
-    room = await make_room(a, alice, bob)
+    room = await alice.room(bob)
     on_a = await opened(sockets, a, alice, "alice@A")
     on_b = await opened(sockets, b, bob, "bob@B")
-    assert await on_a.join(room, since_seq=0) == 0
-    assert await on_b.join(room, since_seq=0) == 0
+    assert (await on_a.join(room, since_seq=0))["last_seq"] == 0
+    assert (await on_b.join(room, since_seq=0))["last_seq"] == 0
 
     # Messages, both ways.
     first = await on_a.say(room, "hello from A")
@@ -265,47 +114,46 @@ async def test_chat_typing_receipts_presence_and_notifications_cross_instances(
     assert await on_a.wait_seqs(room, 2) == [1, 2] and await on_b.wait_seqs(room, 2) == [1, 2]
 
     # Typing, both ways; B's `true` is left to expire by itself (checked at the end).
-    await on_a.send(type="typing", room_id=room, state=True)
+    await on_a.send({"type": "typing", "room_id": room, "state": True})
     t = await on_b.expect("typing")
     assert t == {"type": "typing", "room_id": room, "user_id": alice.id, "state": True}
-    await on_a.send(type="typing", room_id=room, state=False)
+    await on_a.send({"type": "typing", "room_id": room, "state": False})
     t = await on_b.expect("typing")
     assert t["state"] is False and t["user_id"] == alice.id
-    await on_b.send(type="typing", room_id=room, state=True)
+    await on_b.send({"type": "typing", "room_id": room, "state": True})
     typing_since = time.monotonic()
     t = await on_a.expect("typing")
     assert t == {"type": "typing", "room_id": room, "user_id": bob.id, "state": True}
 
     # Read receipts, both ways, and stored (unread counts, asked of the other instance).
-    r = await get(a, "/chat/rooms", alice)
+    r = await alice.get("/chat/rooms", server=a)
     assert [(x["id"], x["unread_count"]) for x in r.json()["items"]] == [(room, 1)]
-    await on_a.send(type="read", room_id=room, seq=2)
+    await on_a.send({"type": "read", "room_id": room, "seq": 2})
     receipt = await on_b.expect("read")
     assert receipt == {"type": "read", "room_id": room, "user_id": alice.id, "seq": 2}
-    await on_b.send(type="read", room_id=room, seq=2)
+    await on_b.send({"type": "read", "room_id": room, "seq": 2})
     receipt = await on_a.expect("read")
     assert receipt == {"type": "read", "room_id": room, "user_id": bob.id, "seq": 2}
-    r = await get(b, "/chat/rooms", alice)
+    r = await alice.get("/chat/rooms", server=b)
     assert [(x["id"], x["unread_count"]) for x in r.json()["items"]] == [(room, 0)]
-    assert not [f for f in on_a.frames if f["type"] in ("typing", "read") and f["user_id"] == alice.id]
+    assert not [f for f in on_a.pending() if f["type"] in ("typing", "read") and f["user_id"] == alice.id]
 
     # Presence: watched on A, the user comes and goes on B.
-    await on_a.send(type="subscribe_presence", user_ids=[carol.id])
-    p = await on_a.expect("presence", where=lambda f: f["user_id"] == carol.id)
+    await on_a.send({"type": "subscribe_presence", "user_ids": [carol.id]})
+    p = await on_a.expect("presence", user_id=carol.id)
     assert p["status"] == "offline"
     carol_b = await opened(sockets, b, carol, "carol@B")
-    p = await on_a.expect("presence", where=lambda f: f["user_id"] == carol.id)
+    p = await on_a.expect("presence", user_id=carol.id)
     assert p["status"] == "online"
-    assert (await get(a, f"/users/{carol.id}/presence", alice)).json()["status"] == "online"
+    assert (await alice.get(f"/users/{carol.id}/presence", server=a)).json()["status"] == "online"
 
     # A notification made by an action on A reaches the user's socket on B.
-    async with httpx.AsyncClient(base_url=a.url, timeout=10) as c:
-        assert (await c.post(f"/users/follow/{carol.id}", headers=dave.auth)).status_code == 200
+    assert (await dave.post(f"/users/follow/{carol.id}")).status_code == 200
     note = await carol_b.expect("notification", timeout=15)
     assert note["notification"]["type"] == "follow" and note["notification"]["actor"]["id"] == dave.id
 
     # `message` notifications go to members with no socket in the room, wherever they are.
-    group = await make_room(a, alice, bob, carol, name="group")
+    group = await alice.room(bob, carol, name="group")
     await on_a.join(group)
     sent = await on_a.say(group, "anyone?")
     note = await carol_b.expect("notification", timeout=15)
@@ -316,11 +164,11 @@ async def test_chat_typing_receipts_presence_and_notifications_cross_instances(
 
     closed_at = time.monotonic()
     await carol_b.close()
-    p = await on_a.expect("presence", timeout=OFFLINE_WITHIN, where=lambda f: f["user_id"] == carol.id)
+    p = await on_a.expect("presence", timeout=OFFLINE_WITHIN, user_id=carol.id)
     assert p["status"] == "offline" and p["last_seen"] is not None
     # No flapping: "offline" comes after the grace, not at once.
     assert time.monotonic() - closed_at >= 4.0
-    assert not [f for f in on_a.frames if f["type"] == "presence"]
+    assert not [f for f in on_a.pending() if f["type"] == "presence"]
 
     # B's `typing true` expired by itself on its own instance and that crossed to A.
     left = TYPING_EXPIRES + 5 - (time.monotonic() - typing_since)
@@ -329,11 +177,11 @@ async def test_chat_typing_receipts_presence_and_notifications_cross_instances(
 
 
 async def test_replay_after_reconnecting_to_the_other_instance(
-    pair: tuple[Server, Server], sockets: list[Socket]
+    pair: tuple[Server, Server], sockets: list[WsClient]
 ) -> None:
     a, b = pair
     alice, bob = await signup(a, "alice"), await signup(b, "bob")
-    room = await make_room(b, bob, alice)
+    room = await bob.room(alice)
     bob_b = await opened(sockets, b, bob, "bob@B")
     await bob_b.join(room)
     alice_a = await opened(sockets, a, alice, "alice@A")
@@ -347,9 +195,9 @@ async def test_replay_after_reconnecting_to_the_other_instance(
     for i in range(k + 1, n + 1):
         await bob_b.say(room, f"m{i}")
     alice_b = await opened(sockets, b, alice, "alice@B")
-    assert await alice_b.join(room, since_seq=k) == n
+    assert (await alice_b.join(room, since_seq=k))["last_seq"] == n
     assert await alice_b.wait_seqs(room, n - k) == list(range(k + 1, n + 1))
-    assert [m["body"] for m in alice_b.messages[room]] == [f"m{i}" for i in range(k + 1, n + 1)]
+    assert [m["body"] for m in alice_b.messages(room)] == [f"m{i}" for i in range(k + 1, n + 1)]
 
     # Then the live stream, from both instances.
     bob_a = await opened(sockets, a, bob, "bob@A")
@@ -362,51 +210,54 @@ async def test_replay_after_reconnecting_to_the_other_instance(
 
 
 async def test_non_member_can_neither_join_read_nor_send_on_either_instance(
-    pair: tuple[Server, Server], sockets: list[Socket], database_url: str
+    pair: tuple[Server, Server], sockets: list[WsClient], database_url: str
 ) -> None:
     a, b = pair
     alice, bob, mallory = await signup(a, "alice"), await signup(a, "bob"), await signup(b, "mallory")
-    room = await make_room(a, alice, bob)
+    room = await alice.room(bob)
     alice_a = await opened(sockets, a, alice, "alice@A")
     await alice_a.join(room)
     await alice_a.say(room, "members only")
     intruders = [await opened(sockets, server, mallory, f"mallory@{name}") for name, server in (("A", a), ("B", b))]
     for server, sock in zip(pair, intruders, strict=True):
-        await sock.send(type="join_room", room_id=room, since_seq=0, ref="j")
-        err = await sock.expect("error", where=lambda f: f.get("ref") == "j")
+        await sock.send({"type": "join_room", "room_id": room, "since_seq": 0, "ref": "j"})
+        err = await sock.expect("error", ref="j")
         assert err["code"] == "forbidden"
-        await sock.send(type="send_message", room_id=room, body="let me in", client_msg_id="x", ref="s")
-        err = await sock.expect("error", where=lambda f: f.get("ref") == "s")
+        await sock.send(
+            {"type": "send_message", "room_id": room, "body": "let me in", "client_msg_id": "x", "ref": "s"}
+        )
+        err = await sock.expect("error", ref="s")
         assert err["code"] == "forbidden"
-        await sock.send(type="typing", room_id=room, state=True, ref="t")
-        assert (await sock.expect("error", where=lambda f: f.get("ref") == "t"))["code"] == "forbidden"
-        await sock.send(type="read", room_id=room, seq=1, ref="r")
-        assert (await sock.expect("error", where=lambda f: f.get("ref") == "r"))["code"] == "forbidden"
-        r = await get(server, f"/chat/{room}/history", mallory)
+        await sock.send({"type": "typing", "room_id": room, "state": True, "ref": "t"})
+        assert (await sock.expect("error", ref="t"))["code"] == "forbidden"
+        await sock.send({"type": "read", "room_id": room, "seq": 1, "ref": "r"})
+        assert (await sock.expect("error", ref="r"))["code"] == "forbidden"
+        r = await mallory.get(f"/chat/{room}/history", server=server)
         assert r.status_code == 403, r.text
         assert r.json()["error"]["code"] == "forbidden"
     # The refused join streams nothing; the refused send stored nothing.
     await alice_a.say(room, "still members only")
     await asyncio.sleep(0.5)
     for sock in intruders:
-        assert not sock.messages and not [f for f in sock.frames if f["type"] in ("new_message", "typing", "read")]
-        assert not sock.closed.is_set()
+        assert not sock.matching("new_message")
+        assert not [f for f in sock.pending() if f["type"] in ("new_message", "typing", "read")]
+        assert not sock.reader.done()
     assert [r["seq"] for r in await room_rows(database_url, room)] == [1, 2]
-    assert (await get(b, f"/chat/{room}/history", bob)).status_code == 200
+    assert (await bob.get(f"/chat/{room}/history", server=b)).status_code == 200
 
 
 # -- an instance killed mid-burst ---------------------------------------------------------------
 
 
 async def test_instance_killed_mid_burst_loses_and_doubles_nothing(
-    pair: tuple[Server, Server], env: dict[str, str], tmp_path: Path, sockets: list[Socket], database_url: str
+    pair: tuple[Server, Server], env: dict[str, str], tmp_path: Path, sockets: list[WsClient], database_url: str
 ) -> None:
     _, b = pair
     # The victim is a third instance, so the pair stays up for the other tests.
     victim = await asyncio.to_thread(Server(tmp_path / "victim", env).start)
     try:
         sender, r1, r2 = await signup(b, "sender"), await signup(b, "r_one"), await signup(b, "r_two")
-        room = await make_room(b, sender, r1, r2, name="burst")
+        room = await sender.room(r1, r2, name="burst")
         recv_victim = await opened(sockets, victim, r1, "r1@victim")
         recv_b = await opened(sockets, b, r2, "r2@B")
         await recv_victim.join(room, since_seq=0)
@@ -415,29 +266,29 @@ async def test_instance_killed_mid_burst_loses_and_doubles_nothing(
         # A user whose only socket is on the victim: the survivors must not keep them online.
         ghost = await signup(b, "ghost")
         await opened(sockets, victim, ghost, "ghost@victim")
-        await recv_b.send(type="subscribe_presence", user_ids=[ghost.id])
-        assert (await recv_b.expect("presence", where=lambda f: f["user_id"] == ghost.id))["status"] == "online"
+        await recv_b.send({"type": "subscribe_presence", "user_ids": [ghost.id]})
+        assert (await recv_b.expect("presence", user_id=ghost.id))["status"] == "online"
 
         ids = [f"burst-{i:03d}" for i in range(BURST)]
         acked: dict[str, int] = {}
 
-        def take_acks(sock: Socket) -> None:
-            for f in list(sock.frames):
+        def take_acks(sock: WsClient) -> None:
+            for f in sock.pending():
+                assert f["type"] != "error", f
                 if f["type"] == "ack" and f.get("ref") in ids:
                     acked[f["ref"]] = f["message"]["seq"]
-                    sock.frames.remove(f)
-                else:
-                    assert f["type"] != "error", f
 
         async def burst() -> None:
             with contextlib.suppress(ConnectionClosed):
                 for i, cid in enumerate(ids):
-                    await out.send(type="send_message", room_id=room, body=f"#{i}", client_msg_id=cid, ref=cid)
+                    await out.send(
+                        {"type": "send_message", "room_id": room, "body": f"#{i}", "client_msg_id": cid, "ref": cid}
+                    )
 
         sending = asyncio.create_task(burst())
         # Kill once the server is well into the burst (acks flowing), not before.
         end = time.monotonic() + 20
-        while len([f for f in out.frames if f["type"] == "ack"]) < BURST // 4:
+        while len(out.matching("ack")) < BURST // 4:
             assert time.monotonic() < end, "the burst is not being acked"
             await asyncio.sleep(0.002)
         await asyncio.to_thread(victim.kill)
@@ -454,7 +305,8 @@ async def test_instance_killed_mid_burst_loses_and_doubles_nothing(
         await resumed.join(room, since_seq=seen_before[-1] if seen_before else 0)
         retry = [cid for cid in ids if cid not in acked]
         for cid in retry:
-            await out_b.send(type="send_message", room_id=room, body=f"#{ids.index(cid)}", client_msg_id=cid, ref=cid)
+            body = f"#{ids.index(cid)}"
+            await out_b.send({"type": "send_message", "room_id": room, "body": body, "client_msg_id": cid, "ref": cid})
         end = time.monotonic() + 20
         while len(acked) < BURST:
             take_acks(out_b)
@@ -475,15 +327,15 @@ async def test_instance_killed_mid_burst_loses_and_doubles_nothing(
         assert recv_b.seqs(room) == everything and seen_before + resumed.seqs(room) == everything
 
         # The victim's heartbeat lapses; a survivor sweeps its users and announces them offline.
-        gone = await recv_b.expect("presence", timeout=DEAD_INSTANCE_OFFLINE, where=lambda f: f["user_id"] == ghost.id)
+        gone = await recv_b.expect("presence", timeout=DEAD_INSTANCE_OFFLINE, user_id=ghost.id)
         assert gone["status"] == "offline"
-        assert (await get(b, f"/users/{ghost.id}/presence", r2)).json()["status"] == "offline"
+        assert (await r2.get(f"/users/{ghost.id}/presence", server=b)).json()["status"] == "offline"
     finally:
         victim.kill()
 
 
 async def test_a_message_committed_by_an_instance_that_died_before_relaying_it_is_delivered(
-    pair: tuple[Server, Server], sockets: list[Socket], database_url: str
+    pair: tuple[Server, Server], sockets: list[WsClient], database_url: str
 ) -> None:
     """The window a SIGKILL can hit between the commit and the publish, made certain: the
     row is committed as the dying instance would have, and nothing was relayed. The
@@ -491,7 +343,7 @@ async def test_a_message_committed_by_an_instance_that_died_before_relaying_it_i
     room get the message (once), not only whoever happens to resume later."""
     a, b = pair
     sender, receiver = await signup(a, "sender"), await signup(b, "receiver")
-    room = await make_room(a, sender, receiver)
+    room = await sender.room(receiver)
     on_b = await opened(sockets, b, receiver, "receiver@B")
     on_a = await opened(sockets, a, receiver, "receiver@A")
     await on_b.join(room, since_seq=0)
@@ -507,20 +359,24 @@ async def test_a_message_committed_by_an_instance_that_died_before_relaying_it_i
             await conn.execute(
                 "INSERT INTO messages (room_id, seq, sender_id, body, client_msg_id) VALUES ($1, $2, $3, $4, $5)",
                 int(room), seq, int(sender.id), "never relayed", "lost-ack",
-            )
+            )  # fmt: skip
     finally:
         await conn.close()
     assert seq == 2
-    await out.send(type="send_message", room_id=room, body="never relayed", client_msg_id="lost-ack", ref="retry")
-    ack = await out.expect("ack", where=lambda f: f.get("ref") == "retry")
+    await out.send(
+        {"type": "send_message", "room_id": room, "body": "never relayed", "client_msg_id": "lost-ack", "ref": "retry"}
+    )
+    ack = await out.expect("ack", ref="retry")
     assert ack["message"]["seq"] == 2 and ack["message"]["client_msg_id"] == "lost-ack"
     for sock in (on_a, on_b):
         assert await sock.wait_seqs(room, 2, timeout=5) == [1, 2], sock.label
     await out.say(room, "third")
     for sock in (on_a, on_b):
         assert await sock.wait_seqs(room, 3) == [1, 2, 3], sock.label
-    await out.send(type="send_message", room_id=room, body="never relayed", client_msg_id="lost-ack", ref="again")
-    assert (await out.expect("ack", where=lambda f: f.get("ref") == "again"))["message"]["seq"] == 2
+    await out.send(
+        {"type": "send_message", "room_id": room, "body": "never relayed", "client_msg_id": "lost-ack", "ref": "again"}
+    )
+    assert (await out.expect("ack", ref="again"))["message"]["seq"] == 2
     await asyncio.sleep(0.3)
     assert on_a.seqs(room) == on_b.seqs(room) == [1, 2, 3], "a resend was delivered twice"
 
@@ -548,7 +404,7 @@ class PrivateRedis:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )
+            )  # fmt: skip
         end = time.monotonic() + 10
         while time.monotonic() < end:
             assert self.proc.poll() is None, self.log.read_text()
@@ -575,7 +431,8 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 async def readiness(server: Server) -> int:
     try:
-        return (await get(server, "/readyz")).status_code
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+            return (await c.get("/readyz")).status_code
     except httpx.HTTPError:
         return 0
 
@@ -588,7 +445,7 @@ async def until(what: str, check: Callable[[], Any], timeout: float) -> None:
 
 
 async def test_redis_restart_mid_conversation_is_never_a_silent_stop(
-    database_url: str, private_redis: PrivateRedis, tmp_path: Path, sockets: list[Socket]
+    database_url: str, private_redis: PrivateRedis, tmp_path: Path, sockets: list[WsClient]
 ) -> None:
     env = cluster_env(database_url, private_redis.url, f"shws:{secrets.token_hex(4)}:")
     servers = [Server(tmp_path / "ra", env), Server(tmp_path / "rb", env)]
@@ -596,7 +453,7 @@ async def test_redis_restart_mid_conversation_is_never_a_silent_stop(
     try:
         await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
         alice, bob = await signup(a, "alice"), await signup(b, "bob")
-        room = await make_room(a, alice, bob)
+        room = await alice.room(bob)
         on_a = await opened(sockets, a, alice, "alice@A")
         on_b = await opened(sockets, b, bob, "bob@B")
         await on_a.join(room, since_seq=0)
@@ -634,7 +491,7 @@ async def test_redis_restart_mid_conversation_is_never_a_silent_stop(
         for old, new in ((on_a, resumed_a), (on_b, resumed_b)):
             seen = old.seqs(room)
             assert seen == list(range(1, len(seen) + 1)), f"{old.label}: {seen}"
-            assert await new.join(room, since_seq=seen[-1]) == 4
+            assert (await new.join(room, since_seq=seen[-1]))["last_seq"] == 4
             assert seen + await new.wait_seqs(room, 4 - len(seen)) == [1, 2, 3, 4]
 
         # Live delivery across instances works again, with no server restarted.
@@ -644,9 +501,9 @@ async def test_redis_restart_mid_conversation_is_never_a_silent_stop(
         m = await resumed_b.say(room, "after, from A")
         got = await resumed_a.expect("new_message", where=lambda f: f["message"]["seq"] == 6)
         assert got["message"] == m
-        await resumed_b.send(type="typing", room_id=room, state=True)
+        await resumed_b.send({"type": "typing", "room_id": room, "state": True})
         assert (await resumed_a.expect("typing"))["user_id"] == bob.id
-        await resumed_a.send(type="subscribe_presence", user_ids=[bob.id])
+        await resumed_a.send({"type": "subscribe_presence", "user_ids": [bob.id]})
         assert (await resumed_a.expect("presence"))["status"] == "online"
         for server in servers:
             assert server.proc is not None and server.proc.poll() is None
