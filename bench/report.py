@@ -24,6 +24,7 @@ class Comparison(msgspec.Struct, frozen=True):
     socialhub: float
     ceiling: float
     higher_is_better: bool = True
+    unit: str | None = None  # printed after both figures; None: " ms" when lower is better, else none
 
     @property
     def fraction(self) -> float | None:
@@ -59,7 +60,7 @@ def fraction(value: float, ceiling: float, higher_is_better: bool = True) -> flo
 def format_fraction(c: Comparison) -> str:
     f = c.fraction
     share = f"{f:.0%}" if f is not None else "n/a"
-    unit = "" if c.higher_is_better else " ms"
+    unit = c.unit if c.unit is not None else ("" if c.higher_is_better else " ms")
     return f"{c.what}: socialhub {c.socialhub:.1f}{unit} vs ceiling {c.ceiling:.1f}{unit} = {share} of the ceiling"
 
 
@@ -172,27 +173,90 @@ def write_json(report: Report, path: Path) -> None:
     path.write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
 
 
-def plot(path: Path, title: str, series: dict[str, list[tuple[float, float]]]) -> str:
-    """Latency over time, one colour per phase: a PNG at `path`; what was done, as text."""
+Series = dict[str, list[tuple[float, float]]]  # phase -> (seconds into its window, latency s)
+
+
+def panel_title(name: str, result: PhaseResult | None, plotted: int, ceiling: bool = False) -> str:
+    """A plot panel's title: the phase, its throughput and load, and how much of it is drawn."""
+    name = f"ceiling: {name}" if ceiling else name
+    if result is None:
+        return f"{name}: {plotted} requests"
+    shown = "all plotted" if plotted >= result.ok else f"{plotted} of them plotted, evenly spaced"
+    return (
+        f"{name}: {result.throughput_rps:.1f} req/s at {result.concurrency} in flight, {result.ok} requests ({shown})"
+    )
+
+
+def point_alpha(points: int) -> float:
+    """Nearly opaque for a few hundred points, lighter for tens of thousands, so that dense
+    bands show as darker without hiding the sparse tail."""
+    return min(0.8, max(0.15, 1000 / max(points, 1)))
+
+
+def plot(path: Path, report: Report, series: Series) -> str:
+    """Latency of every request over its phase's window: a PNG at `path`; what was done, as text.
+
+    One panel per phase (socialhub's, then the ceiling's), since each phase has its own
+    measured window; one log latency axis in ms shared by all panels, so that they
+    compare; p50 and p99 of the whole phase (every request, not only those drawn) as lines.
+    """
+    drawn = {name: samples for name, samples in series.items() if samples}
+    if not drawn:
+        return f"plot skipped: {report.scenario} records no per-request latencies (see its table and JSON)"
     try:
         import matplotlib  # type: ignore[import-not-found,unused-ignore]
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+        from matplotlib.ticker import FuncFormatter  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return "plot skipped: matplotlib is not installed (pip install -e '.[bench]')"
-    fig, ax = plt.subplots(figsize=(10, 5))
-    for name, samples in series.items():
-        if samples:
-            ax.scatter([t for t, _ in samples], [lat * 1000 for _, lat in samples], s=2, alpha=0.4, label=name)
-    ax.set_yscale("log")
-    ax.set_xlabel("seconds into the measured window")
-    ax.set_ylabel("latency, ms (log)")
-    ax.set_title(title)
-    ax.legend(markerscale=6)
-    fig.tight_layout()
+    results = {r.name: r for r in [*report.phases, *report.ceiling]}
+    ceilings = {r.name for r in report.ceiling}
+    fig, axes = plt.subplots(
+        len(drawn), 1, figsize=(11, 1.2 + 2.4 * len(drawn)), sharey=True, squeeze=False, layout="constrained"
+    )
+    low = max(1e-3, min(lat for samples in drawn.values() for _, lat in samples) * 1000)  # a log axis: > 0
+    high = max(lat for samples in drawn.values() for _, lat in samples) * 1000
+    for n, (ax, (name, samples)) in enumerate(zip(axes[:, 0], drawn.items(), strict=True)):
+        result = results.get(name)
+        colour = f"C{n}"
+        ax.scatter(
+            [t for t, _ in samples],
+            [lat * 1000 for _, lat in samples],
+            s=3,
+            alpha=point_alpha(len(samples)),
+            color=colour,
+            linewidths=0,
+            rasterized=True,
+        )
+        summary = result.latency if result is not None else None
+        if summary is not None:
+            for value, style, label in ((summary.p50_ms, "--", "p50"), (summary.p99_ms, ":", "p99")):
+                ax.axhline(value, color="black", linestyle=style, linewidth=1)
+                ax.annotate(
+                    f"{label} {value:.3g} ms",
+                    (1.0, value),
+                    xycoords=("axes fraction", "data"),
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=9,
+                )
+        duration = result.duration_s if result is not None else max(t for t, _ in samples)
+        ax.set_xlim(0, duration)
+        title = panel_title(name, result, len(samples), ceiling=name in ceilings)
+        ax.set_title(title, loc="left", fontsize=10, color=colour)
+        ax.set_ylabel("latency, ms")
+        ax.grid(True, which="major", axis="both", alpha=0.3)
+    ax0 = axes[0, 0]
+    ax0.set_yscale("log")
+    ax0.set_ylim(low / 1.5, high * 1.5)
+    ax0.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axes[-1, 0].set_xlabel("seconds into the phase's measured window (phases ran one after another)")
+    fig.suptitle(f"socialhub bench {report.scenario}, {report.started_at}: latency of each request", fontsize=12)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return f"plot written to {path}"
 

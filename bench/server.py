@@ -2,6 +2,8 @@
 
 `SpawnedServer` runs the server on a free port with a throw-away data dir (embedded
 PostgreSQL, rate limits off) and stops it with SIGTERM, as an operator would.
+`ThrowawayDatabase` makes a database of its own on a given PostgreSQL for one run (a
+shared database such as `test` is other people's: a benchmark never writes there).
 `ServerWatch` reads CPU time and memory of the server process and of the embedded
 PostgreSQL cluster, which `pg_ctl` detaches from the server (its postmaster is not a
 child of the server process), so it is found by its data directory instead.
@@ -9,9 +11,11 @@ child of the server process), so it is found by its data directory instead.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,7 +24,9 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
@@ -58,6 +64,43 @@ class ServerUsage(msgspec.Struct, frozen=True):
 
 class ServerStartError(RuntimeError):
     pass
+
+
+class ThrowawayDatabase:
+    """A database created on the PostgreSQL of `admin_url` for one run, dropped after
+    (unless `keep`); `url` is the same URL pointing at it."""
+
+    def __init__(self, admin_url: str, prefix: str = "socialhub_bench_", keep: bool = False) -> None:
+        self.admin_url = admin_url
+        self.name = prefix + secrets.token_hex(4)
+        self.url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{self.name}"))
+        self.keep = keep
+        self._created = False
+
+    def create(self) -> str:
+        asyncio.run(_admin(self.admin_url, f'CREATE DATABASE "{self.name}"'))
+        self._created = True
+        return self.url
+
+    def drop(self) -> None:
+        if self._created and not self.keep:
+            asyncio.run(_admin(self.admin_url, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self._created = False
+
+    def __enter__(self) -> ThrowawayDatabase:
+        self.create()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.drop()
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 def free_port() -> int:

@@ -11,18 +11,16 @@ broker and points the server at it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import asyncpg
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from bench.server import ServerWatch, SpawnedServer
+from bench.server import ServerWatch, SpawnedServer, ThrowawayDatabase
 
 
 class TargetError(RuntimeError):
@@ -54,7 +52,7 @@ class Target:
         self.secret: str | None = None
         self.watch: ServerWatch | None = None
         self.description = ""
-        self._db_name: str | None = None
+        self._db: ThrowawayDatabase | None = None
         self._broker: Any = None
         self._broker_dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -78,10 +76,9 @@ class Target:
         env = {"SOCIALHUB_AUTH_JWT_SECRET": self.secret}
         parts = ["started by the benchmark", "rate limits off"]
         if a.database_url:
-            self._db_name = "socialhub_bench_" + secrets.token_hex(4)
-            asyncio.run(_admin(a.database_url, f'CREATE DATABASE "{self._db_name}"'))
-            env["SOCIALHUB_DATABASE_URL"] = self.db_url = _with_database(a.database_url, self._db_name)
-            parts.append(f"PostgreSQL {urlsplit(a.database_url).netloc} (throw-away database {self._db_name})")
+            self._db = ThrowawayDatabase(a.database_url)
+            env["SOCIALHUB_DATABASE_URL"] = self.db_url = self._db.create()
+            parts.append(f"PostgreSQL {urlsplit(a.database_url).netloc} (throw-away database {self._db.name})")
         else:
             parts.append("embedded PostgreSQL")
         if a.redis:
@@ -131,9 +128,9 @@ class Target:
         if self._broker_dir is not None:
             self._broker_dir.cleanup()
             self._broker_dir = None
-        if self._db_name is not None:
-            asyncio.run(_admin(self.args.database_url, f'DROP DATABASE IF EXISTS "{self._db_name}" WITH (FORCE)'))
-            self._db_name = None
+        if self._db is not None:
+            self._db.drop()
+            self._db = None
 
 
 class LocalPostgresWatch(ServerWatch):
@@ -147,21 +144,9 @@ class LocalPostgresWatch(ServerWatch):
         return [p for p in psutil.process_iter(["name"]) if p.info["name"] in ("postgres", "postmaster")]
 
 
-def _with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
 def _embedded_url(pgdata: Path) -> str | None:
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
     except OSError:
         return None
     return f"postgresql://postgres@/postgres?host={lines[4].strip()}&port={lines[3].strip()}"
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()

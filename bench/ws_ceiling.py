@@ -1,22 +1,35 @@
-"""send -> receive through the bare `websockets` relay (bench.ceiling ws): the WebSocket ceiling.
+"""The WebSocket ceilings: bare `websockets` servers (bench.ceiling) under the same load.
 
-The same shape as `bench.ws_bench chat`/`fanout`: one sender, `members` receivers in
-separate processes, `messages` sends at `interval`. A message carries its send time on
-the monotonic clock (one clock for every process of the machine), so each receiver
-computes the latency when the frame arrives.
+`measure`: send -> receive through the bare relay (`bench.ceiling ws`), the same shape
+as `bench.ws_bench chat`/`fanout`: one sender, `members` receivers in separate
+processes, `messages` sends at `interval`. A message carries its send time on the
+monotonic clock (one clock for every process of the machine), so each receiver computes
+the latency when the frame arrives.
+
+`measure_idle`: `bench.ws_bench idle`'s own client processes and measurement
+(`bench.ws.idle.run_idle`) against the bare idle server (`bench.ceiling ws-idle`): the
+same number of sockets, each sending an `authenticate` frame with a token of a real
+token's size and waiting for `authenticated`, then one `ping`; RSS per socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import secrets
 import time
 import traceback
 from multiprocessing.connection import Connection
 
 import msgspec
 
+from bench.ceiling import CeilingServer
 from bench.stats import LatencySummary, split_evenly, summarize
+from bench.ws.idle import run_idle
+from bench.ws.report import Report
+from bench.ws.servers import Target
+from bench.ws.workers import raise_nofile
+from socialhub.services.tokens import TokenCodec
 
 CONNECT_CONCURRENCY = 100
 
@@ -118,3 +131,20 @@ def measure(port: int, members: int, messages: int, interval: float, warmup: int
         each_delivery=summarize(lat for n in measured for lat in merged.get(n, [])),
         lost=sum(members - len(merged.get(n, [])) for n in measured),
     )
+
+
+def sized_tokens(count: int) -> list[str]:
+    """Access tokens as socialhub issues them (the bare server reads none of them), so that
+    each `authenticate` frame has a real frame's size."""
+    codec = TokenCodec(secrets.token_urlsafe(32), 3600.0)
+    base = 7_000_000_000_000_000_000  # snowflake-sized ids
+    return [codec.issue(base + i, base + count + i) for i in range(count)]
+
+
+def measure_idle(sockets: int, procs: int, hold: float) -> Report:
+    """`sockets` idle sockets on the bare `websockets` server, as `ws_bench idle` opens them."""
+    raise_nofile()  # before the server starts: it inherits the limit
+    with CeilingServer("ws-idle") as server:
+        assert server.proc is not None
+        target = Target(f"http://127.0.0.1:{server.port}", server.proc.pid)
+        return run_idle([target], sized_tokens(sockets), procs, hold, deflate=False, goal=False)

@@ -1,0 +1,1 @@
+"""The parts of `python -m bench.ws_bench`: socket clients, client processes, scenarios, report."""
