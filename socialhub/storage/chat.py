@@ -133,45 +133,16 @@ class ChatStore:
     ) -> tuple[MessageRecord, bool] | None:
         """(message, created), or None when the sender is not a member.
 
-        The room row is locked for the transaction: sends in one room are serialised, so
-        seq has no gap, and a resend with the same client_msg_id finds the first one.
+        One autocommit statement: `socialhub_send_message` (migrations/0006) locks the
+        room row, so sends in one room are serialised and seq has no gap, and a resend
+        with the same client_msg_id finds the first one.
         """
-        async with self.db.transaction() as conn:
-            locked = await conn.fetchval(
-                """SELECT r.last_seq FROM rooms r
-                   WHERE r.id = $1 AND EXISTS (SELECT 1 FROM room_members rm WHERE rm.room_id = r.id
-                                               AND rm.user_id = $2)
-                   FOR UPDATE OF r""",
-                room_id,
-                sender_id,
-            )
-            if locked is None:
-                return None
-            existing = await conn.fetchrow(
-                f"""SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id
-                    WHERE m.room_id = $1 AND m.sender_id = $2 AND m.client_msg_id = $3""",
-                room_id,
-                sender_id,
-                client_msg_id,
-            )
-            if existing is not None:
-                return message_from_row(existing), False
-            row = await conn.fetchrow(
-                f"""WITH r AS (UPDATE rooms SET last_seq = last_seq + 1, last_activity_at = now()
-                               WHERE id = $1 RETURNING last_seq),
-                         m AS (INSERT INTO messages (room_id, seq, sender_id, body, client_msg_id)
-                               SELECT $1, r.last_seq, $2, $3, $4 FROM r
-                               RETURNING id, room_id, seq, sender_id, body, client_msg_id, created_at),
-                         me AS (UPDATE room_members SET last_read_seq = (SELECT last_seq FROM r)
-                                WHERE room_id = $1 AND user_id = $2)
-                    SELECT {_MESSAGE_COLUMNS} FROM m JOIN users u ON u.id = m.sender_id""",
-                room_id,
-                sender_id,
-                body,
-                client_msg_id,
-            )
-            assert row is not None
-            return message_from_row(row), True
+        row = await self.db.fetchrow(
+            "SELECT * FROM socialhub_send_message($1, $2, $3, $4)", room_id, sender_id, body, client_msg_id
+        )
+        if row is None:
+            return None
+        return message_from_row(row), bool(row["created"])
 
     async def get_messages_after(self, room_id: int, after_seq: int, limit: int) -> list[MessageRecord]:
         """Messages with seq > after_seq, oldest first (replay)."""
