@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
+
 from socialhub.domain import events
 from socialhub.domain.events import Envelope
 from socialhub.domain.pages import Page, PageRequest, page_of
-from socialhub.domain.posts import Post
 from socialhub.domain.users import Principal
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.kv.base import KeyValue
@@ -91,7 +92,8 @@ class FeedService(Consumer):
 
     # -- reads -----------------------------------------------------------------------
 
-    async def home(self, viewer: Principal, page: PageRequest) -> Page[Post]:
+    async def home(self, viewer: Principal, page: PageRequest) -> Page[msgspec.Raw]:
+        """A page of the viewer's home feed; each post already encoded as JSON (a `Post`)."""
         uid = viewer.user_id
         await self._seen(uid)
         key = timeline_key(uid)
@@ -105,9 +107,7 @@ class FeedService(Consumer):
         big = await self.cache.big_followees(state)
         merged = await self.posts.get_not_fanned_out_ids(big, page.before, page.limit) if big else []
         # Filtered by the follow graph as it is now: unfollowed authors drop out at once.
-        followees = state.followees
-        hydrated = await self.cache.posts([*ids, *merged] if merged else ids, state)
-        found = {pid: view for pid, (view, author) in hydrated.items() if author == uid or author in followees}
+        found = await self.cache.rendered([*ids, *merged] if merged else ids, state, followed_only=True)
         from_timeline = sum(1 for i in ids if i in found) if merged else len(found)
         if len(ids) < want or from_timeline < page.limit:
             # Past the timeline's end (its cap, or posts that were never fanned out), or
@@ -115,8 +115,8 @@ class FeedService(Consumer):
             # consumer has not removed yet): straight from the follow graph.
             older_than = min(ids) if ids else page.before
             graph = await self.posts.get_home_graph_ids(uid, older_than, page.limit)
-            for pid, (view, _) in (await self.cache.posts(graph, state)).items():
-                found.setdefault(pid, view)
+            for pid, post in (await self.cache.rendered(graph, state)).items():
+                found.setdefault(pid, post)
         ordered = sorted(found, reverse=True)[: page.limit]
         return page_of([found[i] for i in ordered], ordered, page.limit)
 

@@ -35,7 +35,7 @@ class PostService:
     async def _views(self, post_ids: list[int], viewer_id: int) -> list[Post]:
         """The posts that exist among `post_ids`, in that order, as the viewer sees them."""
         found = await self.cache.posts(post_ids, await self.cache.viewer(viewer_id))
-        return [found[i][0] for i in post_ids if i in found]
+        return [found[i] for i in post_ids if i in found]
 
     async def _view(self, post_id: int, viewer_id: int) -> Post:
         views = await self._views([post_id], viewer_id)

@@ -57,11 +57,19 @@ class Invalidation(msgspec.Struct, frozen=True, omit_defaults=True):
     big_authors: list[int] = []
 
 
+_encode = msgspec.json.Encoder().encode
+
+
 class _Post:
-    __slots__ = ("author_id", "expires_at", "view")
+    """A post as anyone sees it: its view, and that view already encoded as JSON with
+    `liked` false and true, so that a feed page is these bytes put together."""
+
+    __slots__ = ("author_id", "expires_at", "json", "json_liked", "view")
 
     def __init__(self, view: Post, author_id: int, expires_at: float) -> None:
         self.view = view
+        self.json = msgspec.Raw(_encode(view))
+        self.json_liked = msgspec.Raw(_encode(msgspec.structs.replace(view, liked=True)))
         self.author_id = author_id
         self.expires_at = expires_at
 
@@ -124,7 +132,9 @@ class ReadCache:
         self.media_base = media_base
         self.max_posts = max_posts
         self.max_viewers = max_viewers
-        self._posts: OrderedDict[int, _Post] = OrderedDict()
+        # Oldest stored first out: a hit costs no bookkeeping, and every entry is stored
+        # again within `TTL` when it is still read.
+        self._posts: dict[int, _Post] = {}
         self._by_author: dict[int, set[int]] = {}
         self._viewers: OrderedDict[int, ViewerState] = OrderedDict()
         self._fills = _Fills()
@@ -150,32 +160,51 @@ class ReadCache:
 
     # -- reads ------------------------------------------------------------------------
 
-    async def posts(self, ids: Iterable[int], viewer: ViewerState) -> dict[int, tuple[Post, int]]:
-        """The posts that exist among `ids`, as this viewer sees them (with `liked`),
-        each with its author's id."""
-        now = time.monotonic()
-        cache = self._posts if self._usable else None
-        found: dict[int, _Post] = {}
-        missing: list[int] = []
-        if cache is not None:
-            touch = cache.move_to_end
-            for pid in ids:
-                entry = cache.get(pid)
-                if entry is not None and entry.expires_at > now:
-                    touch(pid)
-                    found[pid] = entry
-                else:
-                    missing.append(pid)
-        else:
-            missing = list(ids)
-        if missing:
-            found.update(await self._fill_posts(missing, now, store=cache is not None))
-        liked = viewer.liked
-        below = [pid for pid in found if pid < viewer.floor]
-        if below:
-            liked = liked | frozenset(await self.store.get_liked_among(viewer.user_id, below))
+    async def posts(self, ids: Iterable[int], viewer: ViewerState, *, followed_only: bool = False) -> dict[int, Post]:
+        """The posts that exist among `ids`, as this viewer sees them (with `liked`); with
+        `followed_only`, only those by the viewer or by someone they follow now."""
+        entries, liked = await self._entries(ids, viewer, followed_only)
         replace = msgspec.structs.replace
-        return {pid: (replace(e.view, liked=True) if pid in liked else e.view, e.author_id) for pid, e in found.items()}
+        return {pid: replace(e.view, liked=True) if pid in liked else e.view for pid, e in entries.items()}
+
+    async def rendered(
+        self, ids: Iterable[int], viewer: ViewerState, *, followed_only: bool = False
+    ) -> dict[int, msgspec.Raw]:
+        """`posts`, each already encoded as JSON."""
+        entries, liked = await self._entries(ids, viewer, followed_only)
+        return {pid: e.json_liked if pid in liked else e.json for pid, e in entries.items()}
+
+    async def _entries(
+        self, ids: Iterable[int], viewer: ViewerState, followed_only: bool
+    ) -> tuple[dict[int, _Post], frozenset[int]]:
+        """The entries that exist among `ids` (filtered as `posts` says), and the ids
+        among them that the viewer liked."""
+        now = time.monotonic()
+        uid, followees = viewer.user_id, viewer.followees
+        cache = self._posts if self._usable else None
+        entries: dict[int, _Post] = {}
+        missing: list[int] = []
+        if cache is None:
+            missing = list(ids)
+        else:
+            get = cache.get
+            for pid in ids:
+                entry = get(pid)
+                if entry is None or entry.expires_at <= now:
+                    missing.append(pid)
+                    continue
+                if not followed_only or entry.author_id == uid or entry.author_id in followees:
+                    entries[pid] = entry
+        if missing:
+            for pid, entry in (await self._fill_posts(missing, now, store=cache is not None)).items():
+                if not followed_only or entry.author_id == uid or entry.author_id in followees:
+                    entries[pid] = entry
+        liked = viewer.liked
+        if viewer.floor:
+            below = [pid for pid in entries if pid < viewer.floor]
+            if below:
+                liked = liked | frozenset(await self.store.get_liked_among(viewer.user_id, below))
+        return entries, liked
 
     async def _fill_posts(self, ids: list[int], now: float, *, store: bool) -> dict[int, _Post]:
         fills = self._fills
@@ -192,12 +221,15 @@ class ReadCache:
         return entries
 
     def _put_post(self, pid: int, entry: _Post) -> None:
-        self._posts[pid] = entry
-        self._posts.move_to_end(pid)
+        posts = self._posts
+        old = posts.pop(pid, None)
+        if old is not None:
+            self._unindex(pid, old.author_id)
+        posts[pid] = entry
         self._by_author.setdefault(entry.author_id, set()).add(pid)
-        while len(self._posts) > self.max_posts:
-            old_id, old = self._posts.popitem(last=False)
-            self._unindex(old_id, old.author_id)
+        while len(posts) > self.max_posts:
+            old_id = next(iter(posts))
+            self._unindex(old_id, posts.pop(old_id).author_id)
 
     def _unindex(self, pid: int, author_id: int) -> None:
         ids = self._by_author.get(author_id)

@@ -239,8 +239,8 @@ async def test_a_fill_that_read_before_a_change_does_not_store_what_it_read(db: 
 
         store.between = change
         first = await cache.posts([pid], viewer)
-        assert first[pid][0].content == "old"  # what it read, handed to this one reader
-        assert (await cache.posts([pid], viewer))[pid][0].content == "new"
+        assert first[pid].content == "old"  # what it read, handed to this one reader
+        assert (await cache.posts([pid], viewer))[pid].content == "new"
 
         async def rename() -> None:
             await db.execute("UPDATE users SET name = 'renamed' WHERE id = $1", uid)
@@ -248,8 +248,8 @@ async def test_a_fill_that_read_before_a_change_does_not_store_what_it_read(db: 
 
         await cache.changed(Invalidation(posts=[pid]))
         store.between = rename
-        assert (await cache.posts([pid], viewer))[pid][0].author.name == "n"
-        assert (await cache.posts([pid], viewer))[pid][0].author.name == "renamed"
+        assert (await cache.posts([pid], viewer))[pid].author.name == "n"
+        assert (await cache.posts([pid], viewer))[pid].author.name == "renamed"
 
 
 async def test_a_broker_reset_empties_the_cache(db: Database) -> None:
@@ -259,9 +259,9 @@ async def test_a_broker_reset_empties_the_cache(db: Database) -> None:
         await cache.posts([pid], viewer)
         # A change announced while this instance was cut off from the broker:
         await db.execute("UPDATE posts SET content = 'missed' WHERE id = $1", pid)
-        assert (await cache.posts([pid], viewer))[pid][0].content == "old"
+        assert (await cache.posts([pid], viewer))[pid].content == "old"
         await cache._on_reset()  # what the pub/sub port calls when it is back
-        assert (await cache.posts([pid], viewer))[pid][0].content == "missed"
+        assert (await cache.posts([pid], viewer))[pid].content == "missed"
 
 
 async def test_the_cache_holds_at_most_its_size(db: Database) -> None:
