@@ -12,6 +12,7 @@ are now, so a deleted post or an unfollowed author is gone from the feed at once
 from __future__ import annotations
 
 import logging
+import time
 
 import msgspec
 
@@ -37,6 +38,9 @@ FANOUT_CHUNK = 1000
 FOLLOW_BACKFILL = TIMELINE_CAP
 # At most one last_active_at write per user per this many seconds.
 ACTIVITY_WRITE_EVERY = 3600.0
+# Users this instance marked active lately, remembered to spare the key-value store a
+# round trip per read (~60 bytes each).
+MARKED_MAX = 100_000
 
 
 def timeline_key(user_id: int) -> str:
@@ -52,6 +56,7 @@ class FeedService(Consumer):
         self.posts = posts
         self.kv = kv
         self.cache = cache
+        self._marked: dict[int, float] = {}
 
     # -- writes (the consumer) --------------------------------------------------------
 
@@ -132,7 +137,18 @@ class FeedService(Consumer):
             await self.kv.timeline_add(key, ids, TIMELINE_CAP)
 
     async def _seen(self, user_id: int) -> None:
-        """Keep the user in the fan-out set and their timeline alive."""
+        """Keep the user in the fan-out set and their timeline alive: once per
+        `ACTIVITY_WRITE_EVERY` across instances, and no round trip to the key-value store
+        for a user this instance marked lately."""
+        now = time.monotonic()
+        marked = self._marked.get(user_id)
+        if marked is not None and now - marked < ACTIVITY_WRITE_EVERY:
+            return
+        self._marked[user_id] = now
+        if len(self._marked) > MARKED_MAX:
+            self._marked = {u: t for u, t in self._marked.items() if now - t < ACTIVITY_WRITE_EVERY}
+            if len(self._marked) > MARKED_MAX:
+                self._marked.clear()
         if await self.kv.set_if_absent(f"active:{user_id}", b"1", ACTIVITY_WRITE_EVERY):
             await self.posts.touch_active(user_id)
             await self.kv.timeline_touch(timeline_key(user_id), ACTIVE_WINDOW)
