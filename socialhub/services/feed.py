@@ -112,12 +112,16 @@ class FeedService(Consumer):
         big = await self.cache.big_followees(state)
         merged = await self.posts.get_not_fanned_out_ids(big, page.before, page.limit) if big else []
         # Filtered by the follow graph as it is now: unfollowed authors drop out at once.
-        found = await self.cache.rendered([*ids, *merged] if merged else ids, state, followed_only=True)
+        # Without posts to merge, the timeline's newest ids that make a page are enough.
+        found = await self.cache.rendered(
+            [*ids, *merged] if merged else ids, state, followed_only=True, enough=0 if merged else page.limit
+        )
         from_timeline = sum(1 for i in ids if i in found) if merged else len(found)
-        if len(ids) < want or from_timeline < page.limit:
+        if from_timeline < page.limit:
             # Past the timeline's end (its cap, or posts that were never fanned out), or
             # too many of its ids dropped out (deleted posts and unfollowed authors the
-            # consumer has not removed yet): straight from the follow graph.
+            # consumer has not removed yet): straight from the follow graph. (With a page
+            # of the timeline's own, anything the graph could add is older than it.)
             older_than = min(ids) if ids else page.before
             graph = await self.posts.get_home_graph_ids(uid, older_than, page.limit)
             for pid, post in (await self.cache.rendered(graph, state)).items():

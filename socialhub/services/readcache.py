@@ -168,14 +168,16 @@ class ReadCache:
         return {pid: replace(e.view, liked=True) if pid in liked else e.view for pid, e in entries.items()}
 
     async def rendered(
-        self, ids: Iterable[int], viewer: ViewerState, *, followed_only: bool = False
+        self, ids: Iterable[int], viewer: ViewerState, *, followed_only: bool = False, enough: int = 0
     ) -> dict[int, msgspec.Raw]:
-        """`posts`, each already encoded as JSON."""
-        entries, liked = await self._entries(ids, viewer, followed_only)
+        """`posts`, each already encoded as JSON. With `enough`, the ids are looked at in
+        their order and the lookup may stop once that many were found in the cache with
+        none missing before them (a feed page of the newest ids)."""
+        entries, liked = await self._entries(ids, viewer, followed_only, enough)
         return {pid: e.json_liked if pid in liked else e.json for pid, e in entries.items()}
 
     async def _entries(
-        self, ids: Iterable[int], viewer: ViewerState, followed_only: bool
+        self, ids: Iterable[int], viewer: ViewerState, followed_only: bool, enough: int = 0
     ) -> tuple[dict[int, _Post], frozenset[int]]:
         """The entries that exist among `ids` (filtered as `posts` says), and the ids
         among them that the viewer liked."""
@@ -195,6 +197,8 @@ class ReadCache:
                     continue
                 if not followed_only or entry.author_id == uid or entry.author_id in followees:
                     entries[pid] = entry
+                    if len(entries) == enough and not missing:
+                        break
         if missing:
             for pid, entry in (await self._fill_posts(missing, now, store=cache is not None)).items():
                 if not followed_only or entry.author_id == uid or entry.author_id in followees:
