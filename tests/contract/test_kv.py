@@ -218,6 +218,8 @@ async def test_timeline_orders_pages_and_caps(kv: KeyValue) -> None:
     big = (1 << 62) + 7  # beyond a double's exact range: ordering must still be exact
     await kv.timeline_create("t", [3, 1, 2, big, big - 1], 4, 60)
     assert await kv.timeline_range("t", None, 10) == [big, big - 1, 3, 2]  # 1 trimmed by the cap
+    assert await kv.timeline_range("t", None, 4) == [big, big - 1, 3, 2]  # exactly all of them
+    assert await kv.timeline_range("t", None, 3) == [big, big - 1, 3]
     assert await kv.timeline_add("t", [10, 3], 4) is True  # 3 again is no change
     assert await kv.timeline_range("t", None, 10) == [big, big - 1, 10, 3]
     assert await kv.timeline_range("t", big - 1, 2) == [10, 3]

@@ -253,18 +253,16 @@ class RedisKV(KeyValue):
             await self._call(self._client.zrem(self._timeline_key(key), *(_pad(i) for i in ids)))
 
     async def timeline_range(self, key: str, before: int | None, limit: int) -> list[int] | None:
-        k = self._timeline_key(key)
+        # One command: the range reaches down to the sentinel, which every timeline holds,
+        # so an empty answer means there is no timeline (one more member is asked for in
+        # case the sentinel is among them).
         top = b"(" + _pad(before) if before is not None else b"+"
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.exists(k)
-                pipe.zrevrangebylex(k, top, b"(" + SENTINEL, start=0, num=limit)
-                exists, members = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"key-value store unavailable: {exc}") from exc
-        if not exists:
+        members = await self._call(
+            self._client.zrevrangebylex(self._timeline_key(key), top, b"[" + SENTINEL, start=0, num=limit + 1)
+        )
+        if not members:
             return None
-        return [int(m) for m in members]
+        return [int(m) for m in members if m != SENTINEL][:limit]
 
     async def timeline_touch(self, key: str, ttl: float) -> None:
         ms = _ttl_ms(ttl) or 1
