@@ -3,10 +3,10 @@ without PostgreSQL.
 
 Three things are cached:
 
-- **posts**, as their public view with `liked` false (content, author, media,
-  counters), by post id;
-- **viewers**: whom a user follows and the ids of the posts they liked most recently
-  (`LIKED_WINDOW` of them; the rare older post is asked of PostgreSQL);
+- **posts**, by id: their public view (content, author, media, counters) and that
+  view already encoded as JSON, with `liked` false and with `liked` true;
+- **viewers**: whom a user follows and which posts they liked (the `LIKED_WINDOW`
+  newest posts they liked; the rare older post is asked of PostgreSQL);
 - **big authors**: the accounts that have posts never fanned out (merged into their
   followers' feeds at read time).
 
