@@ -74,7 +74,8 @@ async def database_url() -> AsyncIterator[str]:
 def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
     """Settings for an app under test; keyword arguments override sections."""
 
-    def build(*, redis: bool = False, **sections: dict[str, Any]) -> Settings:
+    def build(*, redis: bool | str = False, **sections: dict[str, Any]) -> Settings:
+        """`redis`: True for the tests' Redis, or the URL of another (a private one)."""
         base = load_settings(env={})
         server = {"data_dir": str(tmp_path / "data"), **sections.pop("server", {})}
         auth = {"jwt_secret": TEST_SECRET, **CHEAP_ARGON2, **sections.pop("auth", {})}
@@ -82,7 +83,8 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
         ratelimit = sections.pop("ratelimit", {"enabled": False})
         redis_section = sections.pop("redis", {})
         if redis:
-            redis_section = {"url": REDIS_URL, "key_prefix": f"shtest:{secrets.token_hex(4)}:", **redis_section}
+            url = redis if isinstance(redis, str) else REDIS_URL
+            redis_section = {"url": url, "key_prefix": f"shtest:{secrets.token_hex(4)}:", **redis_section}
         return with_overrides(
             base,
             server=server,

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
+
 # Seconds the broker gets to exit after SIGTERM before it is killed. tansu lingers
 # about five seconds on SIGTERM while clients are connected; nothing it does then
 # matters to the tests (its storage is memory), so do not wait for it.
@@ -45,13 +47,6 @@ def tansu_binary() -> Path:
     if not os.access(path, os.X_OK):
         raise TansuMissing(f"{path} is not executable")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def kafka_answers(host: str, port: int, timeout: float = 1.0) -> bool:

@@ -51,8 +51,9 @@ from av import AudioFrame
 from socialhub.services.calls import DISCONNECT_GRACE, MAX_SDP_BYTES
 from socialhub.services.presence import DEFAULT_GRACE as PRESENCE_GRACE
 from tests.conftest import REDIS_URL, create_database, drop_database
-from tests.e2e.server import Server, free_port, server_env, start_pair
+from tests.e2e.server import Server, server_env, start_pair
 from tests.e2e.wsclient import Frame, User, WsClient, signups
+from tests.ports import free_port
 
 RING_TIMEOUT = 2.0  # calls.ring_timeout in every server here
 TURN_SECRET = "turn-shared-secret-" + "t" * 16

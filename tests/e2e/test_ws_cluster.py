@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,8 +26,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import REDIS_URL
-from tests.e2e.server import Server, free_port, server_env, start_pair
+from tests.e2e.server import Server, server_env, start_pair
 from tests.e2e.wsclient import User, WsClient, signup
+from tests.ports import free_port
+from tests.private_redis import PrivateRedis
 
 # How long a socket waits for a frame unless told: cross-instance delivery goes through
 # Redis; slack for a loaded machine.
@@ -382,43 +382,6 @@ async def test_a_message_committed_by_an_instance_that_died_before_relaying_it_i
 
 
 # -- a Redis restart in the middle of a conversation ---------------------------------------------
-
-
-class PrivateRedis:
-    """A throwaway `redis-server` (no persistence) that this test may kill."""
-
-    def __init__(self, port: int, log: Path) -> None:
-        self.port = port
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            assert self.proc.poll() is None, self.log.read_text()
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start:\n{self.log.read_text()}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ from socialhub.domain.events import FOLLOW_CREATED, POST_CREATED, POSTS, USERS, 
 from socialhub.infra.events import kafka
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.kafka import KafkaPublisher, KafkaSource, PublishError
-from tests.kafka_broker import TansuBroker, free_port
+from tests.kafka_broker import TansuBroker
+from tests.ports import free_port
 
 PARTITIONS = 3
 FAST_GROUP: dict[str, Any] = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +27,8 @@ from socialhub.storage.database import Database
 from socialhub.storage.migrate import migrate
 from socialhub.storage.posts import PostStore
 from tests.conftest import Account, running_app, signup
+from tests.ports import free_port
+from tests.private_redis import PrivateRedis
 
 Check = Callable[[dict[str, Any]], bool]
 
@@ -176,6 +179,49 @@ async def test_likes_below_the_cached_window_are_asked_of_postgresql(
     await until_feed(client, reader, lambda f: len(f) == 6)
     page = await feed_of(client, reader)
     assert {pid for pid, p in page.items() if p["liked"]} == set(ids[::2])
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    redis = PrivateRedis(free_port(), tmp_path / "redis.log")
+    redis.start()
+    yield redis
+    redis.kill()
+
+
+async def until_ready(client: httpx.AsyncClient, status: int) -> None:
+    started = time.monotonic()
+    while (await client.get("/readyz")).status_code != status:
+        assert time.monotonic() - started < 10, f"/readyz never answered {status}"
+        await asyncio.sleep(0.05)
+
+
+async def test_while_redis_is_down_reads_skip_the_cache_and_it_starts_empty_when_back(
+    make_settings: Callable[..., Settings], private_redis: PrivateRedis
+) -> None:
+    """A change announced while an instance cannot hear it must not leave that
+    instance serving what it cached before."""
+    settings = make_settings(redis=private_redis.url)
+    async with running_app(settings) as one, running_app(settings) as two:
+        author, reader, pid = await follows_with_post(one)
+        other = await signup(two)
+        await until_post(one, reader, pid, lambda p: p["likes_count"] == 0)  # cached on one
+        private_redis.kill()
+        await until_ready(one, 503)
+        await until_ready(two, 503)
+        # Committed; its announcement cannot reach instance one.
+        assert (await two.post(f"/posts/like/{pid}", headers=other.headers)).status_code == 200
+        await until_post(one, reader, pid, lambda p: p["likes_count"] == 1)
+        assert (
+            await two.patch(f"/posts/{pid}", headers=author.headers, json={"content": "while down"})
+        ).status_code == 200
+        await until_post(one, reader, pid, lambda p: p["content"] == "while down")
+
+        private_redis.start()  # empty: timelines are rebuilt, the caches start over
+        await until_ready(one, 200)
+        await until_feed(one, reader, lambda f: f[pid]["likes_count"] == 1 and f[pid]["content"] == "while down")
+        assert (await two.delete(f"/posts/like/{pid}", headers=other.headers)).status_code == 200
+        await until_feed(one, reader, lambda f: f[pid]["likes_count"] == 0)
 
 
 # -- the cache itself -------------------------------------------------------------------
