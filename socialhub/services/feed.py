@@ -18,11 +18,11 @@ import msgspec
 
 from socialhub.domain import events
 from socialhub.domain.events import Envelope
-from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.pages import PageRequest, page_of
 from socialhub.domain.users import Principal
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.kv.base import KeyValue
-from socialhub.services.readcache import ReadCache
+from socialhub.services.readcache import ReadCache, ViewerState
 from socialhub.storage.posts import PostStore
 
 logger = logging.getLogger(__name__)
@@ -97,8 +97,8 @@ class FeedService(Consumer):
 
     # -- reads -----------------------------------------------------------------------
 
-    async def home(self, viewer: Principal, page: PageRequest) -> Page[msgspec.Raw]:
-        """A page of the viewer's home feed; each post already encoded as JSON (a `Post`)."""
+    async def home(self, viewer: Principal, page: PageRequest) -> msgspec.Raw:
+        """A page of the viewer's home feed, encoded as JSON (a `Page` of `Post`s)."""
         uid = viewer.user_id
         await self._seen(uid)
         key = timeline_key(uid)
@@ -110,6 +110,26 @@ class FeedService(Consumer):
         state = await self.cache.viewer(uid)
         # Posts of the accounts too big to fan out, merged in at read time.
         big = await self.cache.big_followees(state)
+        first = page.before is None and not big
+        if first:
+            # The first page, most read, is kept whole while nothing it shows changes.
+            kept = self.cache.page(uid, page.limit, ids, state)
+            if kept is not None:
+                return kept
+        since = self.cache.begin_page()
+        try:
+            items, ordered, from_timeline_only = await self._page(uid, ids, state, big, page, want)
+            encoded = msgspec.json.encode(page_of(items, ordered, page.limit))
+            if first and from_timeline_only:
+                self.cache.keep_page(since, uid, page.limit, ids, state, ordered, encoded)
+        finally:
+            self.cache.end_page()
+        return msgspec.Raw(encoded)
+
+    async def _page(
+        self, uid: int, ids: list[int], state: ViewerState, big: list[int], page: PageRequest, want: int
+    ) -> tuple[list[msgspec.Raw], list[int], bool]:
+        """(the page's posts, their ids, whether it was made of the timeline alone)."""
         merged = await self.posts.get_not_fanned_out_ids(big, page.before, page.limit) if big else []
         # Filtered by the follow graph as it is now: unfollowed authors drop out at once.
         # Without posts to merge, the timeline's newest ids that make a page are enough.
@@ -127,7 +147,7 @@ class FeedService(Consumer):
             for pid, post in (await self.cache.rendered(graph, state)).items():
                 found.setdefault(pid, post)
         ordered = sorted(found, reverse=True)[: page.limit]
-        return page_of([found[i] for i in ordered], ordered, page.limit)
+        return [found[i] for i in ordered], ordered, not merged and from_timeline >= page.limit
 
     async def _rebuild(self, user_id: int) -> None:
         """Fill a missing timeline from PostgreSQL. It is created empty first: from then on

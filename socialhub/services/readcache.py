@@ -90,6 +90,24 @@ class ViewerState:
         self.expires_at = expires_at
 
 
+class _Page:
+    """A viewer's first feed page, encoded, and what it was made from: the timeline ids
+    read then and the viewer's state object. Valid while both are the same and none of
+    its posts was dropped (dropping a post drops the pages that show it)."""
+
+    __slots__ = ("expires_at", "ids", "json", "limit", "posts", "viewer")
+
+    def __init__(
+        self, limit: int, ids: list[int], viewer: ViewerState, posts: list[int], json: msgspec.Raw, expires_at: float
+    ) -> None:
+        self.limit = limit
+        self.ids = ids
+        self.viewer = viewer
+        self.posts = posts
+        self.json = json
+        self.expires_at = expires_at
+
+
 class _Fills:
     """Keys dropped while a fill was reading them, so that the fill does not store what
     it read. Kept only while some fill is running."""
@@ -137,6 +155,9 @@ class ReadCache:
         self._posts: dict[int, _Post] = {}
         self._by_author: dict[int, set[int]] = {}
         self._viewers: OrderedDict[int, ViewerState] = OrderedDict()
+        # First feed pages by viewer (as many as viewers), and which pages show a post.
+        self._pages: dict[int, _Page] = {}
+        self._pages_of: dict[int, set[int]] = {}
         self._fills = _Fills()
         self._big: frozenset[int] = frozenset()
         self._big_announced: set[int] = set()
@@ -229,11 +250,13 @@ class ReadCache:
         old = posts.pop(pid, None)
         if old is not None:
             self._unindex(pid, old.author_id)
+            self._drop_pages_showing(pid)
         posts[pid] = entry
         self._by_author.setdefault(entry.author_id, set()).add(pid)
         while len(posts) > self.max_posts:
             old_id = next(iter(posts))
             self._unindex(old_id, posts.pop(old_id).author_id)
+            self._drop_pages_showing(old_id)
 
     def _unindex(self, pid: int, author_id: int) -> None:
         ids = self._by_author.get(author_id)
@@ -285,6 +308,66 @@ class ReadCache:
         small, large = (big, followees) if len(big) < len(followees) else (followees, big)
         return [a for a in small if a in large]
 
+    def page(self, user_id: int, limit: int, ids: list[int], viewer: ViewerState) -> msgspec.Raw | None:
+        """The viewer's first feed page as kept, if it was made from these timeline ids
+        and this viewer state and none of its posts changed since."""
+        kept = self._pages.get(user_id)
+        if (
+            kept is None
+            or kept.viewer is not viewer
+            or kept.limit != limit
+            or kept.ids != ids
+            or kept.expires_at <= time.monotonic()
+            or not self._usable
+        ):
+            return None
+        return kept.json
+
+    def begin_page(self) -> int:
+        """Before reading what a page is made of; pair with `end_page`."""
+        return self._fills.begin()
+
+    def end_page(self) -> None:
+        self._fills.end()
+
+    def keep_page(
+        self, since: int, user_id: int, limit: int, ids: list[int], viewer: ViewerState, posts: list[int], json: bytes
+    ) -> None:
+        """Keep a first page made since `begin_page` returned `since`, unless something
+        it was made of was dropped meanwhile."""
+        if not self.max_viewers or not self._usable or self._viewers.get(user_id) is not viewer:
+            return
+        fills = self._fills
+        if not fills.fresh(since, ("viewer", user_id)):
+            return
+        expires_at = viewer.expires_at
+        for pid in posts:
+            entry = self._posts.get(pid)
+            if entry is None or not fills.fresh(since, ("post", pid), ("author", entry.author_id)):
+                return
+            expires_at = min(expires_at, entry.expires_at)
+        self._drop_page(user_id)
+        self._pages[user_id] = _Page(limit, ids, viewer, posts, msgspec.Raw(json), expires_at)
+        for pid in posts:
+            self._pages_of.setdefault(pid, set()).add(user_id)
+        while len(self._pages) > self.max_viewers:
+            self._drop_page(next(iter(self._pages)))
+
+    def _drop_page(self, user_id: int) -> None:
+        kept = self._pages.pop(user_id, None)
+        if kept is None:
+            return
+        for pid in kept.posts:
+            viewers = self._pages_of.get(pid)
+            if viewers is not None:
+                viewers.discard(user_id)
+                if not viewers:
+                    del self._pages_of[pid]
+
+    def _drop_pages_showing(self, post_id: int) -> None:
+        for user_id in list(self._pages_of.get(post_id, ())):
+            self._drop_page(user_id)
+
     # -- changes -----------------------------------------------------------------------
 
     async def changed(self, change: Invalidation) -> None:
@@ -304,14 +387,19 @@ class ReadCache:
             entry = self._posts.pop(pid, None)
             if entry is not None:
                 self._unindex(pid, entry.author_id)
+            self._drop_pages_showing(pid)
         for author in change.authors:
             fills.drop("author", author)
             for pid in self._by_author.pop(author, ()):
                 self._posts.pop(pid, None)
+                self._drop_pages_showing(pid)
         for uid in change.viewers:
             fills.drop("viewer", uid)
             self._viewers.pop(uid, None)
+            self._drop_page(uid)
         if change.big_authors:
+            # (Kept pages need nothing: a page is looked up only for a viewer who follows
+            # no big account.)
             self._big_announced.update(change.big_authors)
             self._big = self._big | frozenset(change.big_authors)
 
@@ -332,4 +420,6 @@ class ReadCache:
         self._posts.clear()
         self._by_author.clear()
         self._viewers.clear()
+        self._pages.clear()
+        self._pages_of.clear()
         self._big_expires_at = 0.0

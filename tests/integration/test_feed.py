@@ -458,11 +458,11 @@ async def test_a_rebuild_misses_no_post_committed_late_with_a_smaller_id(databas
             store.between = commit_and_consume
             viewer = Principal(user_id=reader, session_id=0)
             seen: list[int] = []
-            page = await feed.home(viewer, PageRequest(limit=20))
-            seen += [int(msgspec.json.decode(p)["id"]) for p in page.items]
-            while page.next is not None:
-                page = await feed.home(viewer, PageRequest(limit=20, before=int(page.next)))
-                seen += [int(msgspec.json.decode(p)["id"]) for p in page.items]
+            page = msgspec.json.decode(await feed.home(viewer, PageRequest(limit=20)))
+            seen += [int(p["id"]) for p in page["items"]]
+            while page["next"] is not None:
+                page = msgspec.json.decode(await feed.home(viewer, PageRequest(limit=20, before=int(page["next"]))))
+                seen += [int(p["id"]) for p in page["items"]]
         assert seen == sorted([*older, late, *newer], reverse=True)
     finally:
         await db.close()

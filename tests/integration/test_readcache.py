@@ -69,9 +69,13 @@ async def until_post(client: httpx.AsyncClient, who: Account, post_id: str, chec
 
 
 async def follows_with_post(one: httpx.AsyncClient) -> tuple[Account, Account, str]:
-    """A reader following an author who has one post, which is in the reader's feed."""
+    """A reader following an author whose newest post is in the reader's feed. The
+    author has posted a page full before it, so the reader's first page is made of the
+    timeline alone: the kind of page an instance keeps whole."""
     author, reader = await signup(one), await signup(one)
     assert (await reader.post(f"/users/follow/{author.id}")).status_code == 200
+    for i in range(20):
+        assert (await author.post("/posts/", json={"content": f"earlier {i}"})).status_code == 201
     r = await author.post("/posts/", json={"content": "hello"})
     assert r.status_code == 201, r.text
     post_id: str = r.json()["id"]
