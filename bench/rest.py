@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import multiprocessing
 import random
 import secrets
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 from argon2 import PasswordHasher, Type
@@ -30,6 +33,8 @@ from bench.stats import LatencySummary, summarize
 from bench.target import Target
 from socialhub.config import AuthSettings
 
+# Connections of the background like writer (`--likes-per-s`).
+WRITER_LANES = 20
 # Pre-encoded requests per phase; the client draws from them at random.
 REQUEST_POOL = 4000
 # Headline phase of each scenario: the one compared with the ceiling.
@@ -55,6 +60,14 @@ def add_options(p: argparse.ArgumentParser, scenario: str) -> None:
     p.add_argument("--posts", type=int, default=defaults.posts_per_user, help="posts per user")
     p.add_argument("--likes", type=int, default=defaults.likes_per_post, help="likes per post (on average)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the bare-Starlette ceiling")
+    if scenario == "rest-read":
+        p.add_argument(
+            "--likes-per-s",
+            type=float,
+            default=0.0,
+            help="while the read phases run, a writer process likes and unlikes the newest posts at this rate "
+            "(each change invalidates what shows the post; default 0: reads only)",
+        )
 
 
 def read_requests(phase: str, data: DataSet, host: str, port: int, rng: random.Random) -> list[bytes]:
@@ -181,10 +194,21 @@ def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Re
                     f"{len(requests)} requests in {cold_s:.1f} s, p50 {cold.p50_ms:.1f} ms, p99 {cold.p99_ms:.1f} ms, "
                     f"max {cold.max_ms:.1f} ms, {cold_errors} errors"
                 )
-        for phase in phases:
-            build = read_requests if scenario == "rest-read" else write_requests
-            job = _job(args, host, port, build(phase, data, host, port, rng), rng)
-            runs[phase] = run_phase(phase, job, args.procs, target.watch, progress)
+        writer = None
+        if getattr(args, "likes_per_s", 0.0) > 0:
+            writer = LikeWriter(host, port, like_requests(data, host, port, rng), args.likes_per_s)
+            progress.say(f"a writer likes and unlikes the newest posts at {args.likes_per_s:g}/s during the phases")
+        with writer or contextlib.nullcontext():
+            for phase in phases:
+                build = read_requests if scenario == "rest-read" else write_requests
+                job = _job(args, host, port, build(phase, data, host, port, rng), rng)
+                runs[phase] = run_phase(phase, job, args.procs, target.watch, progress)
+        if writer is not None:
+            extra["background_writes"] = {"per_s": args.likes_per_s, "sent": writer.sent, "errors": writer.errors}
+            notes.append(
+                f"during the phases a writer process sent {writer.sent} likes/unlikes of the newest posts "
+                f"({args.likes_per_s:g}/s asked), {writer.errors} errors"
+            )
         total = target.watch.usage(run_start, target.watch.snapshot()) if target.watch and run_start else None
         server_errors = target.logged_errors()
     headline = HEADLINE[scenario]
@@ -245,6 +269,69 @@ def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Re
         extra=extra,
     )
     return report, runs
+
+
+def like_requests(data: DataSet, host: str, port: int, rng: random.Random) -> list[tuple[bytes, bytes]]:
+    """(like, unlike) request pairs: random users on the newest posts (those on first pages)."""
+    newest = sorted(data.post_ids, key=int)[-min(2000, len(data.post_ids)) :]
+    pairs = []
+    for _ in range(REQUEST_POOL):
+        headers = {"authorization": f"Bearer {rng.choice(data.accounts).token}"}
+        path = f"/posts/like/{rng.choice(newest)}"
+        pairs.append(
+            (encode_request(host, port, "POST", path, headers), encode_request(host, port, "DELETE", path, headers))
+        )
+    return pairs
+
+
+class LikeWriter:
+    """A process that sends like then unlike requests at a steady rate until closed."""
+
+    def __init__(self, host: str, port: int, pairs: list[tuple[bytes, bytes]], per_s: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._counts = ctx.Array("q", 2)
+        self._proc = ctx.Process(target=_write_likes, args=(host, port, pairs, per_s, self._stop, self._counts))
+        self.sent = 0
+        self.errors = 0
+
+    def __enter__(self) -> LikeWriter:
+        self._proc.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._proc.join(30)
+        self.sent, self.errors = self._counts[0], self._counts[1]
+
+
+def _write_likes(host: str, port: int, pairs: list[tuple[bytes, bytes]], per_s: float, stop: Any, counts: Any) -> None:
+    # Several connections, each at its share of the rate: one answer waiting behind the
+    # reads does not hold the others back.
+    lanes = max(1, min(WRITER_LANES, int(per_s // 10) or 1))
+
+    async def lane(k: int) -> None:
+        client = RawHttpConnection(host, port)
+        interval = lanes / per_s
+        next_at = time.perf_counter() + k * interval / lanes
+        i = 0
+        while not stop.is_set():
+            like, unlike = pairs[(k + lanes * (i // 2)) % len(pairs)]
+            try:
+                status, _ = await client.send(like if i % 2 == 0 else unlike)
+                counts[0] += 1
+                counts[1] += status != 200
+            except OSError:
+                counts[1] += 1
+            i += 1
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        await client.close()
+
+    async def run() -> None:
+        await asyncio.gather(*(lane(k) for k in range(lanes)))
+
+    asyncio.run(run())
 
 
 async def first_reads(
