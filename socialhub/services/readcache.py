@@ -305,6 +305,8 @@ class ReadCache:
                     self._big = frozenset(listed) | self._big_announced
                     self._big_expires_at = started + TTL
         big, followees = self._big, viewer.followees
+        if not big:
+            return []
         small, large = (big, followees) if len(big) < len(followees) else (followees, big)
         return [a for a in small if a in large]
 
