@@ -18,10 +18,23 @@ class UserEvent(msgspec.Struct, frozen=True):
     exclude_socket: int = 0  # not for this socket (it did the thing)
 
 
-class RoomEvent(msgspec.Struct, frozen=True):
+# No lapse. Always this object: omit_defaults leaves a field out only when it is the
+# default itself.
+NO_LAPSE = msgspec.Raw(b"")
+
+
+class RoomEvent(msgspec.Struct, frozen=True, omit_defaults=True):
     frame: msgspec.Raw
     seq: int = 0  # for new_message: lets a joining socket drop what its replay already sent
     exclude_user: int = 0  # typing and read receipts are for the others in the room
+    # A state that ends by itself (`typing true`): unless a later event with the same
+    # `lapse_key` comes first, every instance delivers `lapse` to its own sockets after
+    # `lapse_after` seconds, so it ends even when the instance that sent it is gone. An
+    # event with the key and an empty `lapse` cancels a pending one. (Empty rather than
+    # None: msgspec decodes no union with Raw.)
+    lapse_key: str = ""
+    lapse_after: float = 0.0
+    lapse: msgspec.Raw = NO_LAPSE
 
 
 def user_channel(user_id: int) -> str:
@@ -37,5 +50,22 @@ def encode_user_event(frame: msgspec.Struct, *, only_socket: int = 0, exclude_so
     return _encoder.encode(UserEvent(frame=raw, only_socket=only_socket, exclude_socket=exclude_socket))
 
 
-def encode_room_event(frame: msgspec.Struct, *, seq: int = 0, exclude_user: int = 0) -> bytes:
-    return _encoder.encode(RoomEvent(frame=msgspec.Raw(_encoder.encode(frame)), seq=seq, exclude_user=exclude_user))
+def encode_room_event(
+    frame: msgspec.Struct,
+    *,
+    seq: int = 0,
+    exclude_user: int = 0,
+    lapse_key: str = "",
+    lapse_after: float = 0.0,
+    lapse: msgspec.Struct | None = None,
+) -> bytes:
+    return _encoder.encode(
+        RoomEvent(
+            frame=msgspec.Raw(_encoder.encode(frame)),
+            seq=seq,
+            exclude_user=exclude_user,
+            lapse_key=lapse_key,
+            lapse_after=lapse_after,
+            lapse=msgspec.Raw(_encoder.encode(lapse)) if lapse is not None else NO_LAPSE,
+        )
+    )

@@ -36,6 +36,9 @@ MEMBER_CACHE_SIZE = 100_000
 MEMBER_CACHE_TTL = 300.0
 # SPEC: `typing true` expires by itself after 6 s; the others then get `typing false`.
 TYPING_EXPIRES = 6.0
+# The typer's instance sends that `typing false`; if it is gone, every other instance
+# tells its own sockets this much later.
+TYPING_LAPSE_GRACE = 2.0
 
 
 class NewMessageFrame(msgspec.Struct, frozen=True, tag_field="type", tag="new_message"):
@@ -194,7 +197,15 @@ class ChatService:
 
     async def _publish_typing(self, room_id: int, user_id: int, state: bool) -> None:
         frame = TypingFrame(room_id=str(room_id), user_id=str(user_id), state=state)
-        await self._publish(room_id, frame, exclude_user=user_id)
+        ends = TypingFrame(room_id=str(room_id), user_id=str(user_id), state=False) if state else None
+        await self._publish(
+            room_id,
+            frame,
+            exclude_user=user_id,
+            lapse_key=f"typing:{user_id}",
+            lapse_after=TYPING_EXPIRES + TYPING_LAPSE_GRACE,
+            lapse=ends,
+        )
 
     def stop(self) -> None:
         for timer in self._typing.values():
@@ -209,9 +220,21 @@ class ChatService:
         frame = ReadFrame(room_id=str(room_id), user_id=str(viewer.user_id), seq=position)
         await self._publish(room_id, frame, exclude_user=viewer.user_id)
 
-    async def _publish(self, room_id: int, frame: msgspec.Struct, *, seq: int = 0, exclude_user: int = 0) -> None:
+    async def _publish(
+        self,
+        room_id: int,
+        frame: msgspec.Struct,
+        *,
+        seq: int = 0,
+        exclude_user: int = 0,
+        lapse_key: str = "",
+        lapse_after: float = 0.0,
+        lapse: msgspec.Struct | None = None,
+    ) -> None:
         try:
-            event = encode_room_event(frame, seq=seq, exclude_user=exclude_user)
+            event = encode_room_event(
+                frame, seq=seq, exclude_user=exclude_user, lapse_key=lapse_key, lapse_after=lapse_after, lapse=lapse
+            )
             await self.pubsub.publish(room_channel(room_id), event)
         except SocialhubError:
             # Stored is what counts: sockets that missed it resume with since_seq.

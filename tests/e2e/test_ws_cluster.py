@@ -263,6 +263,11 @@ async def test_instance_killed_mid_burst_loses_and_doubles_nothing(
         await recv_victim.join(room, since_seq=0)
         await recv_b.join(room, since_seq=0)
         out = await opened(sockets, victim, sender, "sender@victim")
+        # The sender starts typing on the victim, which then dies before its 6 s timer
+        # would have ended it: B must end it for its own sockets.
+        await out.send({"type": "typing", "room_id": room, "state": True})
+        typing_at = time.monotonic()
+        assert (await recv_b.expect("typing", user_id=sender.id))["state"] is True
         # A user whose only socket is on the victim: the survivors must not keep them online.
         ghost = await signup(b, "ghost")
         await opened(sockets, victim, ghost, "ghost@victim")
@@ -292,6 +297,7 @@ async def test_instance_killed_mid_burst_loses_and_doubles_nothing(
             assert time.monotonic() < end, "the burst is not being acked"
             await asyncio.sleep(0.002)
         await asyncio.to_thread(victim.kill)
+        assert time.monotonic() - typing_at < TYPING_EXPIRES, "the victim lived long enough to end the typing"
         await sending
         await out.wait_closed(10)
         await recv_victim.wait_closed(10)
@@ -325,6 +331,10 @@ async def test_instance_killed_mid_burst_loses_and_doubles_nothing(
         assert seen_before + resumed.seqs(room) == everything, "the receiver that resumed on B"
         await asyncio.sleep(0.3)
         assert recv_b.seqs(room) == everything and seen_before + resumed.seqs(room) == everything
+
+        # The typing that the dead victim never ended ends on B by itself.
+        ended = await recv_b.expect("typing", timeout=TYPING_EXPIRES + 10, user_id=sender.id)
+        assert ended["state"] is False and time.monotonic() - typing_at >= TYPING_EXPIRES
 
         # The victim's heartbeat lapses; a survivor sweeps its users and announces them offline.
         gone = await recv_b.expect("presence", timeout=DEAD_INSTANCE_OFFLINE, user_id=ghost.id)

@@ -58,6 +58,7 @@ class _Channel:
         self.subscription: Subscription | None = None
         self.lock = asyncio.Lock()
         self.last_seq = 0  # rooms: the highest seq relayed from this channel
+        self.lapses: dict[str, asyncio.TimerHandle] = {}  # rooms: states that end by themselves
 
 
 class Hub:
@@ -173,6 +174,20 @@ class Hub:
             logger.warning("malformed room event ignored on %s", channel_name)
             return
         room_id = int(channel_name.split(":", 1)[1])
+        if event.lapse_key:
+            pending = channel.lapses.pop(event.lapse_key, None)
+            if pending is not None:
+                pending.cancel()
+            if event.lapse:
+                channel.lapses[event.lapse_key] = asyncio.get_running_loop().call_later(
+                    event.lapse_after,
+                    self._lapse,
+                    channel,
+                    room_id,
+                    event.lapse_key,
+                    bytes(event.lapse),
+                    event.exclude_user,
+                )
         frames: list[tuple[int, bytes]] = []
         if event.seq:
             if event.seq <= channel.last_seq:
@@ -186,8 +201,11 @@ class Hub:
                 channel.last_seq = event.seq
         else:
             frames.append((0, bytes(event.frame)))
+        self._deliver(channel, room_id, frames, event.exclude_user)
+
+    def _deliver(self, channel: _Channel, room_id: int, frames: list[tuple[int, bytes]], exclude_user: int) -> None:
         for session in list(channel.sessions):
-            if event.exclude_user and session.user_id == event.exclude_user:
+            if exclude_user and session.user_id == exclude_user:
                 continue
             held = session.joining.get(room_id)
             for seq, data in frames:
@@ -198,6 +216,11 @@ class Hub:
                 elif seq > session.rooms.get(room_id, 0):
                     session.send(data)
                     session.rooms[room_id] = seq
+
+    def _lapse(self, channel: _Channel, room_id: int, key: str, data: bytes, exclude_user: int) -> None:
+        """A state no later event replaced ends here (its sender may be gone)."""
+        channel.lapses.pop(key, None)
+        self._deliver(channel, room_id, [(0, data)], exclude_user)
 
     async def _fill(self, room_id: int, after: int, upto: int) -> list[tuple[int, bytes]]:
         """The messages between `after` and `upto` (exclusive) from PostgreSQL."""
@@ -240,9 +263,7 @@ class Hub:
 
     # -- channels -----------------------------------------------------------------------------
 
-    async def _attach(
-        self, name: str, session: Session, handler: Callable[[str, bytes], Awaitable[None]]
-    ) -> _Channel:
+    async def _attach(self, name: str, session: Session, handler: Callable[[str, bytes], Awaitable[None]]) -> _Channel:
         channel = self._channels.setdefault(name, _Channel())
         async with channel.lock:
             channel.sessions.add(session)
@@ -258,6 +279,9 @@ class Hub:
             channel.sessions.discard(session)
             if not channel.sessions and channel.subscription is not None:
                 subscription, channel.subscription = channel.subscription, None
+                for pending in channel.lapses.values():
+                    pending.cancel()
+                channel.lapses.clear()
                 if self._channels.get(name) is channel:
                     del self._channels[name]
                 await subscription.close()
