@@ -77,8 +77,9 @@ class FeedSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Accounts with at least this many followers are not fanned out on write; their posts
     # are merged into followers' feeds at read time.
     fanout_threshold: int = 10_000
-    # The read cache (per instance): posts held as their public view (~1 KB each), and
-    # viewers' follows and recent likes. 0 turns that part off (reads go to PostgreSQL).
+    # The read cache (per instance): posts held as their view and its JSON (~1 KB each),
+    # and viewers' follows, recent likes and first feed page (~10 KB each). 0 turns that
+    # part off (reads go to PostgreSQL).
     cache_posts: int = 50_000
     cache_viewers: int = 10_000
 
