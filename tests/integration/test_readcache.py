@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -169,6 +170,24 @@ async def test_the_writers_own_instance_reads_its_writes_at_once(client: httpx.A
         page = await feed_of(client, reader)
         assert page[pid]["liked"] is (i % 2 == 0)
         assert page[pid]["likes_count"] == (1 if i % 2 == 0 else 0)
+
+
+async def test_with_the_cache_sized_zero_every_read_asks_postgresql(make_settings: Callable[..., Settings]) -> None:
+    """`feed.cache_posts = 0` and `feed.cache_viewers = 0` turn the cache off: a change
+    made behind the server's back (straight in PostgreSQL) shows on the next read."""
+    settings = make_settings(feed={"cache_posts": 0, "cache_viewers": 0})
+    async with running_app(settings) as client:
+        _, reader, pid = await follows_with_post(client)
+        assert (await feed_of(client, reader))[pid]["content"] == "hello"
+        conn = await asyncpg.connect(settings.database.url)
+        try:
+            await conn.execute("UPDATE posts SET content = 'changed in SQL', likes_count = 7 WHERE id = $1", int(pid))
+        finally:
+            await conn.close()
+        page = await feed_of(client, reader)
+        assert page[pid]["content"] == "changed in SQL" and page[pid]["likes_count"] == 7
+        post = (await client.get(f"/posts/{pid}", headers=reader.headers)).json()
+        assert post["content"] == "changed in SQL"
 
 
 async def test_likes_below_the_cached_window_are_asked_of_postgresql(
