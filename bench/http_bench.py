@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import platform
 import random
 import secrets
 import sys
@@ -57,6 +56,8 @@ import httpx
 import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
+from bench.load import WorkerError, cpu_share, expect_message
+from bench.report import machine_description
 from bench.server import ServerStartError, ServerUsage, ServerWatch, SpawnedServer
 from bench.stats import LatencySummary, merge_counts, split_evenly, summarize
 
@@ -152,10 +153,6 @@ class Report(msgspec.Struct, frozen=True):
 
 class SetupError(RuntimeError):
     pass
-
-
-class WorkerError(RuntimeError):
-    """A client process failed or fell silent."""
 
 
 # ---- setup: accounts and follows through the API ---------------------------------------
@@ -295,7 +292,7 @@ async def _drive(job: WorkerJob, conn: Connection) -> WorkerResult:
                 if error is not None and not error.startswith("HTTP"):
                     await asyncio.sleep(ERROR_BACKOFF_S)
 
-        cpu = asyncio.create_task(_cpu_share(window_start, window_end))
+        cpu = asyncio.create_task(cpu_share(window_start, window_end))
         await asyncio.gather(*(loop(client) for client in clients))
         return WorkerResult(latencies_s=latencies, errors=errors, cpu_share=await cpu)
 
@@ -325,15 +322,6 @@ def _user_request(job: WorkerJob) -> RequestFactory:
     return make
 
 
-async def _cpu_share(start: float, end: float) -> float:
-    """This process's CPU time over wall time between `start` and `end` (monotonic)."""
-    await asyncio.sleep(max(0.0, start - time.monotonic()))
-    wall0, cpu0 = time.monotonic(), time.process_time()
-    await asyncio.sleep(max(0.0, end - time.monotonic()))
-    wall1, cpu1 = time.monotonic(), time.process_time()
-    return (cpu1 - cpu0) / (wall1 - wall0) if wall1 > wall0 else 0.0
-
-
 # ---- one scenario -------------------------------------------------------------------------
 
 
@@ -350,7 +338,7 @@ def run_scenario(job: WorkerJob, procs: int, watch: ServerWatch | None) -> Scena
             child.close()
             workers.append((client, parent))
         for proc, conn in workers:
-            _expect(conn, proc, "ready", WORKER_START_TIMEOUT_S)
+            expect_message(conn, proc, "ready", WORKER_START_TIMEOUT_S)
         start_at = time.monotonic() + 0.1
         for _, conn in workers:
             conn.send(start_at)
@@ -365,7 +353,7 @@ def run_scenario(job: WorkerJob, procs: int, watch: ServerWatch | None) -> Scena
         server = watch.usage(before, watch.snapshot()) if watch is not None and before is not None else None
 
         parts: list[WorkerResult] = [
-            _expect(conn, proc, "done", job.timeout_s + WORKER_START_TIMEOUT_S) for proc, conn in workers
+            expect_message(conn, proc, "done", job.timeout_s + WORKER_START_TIMEOUT_S) for proc, conn in workers
         ]
     finally:
         for proc, conn in workers:
@@ -397,19 +385,6 @@ def run_scenario(job: WorkerJob, procs: int, watch: ServerWatch | None) -> Scena
     )
 
 
-def _expect(conn: Connection, proc: multiprocessing.process.BaseProcess, kind: str, timeout: float) -> Any:
-    if not conn.poll(timeout):
-        raise WorkerError(f"{proc.name} sent nothing in {timeout:.0f} s (expected {kind!r})")
-    try:
-        got, payload = conn.recv()
-    except EOFError:
-        proc.join(1)
-        raise WorkerError(f"{proc.name} ended (exit code {proc.exitcode}) before {kind!r}") from None
-    if got != kind:
-        raise WorkerError(f"{proc.name} failed:\n{payload}")
-    return payload
-
-
 def _sleep_until(deadline: float, watch: ServerWatch | None) -> None:
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, 0.5))
@@ -418,22 +393,6 @@ def _sleep_until(deadline: float, watch: ServerWatch | None) -> None:
 
 
 # ---- the report ---------------------------------------------------------------------------
-
-
-def machine_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = psutil.virtual_memory().total / 2**30
-    return (
-        f"{os.cpu_count()} logical CPUs ({model}), {memory:.0f} GiB RAM, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
-    )
 
 
 def build_notes(results: Sequence[ScenarioResult], cpu_count: int, spawned: bool) -> list[str]:

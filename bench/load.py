@@ -134,14 +134,7 @@ async def _drive(job: PhaseJob, conn: Connection, counter: Synchronized[int]) ->
             if error is not None and not error.startswith("HTTP"):
                 await asyncio.sleep(ERROR_BACKOFF_S)
 
-    async def cpu_share() -> float:
-        await asyncio.sleep(max(0.0, window_start - time.monotonic()))
-        wall0, cpu0 = time.monotonic(), time.process_time()
-        await asyncio.sleep(max(0.0, window_end - time.monotonic()))
-        wall1, cpu1 = time.monotonic(), time.process_time()
-        return (cpu1 - cpu0) / (wall1 - wall0) if wall1 > wall0 else 0.0
-
-    cpu = asyncio.create_task(cpu_share())
+    cpu = asyncio.create_task(cpu_share(window_start, window_end))
     await asyncio.gather(*(loop(c) for c in conns))
     for c in conns:
         await c.close()
@@ -162,7 +155,7 @@ def run_phase(name: str, job: PhaseJob, procs: int, watch: ServerWatch | None, p
             child.close()
             workers.append((client, parent, counter))
         for proc, conn, _ in workers:
-            _expect(conn, proc, "ready", WORKER_START_TIMEOUT_S)
+            expect_message(conn, proc, "ready", WORKER_START_TIMEOUT_S)
         start_at = time.monotonic() + 0.1
         for _, conn, _ in workers:
             conn.send(start_at)
@@ -173,7 +166,7 @@ def run_phase(name: str, job: PhaseJob, procs: int, watch: ServerWatch | None, p
         progress.window(name, window_start, window_end, lambda: sum(c.value for _, _, c in workers), watch)
         usage = watch.usage(before, watch.snapshot()) if watch is not None and before is not None else None
         parts: list[WorkerResult] = [
-            _expect(conn, proc, "done", job.timeout_s + WORKER_START_TIMEOUT_S) for proc, conn, _ in workers
+            expect_message(conn, proc, "done", job.timeout_s + WORKER_START_TIMEOUT_S) for proc, conn, _ in workers
         ]
     finally:
         for proc, conn, _ in workers:
@@ -206,7 +199,16 @@ def run_phase(name: str, job: PhaseJob, procs: int, watch: ServerWatch | None, p
     return PhaseRun(result=result, samples=samples[::step], body=body)
 
 
-def _expect(conn: Connection, proc: multiprocessing.process.BaseProcess, kind: str, timeout: float) -> Any:
+async def cpu_share(start: float, end: float) -> float:
+    """This process's CPU time over wall time between `start` and `end` (monotonic)."""
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    wall0, cpu0 = time.monotonic(), time.process_time()
+    await asyncio.sleep(max(0.0, end - time.monotonic()))
+    wall1, cpu1 = time.monotonic(), time.process_time()
+    return (cpu1 - cpu0) / (wall1 - wall0) if wall1 > wall0 else 0.0
+
+
+def expect_message(conn: Connection, proc: multiprocessing.process.BaseProcess, kind: str, timeout: float) -> Any:
     if not conn.poll(timeout):
         raise WorkerError(f"{proc.name} sent nothing in {timeout:.0f} s (expected {kind!r})")
     try:
