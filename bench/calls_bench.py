@@ -45,13 +45,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from bench.report import table
-from bench.seed import TOKEN_TTL_S, password_hash
 from bench.stats import LatencySummary, merge_counts, split_evenly, summarize
 from bench.target import Target, TargetError, add_target_options
+from bench.ws.accounts import seed_accounts
 
 BOUND_SHARE = 0.9
 HOPS = ("invite -> connected", "invite -> call_incoming", "answer -> call_answered", "invite -> ack")
@@ -261,36 +260,12 @@ def worker_main(job_bytes: bytes, conn: Connection, counter: Any, start_at: floa
 
 
 async def make_pairs(db_url: str, secret: str, calls: int) -> list[Pair]:
-    from socialhub.services.tokens import TokenCodec
-
-    tag = secrets.token_hex(3)
-    conn = await asyncpg.connect(db_url)
-    try:
-        async with conn.transaction():
-            users = await conn.fetch(
-                """
-                INSERT INTO users (username, email, name, password_hash)
-                SELECT 'c' || $1 || '_' || i, 'c' || $1 || '_' || i || '@bench.invalid', 'Caller ' || i, $2
-                FROM generate_series(1, $3::int) AS i
-                RETURNING id
-                """,
-                tag,
-                password_hash(secrets.token_urlsafe(12)),
-                2 * calls,
-            )
-            sessions = await conn.fetch(
-                """
-                INSERT INTO sessions (user_id, expires_at, user_agent)
-                SELECT u, now() + interval '1 day', 'bench' FROM unnest($1::bigint[]) AS u
-                RETURNING id, user_id
-                """,
-                [r["id"] for r in users],
-            )
-    finally:
-        await conn.close()
-    codec = TokenCodec(secret, TOKEN_TTL_S)
-    accounts = [(str(r["user_id"]), codec.issue(r["user_id"], r["id"])) for r in sessions]
-    return [Pair(*accounts[2 * i], *accounts[2 * i + 1]) for i in range(calls)]
+    """A fresh caller and callee for each call: users, sessions and tokens by SQL."""
+    accounts = await seed_accounts(db_url, secret, 2 * calls, secrets.token_hex(3))
+    return [
+        Pair(accounts[2 * i].user_id, accounts[2 * i].token, accounts[2 * i + 1].user_id, accounts[2 * i + 1].token)
+        for i in range(calls)
+    ]
 
 
 def _fmt(s: LatencySummary | None) -> list[str]:

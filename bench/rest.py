@@ -20,18 +20,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from argon2 import PasswordHasher, Type
 
 from bench.ceiling import CeilingServer
 from bench.load import PhaseJob, PhaseResult, PhaseRun, run_phase, split_url
 from bench.progress import Progress
 from bench.rawhttp import RawHttpConnection, encode_request
 from bench.report import Comparison, Report, client_notes, command_line, machine_description, now_utc
-from bench.seed import DataSet, SizeSpec, seed
+from bench.seed import DataSet, SizeSpec, default_hasher, seed
 from bench.server import ServerWatch
 from bench.stats import LatencySummary, summarize
 from bench.target import Target
-from socialhub.config import AuthSettings
 
 # Connections of the background like writer (`--likes-per-s`).
 WRITER_LANES = 20
@@ -138,13 +136,7 @@ def write_requests(phase: str, data: DataSet, host: str, port: int, rng: random.
 
 def argon2_cost_ms() -> float:
     """Median time of one argon2id verification at the server's default cost, in this process."""
-    auth = AuthSettings()
-    hasher = PasswordHasher(
-        time_cost=auth.argon2_time_cost,
-        memory_cost=auth.argon2_memory_kib,
-        parallelism=auth.argon2_parallelism,
-        type=Type.ID,
-    )
+    hasher = default_hasher()
     stored = hasher.hash("x")
     times = []
     for _ in range(ARGON2_SAMPLES):

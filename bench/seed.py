@@ -41,17 +41,21 @@ class SizeSpec(msgspec.Struct, frozen=True):
     likes_per_post: int = 5
 
 
-def password_hash(password: str) -> str:
-    """An argon2id hash with the server's default cost, so a login verifies at full price
-    and finds no reason to rehash."""
+def default_hasher() -> PasswordHasher:
+    """argon2id at the server's default cost."""
     auth = AuthSettings()
-    hasher = PasswordHasher(
+    return PasswordHasher(
         time_cost=auth.argon2_time_cost,
         memory_cost=auth.argon2_memory_kib,
         parallelism=auth.argon2_parallelism,
         type=Type.ID,
     )
-    return hasher.hash(password)
+
+
+def password_hash(password: str) -> str:
+    """An argon2id hash with the server's default cost, so a login verifies at full price
+    and finds no reason to rehash."""
+    return default_hasher().hash(password)
 
 
 async def seed(db_url: str, secret: str, size: SizeSpec, tag: str, password: str) -> DataSet:
