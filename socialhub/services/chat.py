@@ -147,7 +147,7 @@ class ChatService:
         # A resend is relayed too: the first try may have committed and died (SIGKILL,
         # a lost Redis) before relaying, and the ack it never got is why it is resent.
         # Sockets drop a seq they already have, so a relayed duplicate is harmless.
-        await self._publish(room_id, NewMessageFrame(message), seq=record.seq)
+        await self._publish(room_id, encode_room_event(NewMessageFrame(message), seq=record.seq))
         if created:
             await self._notify_absent(record)
         return message
@@ -200,11 +200,13 @@ class ChatService:
         ends = TypingFrame(room_id=str(room_id), user_id=str(user_id), state=False) if state else None
         await self._publish(
             room_id,
-            frame,
-            exclude_user=user_id,
-            lapse_key=f"typing:{user_id}",
-            lapse_after=TYPING_EXPIRES + TYPING_LAPSE_GRACE,
-            lapse=ends,
+            encode_room_event(
+                frame,
+                exclude_user=user_id,
+                lapse_key=f"typing:{user_id}",
+                lapse_after=TYPING_EXPIRES + TYPING_LAPSE_GRACE,
+                lapse=ends,
+            ),
         )
 
     def stop(self) -> None:
@@ -218,23 +220,10 @@ class ChatService:
             await self.check_member(viewer.user_id, room_id)
             raise Forbidden("only the room's members may do that")
         frame = ReadFrame(room_id=str(room_id), user_id=str(viewer.user_id), seq=position)
-        await self._publish(room_id, frame, exclude_user=viewer.user_id)
+        await self._publish(room_id, encode_room_event(frame, exclude_user=viewer.user_id))
 
-    async def _publish(
-        self,
-        room_id: int,
-        frame: msgspec.Struct,
-        *,
-        seq: int = 0,
-        exclude_user: int = 0,
-        lapse_key: str = "",
-        lapse_after: float = 0.0,
-        lapse: msgspec.Struct | None = None,
-    ) -> None:
+    async def _publish(self, room_id: int, event: bytes) -> None:
         try:
-            event = encode_room_event(
-                frame, seq=seq, exclude_user=exclude_user, lapse_key=lapse_key, lapse_after=lapse_after, lapse=lapse
-            )
             await self.pubsub.publish(room_channel(room_id), event)
         except SocialhubError:
             # Stored is what counts: sockets that missed it resume with since_seq.
