@@ -7,7 +7,12 @@ import contextlib
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+
+from tests.ports import free_port
 
 
 class PrivateRedis:
@@ -43,3 +48,12 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the test's own, killed after it."""
+    redis = PrivateRedis(free_port(), tmp_path / "redis.log")
+    redis.start()
+    yield redis
+    redis.kill()

@@ -28,7 +28,6 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import REDIS_URL
 from tests.e2e.server import Server, server_env, start_pair
 from tests.e2e.wsclient import User, WsClient, signup
-from tests.ports import free_port
 from tests.private_redis import PrivateRedis
 
 # How long a socket waits for a frame unless told: cross-instance delivery goes through
@@ -392,14 +391,6 @@ async def test_a_message_committed_by_an_instance_that_died_before_relaying_it_i
 
 
 # -- a Redis restart in the middle of a conversation ---------------------------------------------
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    redis = PrivateRedis(free_port(), tmp_path / "redis.log")
-    redis.start()
-    yield redis
-    redis.kill()
 
 
 async def readiness(server: Server) -> int:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,7 +27,6 @@ from socialhub.storage.database import Database
 from socialhub.storage.migrate import migrate
 from socialhub.storage.posts import PostStore
 from tests.conftest import Account, running_app, signup
-from tests.ports import free_port
 from tests.private_redis import PrivateRedis
 
 Check = Callable[[dict[str, Any]], bool]
@@ -202,14 +200,6 @@ async def test_likes_below_the_cached_window_are_asked_of_postgresql(
     await until_feed(client, reader, lambda f: len(f) == 6)
     page = await feed_of(client, reader)
     assert {pid for pid, p in page.items() if p["liked"]} == set(ids[::2])
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    redis = PrivateRedis(free_port(), tmp_path / "redis.log")
-    redis.start()
-    yield redis
-    redis.kill()
 
 
 async def until_ready(client: httpx.AsyncClient, status: int) -> None:
