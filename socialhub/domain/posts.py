@@ -21,7 +21,8 @@ class MediaRecord(msgspec.Struct, frozen=True):
 
 
 class PostRecord(msgspec.Struct, frozen=True):
-    """A post with what a viewer sees of it (author, media, counters, liked)."""
+    """A post as anyone sees it (author, media, counters); whether a viewer liked it is
+    theirs, added when it is shown to them."""
 
     id: int
     author: UserSummary
@@ -30,7 +31,6 @@ class PostRecord(msgspec.Struct, frozen=True):
     created_at: datetime
     likes_count: int
     comments_count: int
-    liked: bool
 
 
 class MediaView(msgspec.Struct, frozen=True):
@@ -54,6 +54,7 @@ class Post(msgspec.Struct, frozen=True):
 
     @classmethod
     def of(cls, p: PostRecord, media_base: str) -> Post:
+        """The view with `liked` false; a viewer's own likes are marked when shown to them."""
         return cls(
             id=str(p.id),
             author=p.author,
@@ -72,7 +73,7 @@ class Post(msgspec.Struct, frozen=True):
             created_at=rfc3339(p.created_at),
             likes_count=p.likes_count,
             comments_count=p.comments_count,
-            liked=p.liked,
+            liked=False,
         )
 
 

@@ -43,7 +43,6 @@ def post_from_row(row: asyncpg.Record) -> PostRecord:
         created_at=row["created_at"],
         likes_count=row["likes_count"],
         comments_count=row["comments_count"],
-        liked=False,
     )
 
 
@@ -123,7 +122,7 @@ class PostStore:
         return {r["k"] for r in rows}
 
     async def get_post_records(self, ids: Sequence[int]) -> list[PostRecord]:
-        """The posts among `ids` that exist (`liked` false)."""
+        """The posts among `ids` that exist."""
         rows = await self.db.fetch(POST_SELECT + " WHERE p.id = ANY($1::bigint[])", list(ids))
         return [post_from_row(r) for r in rows]
 
