@@ -18,14 +18,25 @@ _encoder = msgspec.json.Encoder(enc_hook=repr)
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
 
 
-def _timestamp(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
+# The formatted second of the last timestamp (one tuple: replaced whole, safe across threads).
+_last_second: tuple[int, str] = (-1, "")
+
+
+def timestamp(created: float) -> str:
+    """`created` (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
+    global _last_second
+    second = int(created)
+    cached, prefix = _last_second
+    if second != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, prefix)
+    return f"{prefix}.{int(created * 1000) % 1000:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": _timestamp(record.created),
+            "ts": timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -84,8 +95,6 @@ class AccessLogWriter:
         self._encoder = msgspec.json.Encoder()
         self._buffer = bytearray()
         self._flush_due = False
-        self._second = -1
-        self._prefix = ""
         atexit.register(self.flush)
 
     @property
@@ -114,13 +123,6 @@ class AccessLogWriter:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass  # stderr is gone (closed at exit): nowhere left to log
-
-    def timestamp(self, created: float) -> str:
-        second = int(created)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int(created * 1000) % 1000:03d}Z"
 
 
 access_log = AccessLogWriter()

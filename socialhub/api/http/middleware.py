@@ -9,7 +9,7 @@ import time
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from socialhub.logs import AccessEntry, access_log
+from socialhub.logs import AccessEntry, access_log, timestamp
 
 # Labelled by the route's template (/posts/{id}), never the raw path: bounded cardinality.
 REQUESTS = Counter("socialhub_http_requests_total", "HTTP requests answered", ["method", "route", "status"])
@@ -73,7 +73,7 @@ class AccessLog:
                 user_id = state.get("user_id")
                 access_log.write(
                     AccessEntry(
-                        ts=access_log.timestamp(time.time()),
+                        ts=timestamp(time.time()),
                         level="info",
                         logger="socialhub.access",
                         msg=f"{method} {scope['path']} {shown}",
