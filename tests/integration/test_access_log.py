@@ -23,6 +23,8 @@ async def test_each_request_is_one_json_line_without_its_query(
     assert r.status_code == 200
     assert r.headers["x-request-id"] == "req-42"
     missing = await client.get("/posts/123456789")
+    # SPEC, Conventions: JSON out as application/json; charset=utf-8, errors too.
+    assert r.headers["content-type"] == missing.headers["content-type"] == "application/json; charset=utf-8"
     access_log.flush()
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"socialhub.access"' in line]
     feed = next(entry for entry in lines if entry["path"] == "/feed")

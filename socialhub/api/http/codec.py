@@ -18,6 +18,9 @@ from socialhub.ids import parse_id
 
 T = TypeVar("T", bound=msgspec.Struct)
 
+# SPEC, Conventions: JSON in and out as `application/json; charset=utf-8`.
+JSON_MEDIA_TYPE = "application/json; charset=utf-8"
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 
@@ -25,7 +28,7 @@ _decoder = msgspec.json.Decoder()
 class JSON(Response):
     """A response body encoded by msgspec (Structs, lists, dicts)."""
 
-    media_type = "application/json"
+    media_type = JSON_MEDIA_TYPE
 
     def render(self, content: Any) -> bytes:
         return _encoder.encode(content)

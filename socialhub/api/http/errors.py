@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from socialhub.api.http.codec import JSON_MEDIA_TYPE
 from socialhub.errors import RateLimited, SocialhubError
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def error_response(
     code: str, message: str, fields: dict[str, str] | None = None, headers: dict[str, str] | None = None
 ) -> Response:
     body = _encoder.encode(ErrorEnvelope(ErrorBody(code=code, message=message, fields=fields)))
-    return Response(body, status_code=STATUS.get(code, 500), media_type="application/json", headers=headers)
+    return Response(body, status_code=STATUS.get(code, 500), media_type=JSON_MEDIA_TYPE, headers=headers)
 
 
 async def handle_socialhub_error(request: Request, exc: Exception) -> Response:

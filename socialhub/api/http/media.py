@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from socialhub.api.http.codec import JSON_MEDIA_TYPE
 from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
 from socialhub.api.http.openapi import Operation
 from socialhub.errors import NotFound
@@ -145,6 +146,6 @@ def _not_satisfiable(size: int, headers: dict[str, str]) -> Response:
     return Response(
         body,
         status_code=RANGE_NOT_SATISFIABLE,
-        media_type="application/json",
+        media_type=JSON_MEDIA_TYPE,
         headers={**headers, "Content-Range": f"bytes */{size}"},
     )

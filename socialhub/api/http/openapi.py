@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from socialhub import __version__
+from socialhub.api.http.codec import JSON_MEDIA_TYPE
 from socialhub.api.http.errors import CODE_OF_STATUS, ErrorEnvelope
 from socialhub.api.http.ratelimit import PUBLIC_RULES, WRITE_METHODS
 from socialhub.domain.pages import DEFAULT_LIMIT, MAX_LIMIT
@@ -264,7 +265,7 @@ class OpenApiRoutes:
         ]  # fmt: skip
 
     async def openapi_json(self, request: Request) -> Response:
-        return Response(self.json, media_type="application/json")
+        return Response(self.json, media_type=JSON_MEDIA_TYPE)
 
     async def docs(self, request: Request) -> Response:
         return Response(self.html, media_type="text/html", headers={"Content-Security-Policy": self.csp})
