@@ -56,7 +56,7 @@ import httpx
 import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from bench.load import WorkerError, cpu_share, expect_message
+from bench.load import WorkerError, cpu_share, expect_message, stop_workers
 from bench.report import machine_description
 from bench.server import ServerStartError, ServerUsage, ServerWatch, SpawnedServer
 from bench.stats import LatencySummary, merge_counts, split_evenly, summarize
@@ -356,12 +356,7 @@ def run_scenario(job: WorkerJob, procs: int, watch: ServerWatch | None) -> Scena
             expect_message(conn, proc, "done", job.timeout_s + WORKER_START_TIMEOUT_S) for proc, conn in workers
         ]
     finally:
-        for proc, conn in workers:
-            conn.close()
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
+        stop_workers(workers)
 
     latency = summarize(sample for part in parts for sample in part.latencies_s)
     other: float | None = None

@@ -169,12 +169,7 @@ def run_phase(name: str, job: PhaseJob, procs: int, watch: ServerWatch | None, p
             expect_message(conn, proc, "done", job.timeout_s + WORKER_START_TIMEOUT_S) for proc, conn, _ in workers
         ]
     finally:
-        for proc, conn, _ in workers:
-            conn.close()
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
+        stop_workers([(proc, conn) for proc, conn, _ in workers])
     samples = sorted(s for part in parts for s in part.samples)
     latency = summarize(lat for _, lat in samples)
     ok = latency.count if latency is not None else 0
@@ -197,6 +192,16 @@ def run_phase(name: str, job: PhaseJob, procs: int, watch: ServerWatch | None, p
     )
     body = next((p.body for p in parts if p.body), b"")
     return PhaseRun(result=result, samples=samples[::step], body=body)
+
+
+def stop_workers(workers: Sequence[tuple[multiprocessing.process.BaseProcess, Connection]]) -> None:
+    """Close each client process's pipe and let it end; terminate one that does not."""
+    for proc, conn in workers:
+        conn.close()
+        proc.join(5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
 
 
 async def cpu_share(start: float, end: float) -> float:

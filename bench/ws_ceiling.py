@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 import msgspec
 
 from bench.ceiling import CeilingServer
+from bench.load import stop_workers
 from bench.stats import LatencySummary, split_evenly, summarize
 from bench.ws.idle import run_idle
 from bench.ws.report import Report
@@ -118,11 +119,7 @@ def measure(port: int, members: int, messages: int, interval: float, warmup: int
             for n, lats in payload.items():
                 merged.setdefault(n, []).extend(lats)
     finally:
-        for proc, conn in workers:
-            conn.close()
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
+        stop_workers(workers)
     measured = range(warmup, messages)
     complete = [merged[n] for n in measured if len(merged.get(n, [])) == members]
     return RelayResult(
