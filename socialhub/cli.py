@@ -130,6 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"socialhub: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.server.log_level)
+    from socialhub.app import check_reachable
+
+    try:
+        asyncio.run(check_reachable(settings, redis=args.command == "serve"))
+    except ConfigError as exc:
+        print(f"socialhub: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         return serve(settings)
     asyncio.run(_migrate(settings))
