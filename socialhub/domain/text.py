@@ -28,13 +28,21 @@ def may_hold_nul(raw: bytes) -> bool:
 
 
 def holds_nul(value: Any) -> bool:
-    """Whether a decoded JSON value (or form field) holds U+0000 in any string or key."""
-    if isinstance(value, str):
-        return NUL in value
-    if isinstance(value, Mapping):
-        return any(holds_nul(k) or holds_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(holds_nul(v) for v in value)
+    """Whether a decoded JSON value (or form field) holds U+0000 in any string or key.
+
+    A loop, not recursion: a value may be nested nearly as deep as the decoder allows,
+    which would leave no room for a recursive walk below the caller's frames."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if NUL in item:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
     return False
 
 

@@ -165,6 +165,15 @@ async def test_a_frame_nested_too_deep_is_bad_request_and_the_socket_stays(serve
             assert err["code"] == "bad_request", (raw[:40], err)
             await sock.ping()
         assert sock.matching("error")[2].get("ref") is None  # the envelope was too deep too
+        # A NUL nested about as deep as the decoder allows: refused either way, never a drop.
+        for depth in (500, 900, 990):
+            nested = "[" * depth + '"\\u0000"' + "]" * depth
+            before = len(sock.matching("error"))
+            await sock.send('{"type": "call_candidate", "call_id": "1", "candidate": ' + nested + "}")
+            await sock.wait_count("error", before + 1)
+            err = sock.matching("error")[-1]
+            assert err["code"] in ("bad_request", "validation_error"), err
+            await sock.ping()
         assert sock.close_code is None
     finally:
         await sock.close()

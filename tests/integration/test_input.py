@@ -125,13 +125,24 @@ async def test_json_nested_too_deep_is_400_on_every_json_route(client: httpx.Asy
     assert (await a.get("/auth/me")).status_code == 200
 
 
+async def test_nul_deep_inside_a_field_is_never_a_500(client: httpx.AsyncClient) -> None:
+    # Nested about as deep as the decoder allows: whether it decodes (422: the NUL) or not
+    # (400) depends on the stack below; looking for the NUL must not overflow it.
+    a = await signup(client)
+    for depth in (100, 500, 900, 950, 990):
+        body = ('{"content": ' + "[" * depth + '"\\u0000"' + "]" * depth + "}").encode()
+        r = await a.client.post("/posts/", content=body, headers={**a.headers, "content-type": "application/json"})
+        assert r.status_code in (400, 422), (depth, r.text)
+
+
 # -- Content-Type -------------------------------------------------------------------------------
 
 
 async def test_json_routes_answer_415_to_other_content_types(client: httpx.AsyncClient) -> None:
     a = await signup(client)
     body = json.dumps({"content": "typed"}).encode()
-    for ctype in ("text/plain", "application/xml", "application/jsonx", "text/json", "application/json; charset=latin-1"):
+    others = ("text/plain", "application/xml", "application/jsonx", "text/json", "application/json; charset=latin-1")
+    for ctype in others:
         r = await a.client.post("/posts/", content=body, headers={**a.headers, "content-type": ctype})
         assert r.status_code == 415, (ctype, r.text)
         assert error_code(r) == "unsupported_media_type"

@@ -111,6 +111,7 @@ ClientFrame = (
     | Ping
 )
 
+
 class Envelope(msgspec.Struct, frozen=True):
     """Just enough of any frame to answer it: its type and ref."""
 
@@ -136,7 +137,8 @@ def decode_frame(raw: bytes) -> ClientFrame:
     except RecursionError:
         raise BadRequest("bad frame: nested too deep") from None
     if may_hold_nul(raw):
-        fields = nul_fields(msgspec.to_builtins(frame), (f.encode_name for f in msgspec.structs.fields(frame)))
+        values = {f.encode_name: getattr(frame, f.name) for f in msgspec.structs.fields(frame)}
+        fields = nul_fields(values, values)
         if fields:
             raise ValidationFailed("; ".join(f"{k}: {v}" for k, v in fields.items()), fields=fields)
     return frame
