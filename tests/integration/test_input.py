@@ -194,6 +194,12 @@ async def test_an_email_is_one_plain_mailbox(client: httpx.AsyncClient, address:
     assert r.status_code == 422 and set(r.json()["error"]["fields"]) == {"email"}, r.text
 
 
+async def test_a_username_with_a_trailing_newline_is_422(client: httpx.AsyncClient) -> None:
+    body = {"name": "N", "email": "newline@example.test", "username": "newline_user\n", "password": "long enough"}
+    r = await client.post("/auth/signup", json=body)
+    assert r.status_code == 422 and set(r.json()["error"]["fields"]) == {"username"}, r.text
+
+
 async def test_plain_mailboxes_are_accepted(client: httpx.AsyncClient) -> None:
     for address in ("o'brien+tag@mail.example.co.uk", "a.b-c_d@sub-domain.example.test"):
         a = await signup(client, email=address)
