@@ -122,6 +122,27 @@ def test_an_endless_header_is_cut_off_early_while_others_are_served(server: Serv
     assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
 
 
+def test_a_nul_in_a_body_is_422_and_the_connection_kept(server: Server) -> None:
+    body = b'{"identifier": "a\\u0000b", "password": "long enough"}'
+    login = (
+        b"POST /auth/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(login)
+        first = s.recv(65536)
+        while b"\r\n\r\n" not in first or not first.endswith(b"}"):  # the head and the whole JSON body
+            first += s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 422 "), first[:200]
+        assert b'"identifier"' in first
+        # The same connection answers the next request (a 500 used to close it).
+        s.sendall(head("/healthz", "Connection: close"))
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
 # -- the socket ---------------------------------------------------------------------------------
 
 
