@@ -1,38 +1,54 @@
 """`python -m bench <scenario> [options]`: the one entry point of the benchmarks.
 
-Scenarios: rest-read, rest-write, login, ws-idle, ws-chat, post-to-feed, calls. Each
+Scenarios: rest-read, rest-write, login, ws-idle, ws-chat, post-to-feed, calls. Each is a
+module of this package called here with its options (`add_options`, then `run`): it
 starts its own server (or measures `--url`), loads it from separate client processes,
-shows progress, prints a summary table with socialhub as a fraction of a bare ceiling
-where one applies, and writes a JSON result file (default under bench/results/).
-`socialhub bench ...` runs this with the same arguments. See bench/README.md.
+shows progress and fills the one report (bench.report): a summary with socialhub as a
+fraction of a bare ceiling where one applies, printed and written as JSON (default under
+bench/results/). `socialhub bench ...` runs this with the same arguments. See
+bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
-from bench import rest
+from bench import calls, post_to_feed, rest, sockets
+from bench.load import WorkerError
 from bench.progress import Progress
-from bench.report import default_json_path, format_report, plot, write_json
+from bench.report import Report, Series, default_json_path, format_report, plot, write_json
+from bench.server import ServerStartError
 from bench.target import TargetError, add_target_options
 
 SCENARIOS = {
-    "rest-read": "GET /feed and GET /posts/{id} on a seeded data set, vs bare Starlette",
+    "rest-read": "GET /feed, GET /posts/{id} and GET /users/{id} on a seeded data set, vs bare Starlette",
     "rest-write": "POST /posts/, like, follow, vs bare Starlette",
-    "login": "POST /auth/login (argon2id cost shown separately)",
-    "ws-idle": "N authenticated idle sockets: RSS per socket (bench.ws_bench idle)",
+    "login": "POST /auth/login (argon2id cost shown separately), vs bare Starlette",
+    "ws-idle": "N authenticated idle sockets: RSS per socket, connects/s, vs a bare websockets server",
     "ws-chat": "send -> receive one-to-one and fan-out to a room, vs a bare websockets relay",
-    "post-to-feed": "write -> visible in followers' GET /feed, outbox or --kafka (bench.post_to_feed)",
+    "post-to-feed": "write -> visible in followers' GET /feed, outbox or --kafka, vs an in-memory feed",
     "calls": "call_invite -> both aiortc peers connected, N concurrent calls",
 }
+# The module that runs each scenario: `add_options(parser, scenario)` and
+# `run(scenario, args, progress) -> (Report, Series)`.
+MODULES: dict[str, ModuleType] = {
+    "rest-read": rest,
+    "rest-write": rest,
+    "login": rest,
+    "ws-idle": sockets,
+    "ws-chat": sockets,
+    "post-to-feed": post_to_feed,
+    "calls": calls,
+}
+# What stops a run early with a one-line message (exit 2) rather than a traceback.
+STOPS = (TargetError, ServerStartError, WorkerError)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--procs", type=int, default=max(2, os.cpu_count() or 2), help="client processes")
     p.add_argument("--json", type=Path, help="result file (default bench/results/<scenario>-<time>.json)")
     p.add_argument("--plot", type=Path, nargs="?", const=Path(""), help="also a PNG of latency over time")
     p.add_argument("--seed", type=int, help="for the random choices (default: random)")
@@ -46,34 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="scenario", required=True, metavar="scenario")
-    for name in ("rest-read", "rest-write", "login"):
-        p = sub.add_parser(name, help=SCENARIOS[name])
-        add_target_options(p)
-        rest.add_options(p, name)
+    for name, help_text in SCENARIOS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_target_options(p, twice=MODULES[name] is sockets)
+        MODULES[name].add_options(p, name)
         _common(p)
-    from bench import realtime
-
-    realtime.add_parsers(sub, SCENARIOS, add_target_options, _common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = Progress()
-    if args.scenario in ("rest-read", "rest-write", "login"):
-        try:
-            report, runs = rest.run(args.scenario, args, progress)
-        except TargetError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        series = {name: r.samples for name, r in runs.items()}
-    else:
-        from bench import realtime
-
-        outcome = realtime.run(args.scenario, args, progress)
-        if outcome is None:
-            return 2
-        report, series = outcome
+    run: Callable[[str, argparse.Namespace, Progress], tuple[Report, Series]] = MODULES[args.scenario].run
+    try:
+        report, series = run(args.scenario, args, progress)
+    except STOPS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print()
     print(format_report(report))
     path = args.json or default_json_path(args.scenario)

@@ -4,11 +4,11 @@
   real server (a feed page, a created post), from memory, under uvicorn with the settings
   of `socialhub serve` (uvloop, httptools, no access log). Whatever socialhub does beyond
   that — authentication, SQL, encoding — is what separates it from this figure.
-- `feed`: a bare Starlette app with the four routes `bench.post_to_feed` uses, whose
+- `feed`: a bare Starlette app with the four routes `post-to-feed`'s client uses, whose
   "feed" is one in-memory list: `POST /posts/` appends a post (the shape of socialhub's
   post object) and answers it, `GET /feed` answers the newest 20, signup and follow
   only answer. A post is readable the moment its POST is handled: no database, no
-  outbox, no consumer, no fan-out. What `post_to_feed --ceiling` measures against it is
+  outbox, no consumer, no fan-out. What `post-to-feed` measures against it is
   the floor of the method itself (POST round trip, the poll interval, one GET).
 - `ws`: a bare `websockets` server that relays every text frame to every other socket
   (one-to-one when two are connected, fan-out when many are).
@@ -18,9 +18,9 @@
   otherwise waits. Same WebSocket settings as `socialhub serve` (no permessage-deflate,
   64 KiB frames, a ping every 20 s). Its RSS per socket is the floor for `ws-idle`.
 
-Run as `python -m bench.ceiling http --port P --body-file F`, or `... feed|ws|ws-idle
---port P`;
-`CeilingServer` starts either in a child process and waits until it answers.
+`CeilingServer` starts one as a server process of its own (`python -m bench.ceiling http
+--port P --body-file F`, or `... feed|ws|ws-idle --port P`: the server's command line,
+not a benchmark) and waits until it answers; the scenarios stop it when they are done.
 """
 
 from __future__ import annotations

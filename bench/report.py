@@ -1,4 +1,10 @@
-"""The end of a run: the summary table, socialhub as a fraction of the ceiling, JSON, a plot."""
+"""The one report of every scenario: the summary table, socialhub as a fraction of the
+ceiling, JSON, a plot.
+
+HTTP scenarios fill `phases` and `ceiling` (closed-loop windows, one route each); the
+others (sockets, post-to-feed, calls) fill `sections`: named figures and a latency table
+per measurement, socialhub's first, then the ceiling's.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
 from bench.load import CLIENT_BOUND_CPU, PhaseResult
+from bench.stats import LatencySummary
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -31,6 +38,16 @@ class Comparison(msgspec.Struct, frozen=True):
         return fraction(self.socialhub, self.ceiling, self.higher_is_better)
 
 
+class Section(msgspec.Struct):
+    """One measurement that is not a closed-loop HTTP window (a socket run, the calls, the
+    post-to-feed client, or the ceiling of one): named figures, then latencies by measure."""
+
+    title: str
+    figures: dict[str, object] = {}
+    latency: dict[str, LatencySummary] = {}
+    text: list[str] = []  # printed as they are (e.g. a profile's top lines)
+
+
 class Report(msgspec.Struct):
     scenario: str
     command: str
@@ -44,6 +61,13 @@ class Report(msgspec.Struct):
     server: dict[str, object]
     notes: list[str]
     extra: dict[str, object] = {}
+    sections: list[Section] = []
+
+
+def new_report(scenario: str, target: str) -> Report:
+    """An empty report of this run of `scenario`, for the scenario to fill."""
+    return Report(scenario=scenario, command=command_line(), started_at=now_utc(), machine=machine_description(),
+                  target=target, setup={}, phases=[], ceiling=[], comparisons=[], server={}, notes=[])  # fmt: skip
 
 
 def fraction(value: float, ceiling: float, higher_is_better: bool = True) -> float | None:
@@ -120,6 +144,23 @@ def phase_rows(phases: Sequence[PhaseResult], prefix: str = "") -> list[list[str
     return rows
 
 
+LATENCY_HEADER = ["latency", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"]
+
+
+def section_lines(s: Section) -> list[str]:
+    lines = [f"{s.title}:"]
+    width = max((len(k) for k in s.figures), default=0)
+    lines += [f"  {key:<{width}}  {value}" for key, value in s.figures.items()]
+    if s.latency:
+        rows = [LATENCY_HEADER]
+        for name, lat in s.latency.items():
+            rows.append([name, str(lat.count), *(f"{v:.2f}" for v in (lat.p50_ms, lat.p90_ms, lat.p99_ms,
+                                                                      lat.max_ms, lat.mean_ms))])  # fmt: skip
+        lines += ["  " + line for line in table(rows)]
+    lines += ["  " + line for line in s.text]
+    return lines
+
+
 HEADER = ["phase", "in flight", "ok", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"]
 HEADER += ["client CPU", "server CPU", "RSS MiB"]
 
@@ -139,14 +180,18 @@ def format_report(r: Report) -> str:
             "CPU: share of one core over the window (client: per process, BOUND when one passes "
             f"{CLIENT_BOUND_CPU:.0%}); RSS: server process at the end of the window"
         )
+    for section in r.sections:
+        lines += [*section_lines(section), ""]
     for p in [*r.phases, *r.ceiling]:
         if p.errors:
             lines.append(f"{p.name} errors: " + ", ".join(f"{k} x{n}" for k, n in p.errors.items()))
     if r.comparisons:
-        lines.append("")
+        if lines[-1]:
+            lines.append("")
         lines += [format_fraction(c) for c in r.comparisons]
     if r.server:
-        lines.append("")
+        if lines[-1]:
+            lines.append("")
         lines.append("server: " + ", ".join(f"{k} {v}" for k, v in r.server.items()))
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)

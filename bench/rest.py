@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import random
 import secrets
 import time
@@ -25,11 +26,11 @@ from bench.ceiling import CeilingServer
 from bench.load import PhaseJob, PhaseResult, PhaseRun, run_phase, split_url
 from bench.progress import Progress
 from bench.rawhttp import RawHttpConnection, encode_request
-from bench.report import Comparison, Report, client_notes, command_line, machine_description, now_utc
+from bench.report import Comparison, Report, Series, client_notes, command_line, machine_description, now_utc
 from bench.seed import DataSet, SizeSpec, default_hasher, seed
 from bench.server import ServerWatch
 from bench.stats import LatencySummary, summarize
-from bench.target import Target
+from bench.target import Target, TargetError
 
 # Connections of the background like writer (`--likes-per-s`).
 WRITER_LANES = 20
@@ -38,7 +39,7 @@ REQUEST_POOL = 4000
 # Headline phase of each scenario: the one compared with the ceiling.
 HEADLINE = {"rest-read": "feed", "rest-write": "post", "login": "login"}
 PHASES = {
-    "rest-read": ("feed", "post"),
+    "rest-read": ("feed", "post", "user"),
     "rest-write": ("post", "like", "follow"),
     "login": ("login",),
 }
@@ -48,6 +49,8 @@ ARGON2_SAMPLES = 5
 
 def add_options(p: argparse.ArgumentParser, scenario: str) -> None:
     defaults = SizeSpec()
+    procs = max(2, os.cpu_count() or 2)
+    p.add_argument("--procs", type=int, default=procs, help=f"client processes (default {procs}: the CPUs, at least 2)")
     p.add_argument("--concurrency", type=int, default=10 if scenario == "login" else 50, help="requests in flight")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
@@ -80,6 +83,14 @@ def read_requests(phase: str, data: DataSet, host: str, port: int, rng: random.R
     if phase == "post":
         return [
             encode_request(host, port, "GET", f"/posts/{rng.choice(data.post_ids)}", auth(rng.randrange(len(accounts))))
+            for _ in range(pool)
+        ]
+    if phase == "user":
+        # A random profile seen by another random user (follow state and counters included).
+        return [
+            encode_request(
+                host, port, "GET", f"/users/{rng.choice(accounts).user_id}", auth(rng.randrange(len(accounts)))
+            )
             for _ in range(pool)
         ]
     raise ValueError(f"unknown read phase {phase}")
@@ -146,7 +157,7 @@ def argon2_cost_ms() -> float:
     return sorted(times)[len(times) // 2] * 1000
 
 
-def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Report, dict[str, PhaseRun]]:
+def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Report, Series]:
     phases = _phases(scenario, args.phases)
     rng = random.Random(args.seed)
     runs: dict[str, PhaseRun] = {}
@@ -260,7 +271,7 @@ def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Re
         notes=notes,
         extra=extra,
     )
-    return report, runs
+    return report, {name: r.samples for name, r in runs.items()}
 
 
 def like_requests(data: DataSet, host: str, port: int, rng: random.Random) -> list[tuple[bytes, bytes]]:
@@ -385,5 +396,5 @@ def _phases(scenario: str, chosen: str | None) -> Sequence[str]:
     picked = [p.strip() for p in chosen.split(",") if p.strip()]
     unknown = [p for p in picked if p not in known]
     if unknown or not picked:
-        raise SystemExit(f"--phases: unknown {', '.join(unknown) or '(none)'} (known: {', '.join(known)})")
+        raise TargetError(f"--phases: unknown {', '.join(unknown) or '(none)'} (known: {', '.join(known)})")
     return picked

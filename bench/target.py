@@ -11,6 +11,7 @@ broker and points the server at it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import secrets
 import sys
 import tempfile
@@ -21,16 +22,23 @@ from urllib.parse import urlsplit
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
 from bench.server import ServerWatch, SpawnedServer, ThrowawayDatabase
+from bench.ws.servers import drop_redis_keys
 
 
 class TargetError(RuntimeError):
     pass
 
 
-def add_target_options(p: argparse.ArgumentParser) -> None:
+def add_target_options(p: argparse.ArgumentParser, twice: bool = False) -> None:
+    """The server options every scenario has; `twice`: `--url` and `--server-pid` may be
+    given twice (the socket scenarios measure two instances on one Redis with `--redis`)."""
     g = p.add_argument_group("server")
-    g.add_argument("--url", help="a running server to measure (default: start one for the run)")
-    g.add_argument("--server-pid", type=int, help="with --url: its pid, to report its CPU and RSS")
+    action = "append" if twice else "store"
+    more = " (twice with --redis: two instances)" if twice else ""
+    g.add_argument("--url", action=action, help=f"a running server to measure{more} (default: start one for the run)")
+    g.add_argument(
+        "--server-pid", type=int, action=action, help=f"with --url: its pid, to report its CPU and RSS{more}"
+    )
     g.add_argument("--jwt-secret", help="with --url: the server's auth.jwt_secret (to sign tokens for seeded users)")
     g.add_argument(
         "--database-url",
@@ -55,6 +63,7 @@ class Target:
         self._db: ThrowawayDatabase | None = None
         self._broker: Any = None
         self._broker_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._redis_prefix: str | None = None
 
     def __enter__(self) -> Target:
         try:
@@ -83,7 +92,8 @@ class Target:
             parts.append("embedded PostgreSQL")
         if a.redis:
             env["SOCIALHUB_REDIS_URL"] = a.redis
-            env["SOCIALHUB_REDIS_KEY_PREFIX"] = f"bench:{secrets.token_hex(4)}:"
+            self._redis_prefix = f"bench:{secrets.token_hex(4)}:"  # deleted after the run
+            env["SOCIALHUB_REDIS_KEY_PREFIX"] = self._redis_prefix
             parts.append(f"Redis {a.redis}")
         if a.kafka:
             from tests.kafka_broker import TansuBroker
@@ -131,6 +141,10 @@ class Target:
         if self._db is not None:
             self._db.drop()
             self._db = None
+        if self._redis_prefix is not None:
+            # Timelines and presence flags outlive the server by design; a benchmark's should not.
+            asyncio.run(drop_redis_keys(self.args.redis, self._redis_prefix))
+            self._redis_prefix = None
 
 
 class LocalPostgresWatch(ServerWatch):

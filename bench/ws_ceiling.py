@@ -1,12 +1,12 @@
 """The WebSocket ceilings: bare `websockets` servers (bench.ceiling) under the same load.
 
 `measure`: send -> receive through the bare relay (`bench.ceiling ws`), the same shape
-as `bench.ws_bench chat`/`fanout`: one sender, `members` receivers in separate
+as the `chat` and `fanout` windows of `ws-chat`: one sender, `members` receivers in separate
 processes, `messages` sends at `interval`. A message carries its send time on the
 monotonic clock (one clock for every process of the machine), so each receiver computes
 the latency when the frame arrives.
 
-`measure_idle`: `bench.ws_bench idle`'s own client processes and measurement
+`measure_idle`: `ws-idle`'s own client processes and measurement
 (`bench.ws.idle.run_idle`) against the bare idle server (`bench.ceiling ws-idle`): the
 same number of sockets, each sending an `authenticate` frame with a token of a real
 token's size and waiting for `authenticated`, then one `ping`; RSS per socket.
@@ -27,7 +27,7 @@ from bench.ceiling import CeilingServer
 from bench.load import stop_workers
 from bench.stats import LatencySummary, split_evenly, summarize
 from bench.ws.idle import run_idle
-from bench.ws.report import Report
+from bench.ws.result import SocketResult
 from bench.ws.servers import Target
 from bench.ws.workers import raise_nofile
 from socialhub.services.tokens import TokenCodec
@@ -138,8 +138,8 @@ def sized_tokens(count: int) -> list[str]:
     return [codec.issue(base + i, base + count + i) for i in range(count)]
 
 
-def measure_idle(sockets: int, procs: int, hold: float) -> Report:
-    """`sockets` idle sockets on the bare `websockets` server, as `ws_bench idle` opens them."""
+def measure_idle(sockets: int, procs: int, hold: float) -> SocketResult:
+    """`sockets` idle sockets on the bare `websockets` server, as `ws-idle` opens them."""
     raise_nofile()  # before the server starts: it inherits the limit
     with CeilingServer("ws-idle") as server:
         assert server.proc is not None

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from socialhub import __version__
 from socialhub.config import ConfigError, Settings, load_settings, with_overrides
@@ -105,7 +106,9 @@ BENCH_NEEDS = ("httpx", "psutil", "websockets")
 def bench(args: list[str]) -> int:
     """Run `python -m bench` with these arguments; the benchmarks ship with the source
     checkout (bench/ next to socialhub/), not with the installed package."""
-    if importlib.util.find_spec("bench.__main__") is None:
+    # `python -m bench` below also finds bench/ in the working directory (a source checkout
+    # with a non-editable install, where this process cannot import it).
+    if importlib.util.find_spec("bench.__main__") is None and not Path("bench", "__main__.py").is_file():
         print(
             "socialhub bench: the benchmarks are not installed with the package; run this from a source "
             "checkout of socialhub (the directory holding bench/), e.g. `cd socialhub && socialhub bench rest-read`",

@@ -1,1 +1,2 @@
-"""The parts of `python -m bench.ws_bench`: socket clients, client processes, scenarios, report."""
+"""The parts of the socket scenarios (`python -m bench ws-idle|ws-chat`, bench/sockets.py):
+socket clients, client processes, servers and accounts, the measurements, their results."""

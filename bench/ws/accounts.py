@@ -46,7 +46,7 @@ async def seed_accounts(db_url: str, secret: str, count: int, tag: str) -> list[
         sessions = await conn.fetch(
             """
             INSERT INTO sessions (user_id, expires_at, user_agent)
-            SELECT u, now() + interval '1 day', 'bench.ws_bench' FROM unnest($1::bigint[]) AS u
+            SELECT u, now() + interval '1 day', 'bench ws' FROM unnest($1::bigint[]) AS u
             RETURNING id, user_id
             """,
             [r["id"] for r in rows],

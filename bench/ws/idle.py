@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.stats import merge_counts, split_evenly, summarize
 from bench.ws.machine import Probe, fds, nofile_limit, rss_mib
-from bench.ws.report import Report, rounded
+from bench.ws.result import SocketResult, rounded
 from bench.ws.servers import Target, hostport
 from bench.ws.workers import Worker, WorkerJob, check_ready, finish
 
@@ -28,7 +28,7 @@ GOAL_RSS_MIB = 1024.0
 
 def run_idle(
     targets: list[Target], tokens: Sequence[str], procs: int, hold: float, deflate: bool, goal: bool = True
-) -> Report:
+) -> SocketResult:
     """`tokens` sockets to the first target from `procs` client processes, held `hold` s."""
     host, port = hostport(targets[0].url)
     pid = targets[0].pid
@@ -85,5 +85,5 @@ def run_idle(
     if goal and rss_after is not None and len(tokens) >= GOAL_SOCKETS:
         ok = rss_after < GOAL_RSS_MIB and connected >= GOAL_SOCKETS
         goals["10,000 sockets < 1 GiB RSS"] = f"{'met' if ok else 'MISSED'}: {connected} sockets, {rss_after:.0f} MiB"
-    return Report("idle", "", "", len(targets), deflate, figures, latency, cpu,
-                  [r.cpu_share for r in readies], [], goals, [])  # fmt: skip
+    return SocketResult("idle", len(targets), deflate, figures, latency, cpu,
+                        [r.cpu_share for r in readies], goals, [])  # fmt: skip

@@ -112,8 +112,9 @@ def rss_mib(pid: int | None) -> float | None:
 class Profiler:
     """py-spy on each server during the measured window (raw collapsed stacks)."""
 
-    def __init__(self, out_dir: str | None, servers: list[Target]) -> None:
+    def __init__(self, out_dir: str | None, servers: list[Target], label: str) -> None:
         self.out_dir = Path(out_dir) if out_dir else None
+        self.label = label  # the window's name, so that two windows of one run keep their files apart
         self.servers = servers
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
@@ -125,7 +126,7 @@ class Profiler:
         for i, target in enumerate(self.servers, 1):
             if target.pid is None:
                 continue
-            out = self.out_dir / f"server{i}.txt"
+            out = self.out_dir / f"{self.label}-server{i}.txt"
             cmd = [str(spy), "record", "--pid", str(target.pid), "--format", "raw", "--rate", "250",
                    "--nonblocking", "--duration", str(int(seconds) + 5), "-o", str(out)]  # fmt: skip
             self.procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), out))

@@ -10,15 +10,16 @@ are left out.
 
 from __future__ import annotations
 
-import argparse
 import secrets
 import time
 from typing import Any
 
+import msgspec
+
 from bench.stats import LatencySummary, merge_counts, percentile, split_evenly, summarize
 from bench.ws.accounts import Account, create_room
 from bench.ws.machine import Probe, Profiler, rss_mib
-from bench.ws.report import Report, ms, rounded
+from bench.ws.result import SocketResult, ms, rounded
 from bench.ws.servers import Target, hostport
 from bench.ws.workers import DRAIN_S, Worker, WorkerJob, check_ready, finish
 
@@ -32,7 +33,18 @@ GOAL_CHAT_TWO_P99_MS = 10.0
 Series = dict[str, list[float | None]]  # per measured message, in send order (ms)
 
 
-def run_messages(args: argparse.Namespace, targets: list[Target], accounts: list[Account], fanout: bool) -> Report:
+class Pace(msgspec.Struct, frozen=True):
+    """How one `chat` or `fanout` window sends, and how it is watched."""
+
+    messages: int
+    interval: float  # seconds between sends
+    warmup: int  # first messages left out of the figures
+    procs: int  # receiving client processes (fan-out; `chat` has one receiver process per server)
+    deflate: bool
+    profile: str | None  # directory for py-spy's output, or None
+
+
+def run_messages(pace: Pace, targets: list[Target], accounts: list[Account], fanout: bool) -> SocketResult:
     """`accounts[0]` sends to a room of the others (`chat`: one other) over one window."""
     tag = "m" + secrets.token_hex(3)
     sender, receivers = accounts[0], accounts[1:]
@@ -42,17 +54,17 @@ def run_messages(args: argparse.Namespace, targets: list[Target], accounts: list
     for i, acc in enumerate(receivers):
         by_server[(i + (1 if len(targets) > 1 else 0)) % len(targets)].append(acc)
     jobs: list[WorkerJob] = []
-    procs_per_server = max(1, args.procs // len(targets)) if fanout else 1
+    procs_per_server = max(1, pace.procs // len(targets)) if fanout else 1
     for target, accs in zip(targets, by_server, strict=True):
         host, port = hostport(target.url)
         start = 0
         for n in split_evenly(len(accs), min(procs_per_server, max(1, len(accs)))) if accs else []:
             tokens = [a.token for a in accs[start : start + n]]
-            jobs.append(WorkerJob("receiver", host, port, tokens, args.deflate, room_id, tag))
+            jobs.append(WorkerJob("receiver", host, port, tokens, pace.deflate, room_id, tag))
             start += n
     host, port = hostport(targets[0].url)
     sender_job = WorkerJob(
-        "sender", host, port, [sender.token], args.deflate, room_id, tag, args.messages, args.interval
+        "sender", host, port, [sender.token], pace.deflate, room_id, tag, pace.messages, pace.interval
     )
     workers = [Worker(job) for job in jobs]
     _, errors = check_ready(workers, len(receivers))
@@ -62,9 +74,9 @@ def run_messages(args: argparse.Namespace, targets: list[Target], accounts: list
         raise RuntimeError(f"the sender could not connect: {s_errors}")
     everyone = [*workers, sender_worker]
     time.sleep(1.0)
-    window = args.messages * args.interval + DRAIN_S
+    window = pace.messages * pace.interval + DRAIN_S
     probe = Probe(targets, everyone)
-    profiler = Profiler(args.profile, targets)
+    profiler = Profiler(pace.profile, targets, "fanout" if fanout else "chat")
     rss_before = [rss_mib(t.pid) for t in targets]
     profiler.start(window)
     probe.start()
@@ -84,7 +96,7 @@ def run_messages(args: argparse.Namespace, targets: list[Target], accounts: list
     for d in dones[:-1]:
         for cmid, ts in d.arrivals.items():
             arrivals.setdefault(cmid, []).extend(ts)
-    measured = [f"{tag}-{i}" for i in range(args.warmup, args.messages)]
+    measured = [f"{tag}-{i}" for i in range(pace.warmup, pace.messages)]
     expected = len(receivers)
     lost = sum(expected - len(arrivals.get(c, [])) for c in measured if c in sends)
     if fanout:
@@ -99,8 +111,8 @@ def run_messages(args: argparse.Namespace, targets: list[Target], accounts: list
         "room_members": expected + 1,
         "messages_sent": len(sends),
         "messages_measured": len(measured),
-        "warmup_messages": args.warmup,
-        "interval_ms": args.interval * 1000,
+        "warmup_messages": pace.warmup,
+        "interval_ms": pace.interval * 1000,
         "deliveries_lost": lost,
         "acks_missing": len(sends) - len(acks),
         "max_send_lag_ms": round(sender_done.max_send_lag_s * 1000, 2),
@@ -109,8 +121,8 @@ def run_messages(args: argparse.Namespace, targets: list[Target], accounts: list
         "setup_errors": merge_counts([errors, s_errors]),
     }
     goals = _goals(latency, expected, len(targets), fanout)
-    return Report("fanout" if fanout else "chat", "", "", len(targets), args.deflate, figures, latency, cpu,
-                  [d.cpu_share for d in dones], [], goals, profile, series, window_start)  # fmt: skip
+    return SocketResult("fanout" if fanout else "chat", len(targets), pace.deflate, figures, latency, cpu,
+                        [d.cpu_share for d in dones], goals, profile, series, window_start)  # fmt: skip
 
 
 def fanout_latency(

@@ -1,6 +1,7 @@
 """Calls: `call_invite` -> both aiortc peers `connected`, N calls with C at a time.
 
-`python -m bench.calls_bench --calls N --concurrency C [--procs P] [--database-url ...]`
+The `calls` scenario: `python -m bench calls --calls N --concurrency C [--procs P]
+[--database-url ...]`.
 
 It starts its own `socialhub serve` (rate limits off; `--database-url` for a throw-away
 database on an external PostgreSQL, `--redis` for Redis pub/sub) or measures `--url`.
@@ -39,17 +40,17 @@ import json
 import multiprocessing
 import os
 import secrets
-import sys
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from bench.report import table
-from bench.stats import LatencySummary, merge_counts, split_evenly, summarize
-from bench.target import Target, TargetError, add_target_options
+from bench.load import stop_workers
+from bench.progress import Progress
+from bench.report import Report, Section, Series, new_report
+from bench.stats import merge_counts, split_evenly, summarize
+from bench.target import Target, TargetError
 from bench.ws.accounts import seed_accounts
 
 BOUND_SHARE = 0.9
@@ -268,50 +269,14 @@ async def make_pairs(db_url: str, secret: str, calls: int) -> list[Pair]:
     ]
 
 
-def _fmt(s: LatencySummary | None) -> list[str]:
-    if s is None:
-        return ["-"] * 6
-    return [str(s.count), *(f"{v:.1f}" for v in (s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, s.mean_ms))]
-
-
-def format_table(result: dict[str, Any]) -> str:
-    rows = [["measure", "n", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"]]
-    for hop in HOPS:
-        s = result["latency"].get(hop)
-        rows.append([hop, *_fmt(msgspec.convert(s, LatencySummary) if s else None)])
-    lines = table(rows)
-    c, srv = result["clients"], result["server"]
-    lines.append("")
-    lines.append(
-        f"calls {result['calls']} at {result['concurrency']} concurrent: ok {result['ok']}, errors "
-        f"{sum(result['errors'].values())}, wall {result['wall_s']:.1f} s, {result['calls_per_s']:.2f} calls/s"
-    )
-    for kind, n in result["errors"].items():
-        lines.append(f"  error x{n}: {kind}")
-    lines.append(
-        "client CPU per process: " + " ".join(f"{share * 100:.0f}%" for share in c["cpu_share"])
-        + (" (BOUND: client-saturated, latencies include client queueing)" if c["bound"] else "")
-    )  # fmt: skip
-    if srv.get("app_cpu_s") is not None:
-        pg = "" if srv.get("postgres_cpu_s") is None else f", PostgreSQL {srv['postgres_cpu_s']:.2f} s"
-        lines.append(
-            f"server CPU: {srv['app_cpu_s']:.2f} s over the run = {srv['cpu_ms_per_call']:.1f} ms per call "
-            f"({srv['app_cpu_share'] * 100:.0f}% of a core){pg}; RSS {srv['app_rss_mib']:.0f} MiB "
-            f"(peak {srv['app_peak_rss_mib']:.0f})"
-        )
-    for note in result["notes"]:
-        lines.append("note: " + note)
-    return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Report, Series]:
     if args.calls < 1 or args.concurrency < 1:
         raise TargetError("--calls and --concurrency must be at least 1")
     with Target(args) as target:
         db_url, secret = target.require_database()
         t_seed = time.monotonic()
         pairs = asyncio.run(make_pairs(db_url, secret, args.calls))
-        print(f"{2 * args.calls} users inserted in {time.monotonic() - t_seed:.1f} s", file=sys.stderr)
+        progress.say(f"{2 * args.calls} users inserted in {time.monotonic() - t_seed:.1f} s")
         procs = max(1, min(args.procs, args.concurrency, args.calls))
         conc = split_evenly(args.concurrency, procs)
         shares = split_evenly(args.calls, procs)
@@ -323,35 +288,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ctx = multiprocessing.get_context("spawn")
         counter = ctx.Value("i", 0)
         start_at = time.monotonic() + 3.0 + 0.5 * len(jobs)
-        running = []
-        for job in jobs:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(msgspec.json.encode(job), child, counter, start_at))
-            proc.start()
-            running.append((proc, parent))
-        for _proc, parent in running:
-            if not parent.poll(60) or parent.recv() != b"ready":
-                raise RuntimeError("a client process did not start")
-        while time.monotonic() < start_at:
-            time.sleep(0.05)
-        before = target.watch.snapshot() if target.watch else None
-        t0 = time.monotonic()
-        last = 0.0
-        while any(proc.is_alive() and not parent.poll() for proc, parent in running):
-            time.sleep(0.2)
-            if target.watch:
-                target.watch.sample_memory()
-            if time.monotonic() - last >= 2.0:
-                last = time.monotonic()
-                print(f"calls {counter.value}/{args.calls} done, {last - t0:.0f} s", file=sys.stderr, flush=True)
-        wall = time.monotonic() - t0
-        after = target.watch.snapshot() if target.watch else None
-        results: list[WorkerResult] = []
-        for proc, parent in running:
-            if not parent.poll(5):
-                raise RuntimeError(f"client process {proc.pid} ended without a result ({proc.exitcode})")
-            results.append(msgspec.json.decode(parent.recv(), type=WorkerResult))
-            proc.join(10)
+        running: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+        try:
+            for job in jobs:
+                parent, child = ctx.Pipe()
+                client = ctx.Process(target=worker_main, args=(msgspec.json.encode(job), child, counter, start_at))
+                client.start()
+                running.append((client, parent))
+            for _proc, parent in running:
+                if not parent.poll(60) or parent.recv() != b"ready":
+                    raise TargetError("a client process did not start")
+            while time.monotonic() < start_at:
+                time.sleep(0.05)
+            before = target.watch.snapshot() if target.watch else None
+            t0 = time.monotonic()
+            last = 0.0
+            while any(proc.is_alive() and not parent.poll() for proc, parent in running):
+                time.sleep(0.2)
+                if target.watch:
+                    target.watch.sample_memory()
+                if time.monotonic() - last >= 2.0:
+                    last = time.monotonic()
+                    progress.say(f"calls {counter.value}/{args.calls} done, {last - t0:.0f} s")
+            wall = time.monotonic() - t0
+            after = target.watch.snapshot() if target.watch else None
+            results: list[WorkerResult] = []
+            for proc, parent in running:
+                if not parent.poll(5):
+                    raise TargetError(f"client process {proc.pid} ended without a result ({proc.exitcode})")
+                results.append(msgspec.json.decode(parent.recv(), type=WorkerResult))
+                proc.join(10)
+        finally:
+            stop_workers(running)  # the clients of a run that failed half-way
         usage = target.watch.usage(before, after) if target.watch and before and after else None
         logged = target.logged_errors()
         description = target.description
@@ -367,62 +335,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         notes.append("a client process was above 90% of a core: the client saturates; add --procs or cores")
     if len(shares_cpu) and (os.cpu_count() or 1) <= 2:
         notes.append(f"{os.cpu_count()} CPUs shared by server, PostgreSQL and {len(results)} client processes")
-    server: dict[str, Any] = {}
-    if usage is not None:
-        server = msgspec.to_builtins(usage)
-        server["cpu_ms_per_call"] = usage.app_cpu_s / max(ok, 1) * 1000
-        server["app_cpu_share"] = usage.app_cpu_s / max(wall, 1e-9)
-    if logged:
-        server["logged_errors"] = logged
-        notes.append(f"server logged errors: {logged}")
-    return {
-        "scenario": "calls",
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.calls_bench", *sys.argv[1:]]),
-        "target": description,
-        "calls": args.calls,
-        "concurrency": args.concurrency,
-        "procs": len(results),
+    errors = merge_counts(r.errors for r in results)
+    figures: dict[str, object] = {
+        "calls": f"{args.calls} at {args.concurrency} concurrent over {len(results)} client processes",
         "ok": ok,
-        "errors": merge_counts(r.errors for r in results),
-        "wall_s": wall,
-        "calls_per_s": ok / max(wall, 1e-9),
-        "latency": {hop: msgspec.to_builtins(summarize(v)) for hop, v in samples.items() if v},
-        "clients": {"cpu_s": [r.cpu_s for r in results], "cpu_share": shares_cpu, "bound": bound},
-        "server": server,
-        "notes": notes,
+        "errors": sum(errors.values()),
+        **{f"error: {kind}": n for kind, n in errors.items()},
+        "wall s": round(wall, 2),
+        "calls per s": round(ok / max(wall, 1e-9), 2),
+        "client CPU per process": " ".join(f"{share:.0%}" for share in shares_cpu)
+        + (" (BOUND: client-saturated, latencies include client queueing)" if bound else ""),
     }
+    report = new_report(scenario, description)
+    report.setup = {"users inserted": 2 * args.calls, "hold s": args.hold, "timeout s": args.timeout}
+    if usage is not None:
+        pg = "" if usage.postgres_cpu_s is None else f", PostgreSQL {usage.postgres_cpu_s:.2f} s"
+        figures["server CPU"] = (
+            f"{usage.app_cpu_s:.2f} s over the run = {usage.app_cpu_s / max(ok, 1) * 1000:.1f} ms per call "
+            f"({usage.app_cpu_s / max(wall, 1e-9):.0%} of a core){pg}; RSS {usage.app_rss_mib:.0f} MiB "
+            f"(peak {usage.app_peak_rss_mib:.0f})"
+        )
+        report.extra["server_usage"] = msgspec.to_builtins(usage)
+    if logged:
+        report.server["logged errors"] = logged
+        notes.append(f"server logged errors: {logged}")
+    latency = {hop: lat for hop, v in samples.items() if (lat := summarize(v)) is not None}
+    report.sections.append(Section("calls", figures, latency))
+    report.notes = notes
+    return report, {}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.calls_bench", description=__doc__.split("\n")[0])
-    add_target_options(p)
-    add_options(p)
-    p.add_argument("--json", type=Path, help="also write the result here")
-    return p
-
-
-def add_options(p: argparse.ArgumentParser) -> None:
+def add_options(p: argparse.ArgumentParser, scenario: str) -> None:
     p.add_argument("--calls", type=int, default=50, help="calls in all, each between a fresh pair (default 50)")
     p.add_argument("--concurrency", type=int, default=5, help="calls at a time, over all processes (default 5)")
     p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds a call may take to connect (default 30)")
     p.add_argument("--hold", type=float, default=0.0, help="seconds a connected call lasts before the hangup")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result = run(args)
-    except TargetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print()
-    print(format_table(result))
-    if args.json:
-        args.json.write_bytes(msgspec.json.format(msgspec.json.encode(result)))
-        print(f"\nresult file: {args.json}")
-    return 0 if result["ok"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
