@@ -34,7 +34,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 # thresholds a full collection ran every ~30 s under fan-out and took 160 ms at 1,000
 # sockets, 1.1-1.4 s at 10,000 (the fan-out p99 was exactly such a pause). Fewer, later
 # collections, and the start-up objects frozen out of them: fan-out p99 81 -> 52 ms,
-# connects 767 -> 1,197/s (bench/ws_bench.py, see bench/README.md).
+# connects 767 -> 1,197/s (then bench/ws_bench.py, now `python -m bench ws-chat`; see bench/README.md).
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
@@ -59,7 +59,7 @@ def serve(settings: Settings) -> int:
         http=HeadLimitedProtocol,  # httptools, with SPEC's 431 for a head over 32 KiB
         # The sans-I/O websockets protocol: no reader task and no asyncio stream per socket
         # (10,000 idle sockets 43.6 -> 36.4 KiB each, connects 1,056 -> 1,445/s; chat and
-        # fan-out latency unchanged: bench ws-idle / ws_bench fanout, 2026-11-27).
+        # fan-out latency unchanged: bench ws-idle / ws-chat --phases fanout, 2026-11-27).
         ws="websockets-sansio",
         lifespan="on",
         proxy_headers=True,
@@ -74,7 +74,7 @@ def serve(settings: Settings) -> int:
         ws_ping_timeout=20.0,
         # Frames are small JSON; per-message deflate gives every socket its own zlib state
         # (~100 KiB: 10,000 sockets went from 0.48 to 1.4 GiB) and compresses a fan-out
-        # frame once per member (bench/ws_bench.py idle/fanout --deflate).
+        # frame once per member (`python -m bench ws-idle` / `ws-chat --deflate`).
         ws_per_message_deflate=False,
     )
     server = uvicorn.Server(config)

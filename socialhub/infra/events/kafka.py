@@ -69,7 +69,7 @@ _decoder = msgspec.json.Decoder(Event)
 # How long the broker may hold a fetch that has no data. Apache Kafka answers as soon as
 # a record arrives, whatever this is; some Kafka-protocol brokers (tansu) wait it out,
 # which becomes delivery latency (aiokafka's default of 500 ms gave a p99 of ~400 ms
-# write-to-feed, 100 ms gave ~100 ms: bench/post_to_feed.py --kafka). An idle consumer
+# write-to-feed, 100 ms gave ~100 ms: python -m bench post-to-feed --kafka). An idle consumer
 # pays ten fetches a second for it.
 FETCH_MAX_WAIT_MS = 100
 
