@@ -1,4 +1,4 @@
-"""`socialhub serve | migrate | bench`."""
+"""`socialhub serve | migrate | bench | events`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import subprocess
 import sys
 from contextlib import AsyncExitStack
 
-from socialhub import __version__
+from socialhub import __version__, cli_events
 from socialhub.config import ConfigError, Settings, load_settings, with_overrides
 from socialhub.logs import setup_logging
 
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p_migrate = sub.add_parser("migrate", help="apply migrations and exit")
     p_migrate.add_argument("--config", help="path of socialhub.toml (default: $SOCIALHUB_CONFIG)")
     sub.add_parser("bench", help="run a benchmark (source checkout only): socialhub bench <scenario> --help")
+    cli_events.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.server.log_level)
     if args.command == "serve":
         return serve(settings)
+    if args.command == "events":
+        return cli_events.run(args, settings)
     asyncio.run(_migrate(settings))
     logger.info("migrations are up to date")
     return 0

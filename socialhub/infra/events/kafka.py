@@ -427,6 +427,12 @@ class KafkaSource(EventSource):
                         failed = True
                         break
                 done[tp] = record.offset + 1
+        if triage.held and not failed:
+            try:
+                await triage.check_held()
+            except Exception as exc:  # an outage (or stop): they stay held, read again
+                logger.warning("kafka source %s: held events not settled: %r", self.group_id, exc)
+                failed = True
         # Never commit past a held record; after a failure, read them again.
         first_held: dict[Any, int] = {}
         for h in triage.held:

@@ -128,6 +128,7 @@ class OutboxSource(EventSource):
                 if is_outage(exc):
                     raise
             else:
+                triage.note_passed(batch[-1][1])
                 await self.store.update_position(self.consumer.name, batch[-1][0])
                 return batch[-1][0]
         # Event by event (consumers are idempotent: those before the failure were
@@ -136,6 +137,10 @@ class OutboxSource(EventSource):
         for where, envelope in batch:
             if await triage.deliver(where, envelope):
                 position = where
+        if triage.held:
+            await triage.check_held()
+            if not triage.held:
+                position = batch[-1][0]
         if position != saved:
             await self.store.update_position(self.consumer.name, position)
         return position

@@ -13,17 +13,20 @@ A failure is one of two things, told apart in two ways:
 2. **A failure of the event itself** (poison: data a handler cannot apply). The event is
    tried `attempts - 1` times in place, with doubling backoff. If it still fails it is
    *held*, and the reader goes on with the events after it. It becomes a dead letter
-   only once another event has gone through (the consumer demonstrably works) and one
-   last try of it, after that, fails again. So a failure that is not recognised as an
-   outage but hits every event (a handler broken for all) dead-letters nothing: nothing
-   passes, and after `MAX_HELD` held events in a row the reader takes the consumer for
-   down, goes back to the first held event and starts over after a backoff. And when
-   such a failure ends, the last try of each held event passes: no dead letter either.
+   only once the consumer has been seen working after that failure, and one last try
+   of the event, after that, fails again. Seen working: an event after it went
+   through; or, when the batch ends with events held, the last event that went
+   through is handed to the consumer once more (a no-op: consumers are idempotent)
+   and passes. So a failure that is not recognised as an outage but hits every event
+   (a handler broken for all) dead-letters nothing: nothing passes, and after
+   `MAX_HELD` held events in a row the reader takes the consumer for down, goes back to
+   the first held event and starts over after a backoff. And when such a failure ends,
+   the last try of each held event passes: no dead letter either.
 
 The cost: a held event's position is not saved (nor its Kafka offset committed) until
 it is settled, so after a restart it and the events after it are delivered again
-(consumers are idempotent). A poison event at the very end of the stream waits, held,
-until the next event arrives. A run of more than `MAX_HELD` poison events with nothing
+(consumers are idempotent); the check "seen working" may deliver one event twice (for
+the relay: publish it twice). A run of more than `MAX_HELD` poison events with nothing
 good between them is indistinguishable from a broken consumer and holds the stream.
 
 Dead letters go to `DeadLetterStore`; `socialhub events retry` marks them, and the
@@ -161,11 +164,25 @@ class Triage(Generic[W]):
         self.policy = policy
         self.stop = stop
         self.held: list[Held[W]] = []
+        self.last_passed: Envelope | None = None  # handed again to see whether the consumer works
         self._replay_checked = 0.0
 
     def reset(self) -> None:
         """Forget held events (the reader goes back to its saved position)."""
         self.held.clear()
+
+    def note_passed(self, envelope: Envelope) -> None:
+        """The source handled events without the triage (a whole batch at once)."""
+        self.last_passed = envelope
+
+    async def check_held(self) -> None:
+        """At the end of a batch with events held: if the last event that passed passes
+        again, the consumer works and the held events are settled; if it fails, the
+        consumer is broken and they stay held. Raises on an outage."""
+        if not self.held or self.last_passed is None:
+            return
+        if await self._tries(self.last_passed, 1) is None:
+            await self.settle()
 
     def count_batch_failure(self, exc: Exception) -> None:
         """A whole-batch call failed (the source will go event by event, or back off)."""
@@ -228,6 +245,7 @@ class Triage(Generic[W]):
         for n in range(1, count + 1):
             try:
                 await self.consumer.handle(envelope)
+                self.last_passed = envelope
                 return None
             except Exception as exc:
                 e = envelope.event
