@@ -278,7 +278,8 @@ def create_app(settings: Settings) -> Starlette:
         interval=settings.events.metrics_interval,
     )
     supervisor.add("events:metrics", monitor.run)
-    supervisor.add("janitor", Janitor(posts=post_store, outbox=OutboxStore(db), media=media).run)
+    janitor = Janitor(posts=post_store, outbox=OutboxStore(db), media=media, dead_letters=DeadLetterStore(db))
+    supervisor.add("janitor", janitor.run)
     authenticator = Authenticator(guard)
     max_body = settings.server.max_body_bytes
 

@@ -17,18 +17,20 @@ import re
 import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 import httpx
 import pytest
 
 from socialhub.config import Settings, with_overrides
-from socialhub.domain.events import Envelope
+from socialhub.domain.events import Envelope, Event
 from socialhub.infra.events import retry
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.outbox import OutboxSource
 from socialhub.infra.events.retry import RetryPolicy
 from socialhub.storage.database import Database
+from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.migrate import migrate
 from socialhub.storage.outbox import OutboxStore
 from tests.conftest import fresh_database, running_app
@@ -315,3 +317,31 @@ def test_the_cli_needs_numeric_ids() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["events", "retry", "not-an-id"])
     assert exc.value.code == 2
+
+
+async def test_replayed_dead_letters_are_dropped_after_the_retention_and_waiting_ones_kept(own_db_url: str) -> None:
+    db = Database()
+    await db.open(own_db_url, min_size=1, max_size=2)
+    try:
+        store = DeadLetterStore(db)
+        [first, second, third] = [
+            await store.insert_dead_letter("feed", envelope, "KeyError: 'author_id'", 3, datetime.now(UTC))
+            for envelope in [Envelope("posts", str(n), Event(str(n), "post.created", "", "1", {})) for n in (1, 2, 3)]
+        ]
+        # Dead-lettered again (a restart read it before its position was saved): one row.
+        again = Envelope("posts", "1", Event("1", "post.created", "", "1", {}))
+        assert await store.insert_dead_letter("feed", again, "KeyError: 'x'", 3, datetime.now(UTC)) == first
+        assert [(d.attempts, d.error) for d in await store.get_by_ids([first])] == [(6, "KeyError: 'x'")]
+        assert [d.id for d in await store.update_retry_requested([first, second])] == [first, second]
+        assert [d.id for d in await store.claim_retries("feed", 10)] == [first, second]
+        assert await store.claim_retries("feed", 10) == []  # claimed once
+        await store.update_replayed(first)
+        await store.update_failed_again(second, "KeyError: 'y'", 3)
+        await db.execute("UPDATE dead_letters SET status_at = now() - interval '8 days'")
+        janitor_retention = 7 * 86400.0
+        assert await store.delete_replayed(janitor_retention) == 1
+        left = await store.get_dead_letters(include_replayed=True)
+        assert [(d.id, d.status, d.attempts) for d in left] == [(second, "dead", 6), (third, "dead", 3)]
+        assert await store.get_waiting_counts() == {"feed": 2}
+    finally:
+        await db.close()
