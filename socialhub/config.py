@@ -154,9 +154,9 @@ class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class EventsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How event readers treat a consumer's failures (socialhub/infra/events/retry.py)."""
 
-    # Tries of one event before it becomes a dead letter (the last one after another
-    # event went through). 5 tries with backoff 0.5 s doubling wait 7.5 s in all: enough
-    # for a deadlock retry or a failover blip, short enough that one bad event holds a
+    # Tries of one event before it becomes a dead letter: all but the last in a row,
+    # the last after another event went through. 4 tries in a row from 0.5 s doubling
+    # span 3.5 s: a deadlock retry or a failover blip passes, and one bad event holds its
     # consumer a few seconds only. Outages (a dependency unreachable) are not counted.
     retry_attempts: int = 5
     retry_backoff: float = 0.5

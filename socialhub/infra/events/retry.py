@@ -65,9 +65,9 @@ BACKOFF = 0.5
 BACKOFF_MAX = 10.0
 REPLAY_POLL = 5.0
 # Held events in a row, with none passing, after which the consumer counts as down. Each
-# costs its retries (~7.5 s with the defaults), so about two and a half minutes of
-# trying ahead before a reader with a broken consumer stops reading ahead; a run of
-# poison events this long is not expected from one bad write.
+# costs its tries in a row (3.5 s with the defaults), so about a minute of trying
+# ahead before a reader with a broken consumer stops reading ahead; a run of poison
+# events this long is not expected from one bad write.
 MAX_HELD = 20
 # Retry requests a reader claims at once (one query per poll).
 REPLAY_BATCH = 50
