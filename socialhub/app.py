@@ -47,8 +47,10 @@ from socialhub.config import ConfigError, Settings
 from socialhub.domain import events
 from socialhub.errors import SocialhubError
 from socialhub.infra.events.base import Consumer, EventSource, Publisher
+from socialhub.infra.events.metrics import PipelineMonitor
 from socialhub.infra.events.outbox import OutboxSource
 from socialhub.infra.events.relay import KafkaRelay
+from socialhub.infra.events.retry import RetryPolicy
 from socialhub.infra.kv.base import KeyValue
 from socialhub.infra.mail.base import Mailer
 from socialhub.infra.media.base import MediaStore
@@ -72,6 +74,7 @@ from socialhub.storage.auth import AuthStore
 from socialhub.storage.calls import CallStore
 from socialhub.storage.chat import ChatStore
 from socialhub.storage.database import Database
+from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.embedded import EmbeddedPostgres
 from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
@@ -116,8 +119,16 @@ def make_event_sources(
     """Without Kafka each consumer reads the outbox; with it, a relay forwards the outbox
     to Kafka and each consumer is a Kafka consumer group."""
     outbox = OutboxStore(db)
+    dead = DeadLetterStore(db)
+    ev = settings.events
+    policy = RetryPolicy(
+        attempts=ev.retry_attempts,
+        backoff=ev.retry_backoff,
+        backoff_max=ev.retry_backoff_max,
+        replay_poll=ev.replay_poll,
+    )
     if not settings.kafka.bootstrap_servers:
-        return {c.name: OutboxSource(db, outbox, c) for c in consumers}, None
+        return {c.name: OutboxSource(db, outbox, c, dead_letters=dead, policy=policy) for c in consumers}, None
     from socialhub.infra.events.kafka import KafkaPublisher, KafkaSource
 
     topics = {events.POSTS: settings.kafka.posts_topic, events.USERS: settings.kafka.users_topic}
@@ -127,9 +138,17 @@ def make_event_sources(
         partitions=settings.kafka.partitions,
         replication_factor=settings.kafka.replication_factor,
     )
-    sources: dict[str, EventSource] = {"kafka-relay": OutboxSource(db, outbox, KafkaRelay(publisher))}
+    relay = KafkaRelay(publisher)
+    sources: dict[str, EventSource] = {relay.name: OutboxSource(db, outbox, relay, dead_letters=dead, policy=policy)}
     for c in consumers:
-        sources[c.name] = KafkaSource(settings.kafka.bootstrap_servers, topics, c, prepare=publisher.ensure_topics)
+        sources[c.name] = KafkaSource(
+            settings.kafka.bootstrap_servers,
+            topics,
+            c,
+            prepare=publisher.ensure_topics,
+            dead_letters=dead,
+            policy=policy,
+        )
     return sources, publisher
 
 
@@ -290,7 +309,16 @@ def create_app(settings: Settings) -> Starlette:
     supervisor.add("calls", calls.run)
     for name, source in sources.items():
         supervisor.add(f"events:{name}", source.run)
-    supervisor.add("janitor", Janitor(posts=post_store, outbox=OutboxStore(db), media=media).run)
+    monitor = PipelineMonitor(
+        OutboxStore(db),
+        DeadLetterStore(db),
+        readers=[name for name, source in sources.items() if isinstance(source, OutboxSource)],
+        consumers=list(sources),
+        interval=settings.events.metrics_interval,
+    )
+    supervisor.add("events:metrics", monitor.run)
+    janitor = Janitor(posts=post_store, outbox=OutboxStore(db), media=media, dead_letters=DeadLetterStore(db))
+    supervisor.add("janitor", janitor.run)
     authenticator = Authenticator(guard)
     max_body = settings.server.max_body_bytes
 

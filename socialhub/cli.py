@@ -1,4 +1,4 @@
-"""`socialhub serve | migrate | bench`."""
+"""`socialhub serve | migrate | bench | events`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from socialhub import __version__
+from socialhub import __version__, cli_events
 from socialhub.config import ConfigError, Settings, load_settings, with_overrides
 from socialhub.logs import setup_logging
 
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p_migrate = sub.add_parser("migrate", help="apply migrations and exit")
     p_migrate.add_argument("--config", help="path of socialhub.toml (default: $SOCIALHUB_CONFIG)")
     sub.add_parser("bench", help="run a benchmark (source checkout only): socialhub bench <scenario> --help")
+    cli_events.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         settings = _settings(args)
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return serve(settings)
+    if args.command == "events":
+        return cli_events.run(args, settings)
     asyncio.run(_migrate(settings))
     logger.info("migrations are up to date")
     return 0

@@ -163,6 +163,22 @@ class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
 
 
+class EventsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How event readers treat a consumer's failures (socialhub/infra/events/retry.py)."""
+
+    # Tries of one event before it becomes a dead letter: all but the last in a row,
+    # the last after another event went through. 4 tries in a row from 0.5 s doubling
+    # span 3.5 s: a deadlock retry or a failover blip passes, and one bad event holds its
+    # consumer a few seconds only. Outages (a dependency unreachable) are not counted.
+    retry_attempts: int = 5
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 10.0
+    # How often each running reader looks for dead letters `socialhub events retry` marked.
+    replay_poll: float = 5.0
+    # How often the outbox lag and the dead letters waiting are read for /metrics.
+    metrics_interval: float = 10.0
+
+
 class Settings(msgspec.Struct, frozen=True):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -175,6 +191,7 @@ class Settings(msgspec.Struct, frozen=True):
     calls: CallsSettings = CallsSettings()
     ratelimit: RateLimitSettings = RateLimitSettings()
     metrics: MetricsSettings = MetricsSettings()
+    events: EventsSettings = EventsSettings()
 
     @property
     def data_path(self) -> Path:
@@ -192,6 +209,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "mail": MailSettings,
     "calls": CallsSettings,
     "metrics": MetricsSettings,
+    "events": EventsSettings,
 }
 DURATION_KEYS = {
     "database.statement_timeout",
@@ -200,6 +218,10 @@ DURATION_KEYS = {
     "auth.otp_ttl",
     "calls.turn_ttl",
     "calls.ring_timeout",
+    "events.retry_backoff",
+    "events.retry_backoff_max",
+    "events.replay_poll",
+    "events.metrics_interval",
 }
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -346,6 +368,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError(f"media.store: expected {' or '.join(MEDIA_STORES)}, got {s.media.store!r}")
     if s.mail.backend not in ("file", "smtp"):
         raise ConfigError(f"mail.backend: expected file or smtp, got {s.mail.backend!r}")
+    if s.events.retry_attempts < 2:
+        raise ConfigError("events.retry_attempts: must be at least 2 (the last try comes after other events passed)")
+    if s.events.retry_backoff_max < s.events.retry_backoff:
+        raise ConfigError("events.retry_backoff_max: must be at least events.retry_backoff")
     if s.mail.backend == "smtp" and not s.mail.smtp_url.startswith(("smtp://", "smtps://")):
         raise ConfigError("mail.smtp_url: required for mail.backend = smtp, as smtp://[user:pass@]host[:port]")
 

@@ -2,7 +2,8 @@
 
 - staged uploads whose request died (the process was killed mid-upload);
 - media files with no row (killed between storing the files and committing the post);
-- outbox events every reader is past, after a retention window (for replays and audits).
+- outbox events every reader is past, after a retention window (for replays and audits);
+- dead letters replayed successfully, after the same window (those waiting are kept).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import logging
 
 from socialhub.infra.media.base import MediaStore
+from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.outbox import OutboxStore
 from socialhub.storage.posts import PostStore
 
@@ -25,10 +27,13 @@ KEY_CHUNK = 500
 
 
 class Janitor:
-    def __init__(self, *, posts: PostStore, outbox: OutboxStore, media: MediaStore) -> None:
+    def __init__(
+        self, *, posts: PostStore, outbox: OutboxStore, media: MediaStore, dead_letters: DeadLetterStore | None = None
+    ) -> None:
         self.posts = posts
         self.outbox = outbox
         self.media = media
+        self.dead_letters = dead_letters
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -53,6 +58,8 @@ class Janitor:
         if chunk:
             removed += await self._drop_orphans(chunk)
         removed += await self.outbox.delete_consumed(OUTBOX_RETENTION)
+        if self.dead_letters is not None:
+            removed += await self.dead_letters.delete_replayed(OUTBOX_RETENTION)
         if removed:
             logger.info("janitor removed %d leftovers", removed)
         return removed

@@ -91,3 +91,18 @@ class OutboxStore:
             keep_seconds,
         )
         return int(result.split()[-1])
+
+    async def get_lags(self, names: list[str]) -> dict[str, float]:
+        """Per reader: seconds since the oldest event it has not handled yet occurred (0
+        when it is up to date). A reader that never ran counts from the first event."""
+        rows = await self.db.fetch(
+            """SELECT n.name, COALESCE(EXTRACT(EPOCH FROM now() - o.occurred_at), 0)::float8 AS lag
+               FROM unnest($1::text[]) AS n (name)
+               LEFT JOIN outbox_positions p ON p.name = n.name
+               LEFT JOIN LATERAL (
+                   SELECT occurred_at FROM outbox
+                   WHERE (xid, id) > (COALESCE(p.xid, '0'::xid8), COALESCE(p.id, 0))
+                   ORDER BY xid, id LIMIT 1) o ON true""",
+            names,
+        )
+        return {r["name"]: max(0.0, r["lag"]) for r in rows}

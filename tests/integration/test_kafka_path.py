@@ -28,7 +28,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from socialhub.config import Settings
+from socialhub.config import Settings, with_overrides
 from tests.conftest import REDIS_URL, Account, fresh_database, running_app, signup
 from tests.kafka_broker import TansuBroker
 
@@ -240,7 +240,10 @@ async def test_posts_written_while_the_broker_is_down_reach_every_feed_once_it_i
     make_probe: Callable[[Settings], Probe],
 ) -> None:
     broker = private_kafka_broker
-    settings = kafka_settings(make_settings, own_database, broker)
+    # Short retries: an outage must delay events, never dead-letter them, however soon
+    # a reader would give up on an event that fails on its own.
+    fast_retries = {"retry_attempts": 2, "retry_backoff": "10ms", "retry_backoff_max": "20ms"}
+    settings = with_overrides(kafka_settings(make_settings, own_database, broker), events=fast_retries)
     probe = make_probe(settings)
     async with running_app(settings) as client:
         author = await reader(client)
@@ -279,6 +282,7 @@ async def test_posts_written_while_the_broker_is_down_reach_every_feed_once_it_i
         follows = Counter(actor for user, kind, actor, _ in notes if kind == "follow" and user == author.id)
         assert follows == Counter(f.id for f in fans)
         assert len(notes) == len(every) + len(fans)
+        assert await probe.conn.fetchval("SELECT count(*) FROM dead_letters") == 0
 
 
 async def test_two_instances_with_relays_publish_every_event_once_and_duplicate_no_effect(

@@ -9,7 +9,8 @@ feeds it. Two sources, one consumer code path:
   (`kafka.KafkaPublisher` behind an `OutboxSource` named "kafka-relay").
 
 Delivery is at least once, in order per key; consumers make a second delivery of an
-event a no-op (unique keys, set semantics, upserts).
+event a no-op (unique keys, set semantics, upserts). Failures: `retry.py` (outage or poison, held
+events, dead letters and their replay).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class Consumer(abc.ABC):
 
     @abc.abstractmethod
     async def handle(self, envelope: Envelope) -> None:
-        """Apply one event; idempotently. Raising stops the batch: it is delivered again."""
+        """Apply one event; idempotently. Raising: it is delivered again, with backoff; one
+        that keeps failing while other events pass becomes a dead letter (retry.py)."""
 
     async def handle_batch(self, batch: list[Envelope]) -> None:
         """Apply events in order (a consumer may do a batch at once, e.g. the Kafka relay)."""

@@ -9,9 +9,13 @@ and checks the topics again, so one bad moment never leaves a half-broken produc
 
 `KafkaSource` feeds one `Consumer` from the consumer group `<group_prefix><name>`.
 Offsets are committed only after `handle` returned for every record up to them (at
-least once); a `handle` that raises is retried from that record after a backoff, in
-order. A record that is not a valid event is logged and skipped: it can never become
-valid, and stopping the partition for it would stop every later event with it.
+least once). A failing `handle` goes through a `retry.Triage`: retried in place with
+backoff; on an outage the partition is rewound to that record and read again after a
+backoff; an event that keeps failing on its own is held while the records after it go
+on, and dead-lettered once others pass (retry.py). A partition's committed offset never
+passes a held record. A record that is not a valid event is logged and skipped: it can
+never become valid, and stopping the partition for it would stop every later event with it.
+Between fetches the source replays the dead letters `socialhub events retry` asked for.
 
 Broker outages: `publish` raises (the relay keeps its outbox position and retries);
 the source keeps retrying with capped backoff and returns within about a second of
@@ -39,6 +43,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from socialhub.domain.events import Envelope, Event
 from socialhub.infra.events.base import Consumer, EventSource, Publisher
+from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage
+from socialhub.storage.deadletters import DeadLetterStore
 
 logger = logging.getLogger(__name__)
 
@@ -285,9 +291,13 @@ class KafkaSource(EventSource):
         client_id: str = "socialhub",
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        dead_letters: DeadLetterStore | None = None,
+        policy: RetryPolicy | None = None,
     ) -> None:
         if not topics:
             raise ValueError("KafkaSource needs at least one topic")
+        self.dead_letters = dead_letters
+        self.policy = policy or RetryPolicy()
         # Run before subscribing (the relay's topic creation): a subscription to a missing
         # topic makes the broker auto-create it with its own partition count.
         self._prepare = prepare
@@ -330,7 +340,7 @@ class KafkaSource(EventSource):
                 logger.info("kafka source %s joined (topics %s)", self.group_id, ", ".join(self._logical))
                 delay = RETRY_MIN
                 await self._consume(kc, stop)
-            except _Stopped:
+            except (_Stopped, Stopped):
                 pass
             except Exception as exc:
                 logger.warning(
@@ -350,7 +360,11 @@ class KafkaSource(EventSource):
     async def _consume(self, kc: Any, stop: asyncio.Event) -> None:
         retry = RETRY_MIN
         heard_from_broker = time.monotonic()
+        # Held records are those after the committed offsets: a new consumer starts from
+        # those offsets, so a fresh triage goes with it.
+        triage: Triage[tuple[Any, int]] = Triage(self.consumer, self.dead_letters, self.policy, stop)
         while not stop.is_set():
+            await self._replay(triage)
             batch: dict[Any, list[Any]] = await kc.getmany(timeout_ms=POLL_MS, max_records=self._max_batch)
             if not batch:
                 if time.monotonic() - heard_from_broker >= IDLE_CHECK_SECONDS:
@@ -358,7 +372,7 @@ class KafkaSource(EventSource):
                     heard_from_broker = time.monotonic()
                 continue
             heard_from_broker = time.monotonic()
-            handled, failed = await self._handle_batch(kc, batch)
+            handled, failed = await self._handle_batch(kc, batch, triage)
             if handled:
                 await self._commit(kc, handled)
             if not failed:
@@ -368,13 +382,24 @@ class KafkaSource(EventSource):
                 return
             retry = min(retry * 2, RETRY_MAX)
 
-    async def _handle_batch(self, kc: Any, batch: dict[Any, list[Any]]) -> tuple[dict[Any, int], bool]:
+    async def _replay(self, triage: Triage[tuple[Any, int]]) -> None:
+        try:
+            await triage.replay_requested()
+        except Stopped:
+            raise
+        except Exception as exc:  # the database is away; the next poll tries again
+            logger.warning("kafka source %s could not look for dead letters to replay: %r", self.group_id, exc)
+
+    async def _handle_batch(
+        self, kc: Any, batch: dict[Any, list[Any]], triage: Triage[tuple[Any, int]]
+    ) -> tuple[dict[Any, int], bool]:
         """Handle records in order per partition; the offsets to commit, and whether one failed.
 
-        After a failure nothing more of this batch is handled: that partition and every
-        partition not reached yet are rewound to their first unhandled record.
+        After a failure (an outage, or too many held records in a row) nothing more of
+        this batch is handled: every partition is rewound to its first held record, or
+        its first unhandled one, and the held records are tried again from there.
         """
-        handled: dict[Any, int] = {}
+        done: dict[Any, int] = {}
         failed = False
         for tp, records in batch.items():
             if failed:
@@ -384,21 +409,41 @@ class KafkaSource(EventSource):
                 envelope = self._decode(record)
                 if envelope is not None:
                     try:
-                        await self.consumer.handle(envelope)
-                    except Exception:
-                        logger.exception(
-                            "consumer %s failed on event %s (%s %s@%d); it will be retried",
-                            self.consumer.name,
-                            envelope.event.id,
-                            envelope.event.type,
-                            tp.topic,
-                            tp.partition,
-                        )
+                        await triage.deliver((tp, record.offset), envelope)
+                    except Exception as exc:
+                        if isinstance(exc, ConsumerDown):
+                            logger.error("kafka source %s: %s; going back to the first of them", self.group_id, exc)
+                        elif not isinstance(exc, Stopped):
+                            logger.warning(
+                                "consumer %s failed on event %s (%s %s@%d): %r; it will be retried",
+                                self.consumer.name,
+                                envelope.event.id,
+                                envelope.event.type,
+                                tp.topic,
+                                tp.partition,
+                                exc,
+                            )
                         _rewind(kc, tp, record.offset)
                         failed = True
                         break
-                handled[tp] = record.offset + 1
-        return handled, failed
+                done[tp] = record.offset + 1
+        if triage.held and not failed:
+            try:
+                await triage.check_held()
+            except Exception as exc:  # an outage (or stop): they stay held, read again
+                logger.warning("kafka source %s: held events not settled: %r", self.group_id, exc)
+                failed = True
+        # Never commit past a held record; after a failure, read them again.
+        first_held: dict[Any, int] = {}
+        for h in triage.held:
+            first_held.setdefault(*h.where)
+        for held_tp, offset in first_held.items():
+            done[held_tp] = min(done.get(held_tp, offset), offset)
+            if failed:
+                _rewind(kc, held_tp, offset)
+        if failed:
+            triage.reset()
+        return done, failed
 
     async def _check_broker(self, kc: Any) -> None:
         """Warn (once per outage) when no broker answers; aiokafka reconnects on its own.

@@ -4,6 +4,13 @@ One reader per consumer name is active across all instances: it holds a session
 advisory lock on its own connection (others wait as standbys and take over when
 that connection dies). It LISTENs for the insert trigger's NOTIFY and also polls, in
 case a notification is missed (they are not queued across reconnects).
+
+A batch goes to the consumer's `handle_batch` at once. If that fails on an outage the
+reader backs off and reads the batch again; otherwise it goes through the batch event by
+event under a `retry.Triage`, which retries the failing event, holds it while the
+events after it pass, and dead-letters it (see retry.py). The saved position never
+passes an event that is held: only the in-memory read cursor does. Between batches the
+reader replays the dead letters `socialhub events retry` asked for.
 """
 
 from __future__ import annotations
@@ -14,9 +21,12 @@ import zlib
 
 import asyncpg
 
+from socialhub.domain.events import Envelope
 from socialhub.infra.events.base import Consumer, EventSource
+from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage, is_outage
 from socialhub.storage.database import Database
-from socialhub.storage.outbox import OUTBOX_CHANNEL, OutboxStore
+from socialhub.storage.deadletters import DeadLetterStore
+from socialhub.storage.outbox import OUTBOX_CHANNEL, OutboxStore, Position
 
 logger = logging.getLogger(__name__)
 
@@ -31,28 +41,49 @@ LOCK_NAMESPACE = 0x5EED  # first key of pg_try_advisory_lock(int, int); the seco
 
 
 class OutboxSource(EventSource):
-    def __init__(self, db: Database, store: OutboxStore, consumer: Consumer) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: OutboxStore,
+        consumer: Consumer,
+        *,
+        dead_letters: DeadLetterStore | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self.db = db
         self.store = store
         self.consumer = consumer
+        # Dead letters live next to the outbox, in the same database.
+        self.dead_letters = dead_letters if dead_letters is not None else DeadLetterStore(db)
+        self.policy = policy or RetryPolicy()
         self._wake = asyncio.Event()
         self.active = False  # True while this instance holds the reader's lock
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.1
         while not stop.is_set():
+            # A fresh triage each time: after a failure the reader goes back to its saved
+            # position, which is before any event it was holding.
+            triage: Triage[Position] = Triage(self.consumer, self.dead_letters, self.policy, stop)
             try:
-                await self._run_locked(stop)
+                await self._run_locked(stop, triage)
                 backoff = 0.1
+            except Stopped:
+                break
+            except ConsumerDown as exc:
+                logger.error("outbox reader %s: %s; starting again from the first of them", self.consumer.name, exc)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 logger.warning("outbox reader %s lost its connection; retrying", self.consumer.name, exc_info=True)
-            except Exception:
-                logger.exception("outbox reader %s failed; retrying", self.consumer.name)
+            except Exception as exc:
+                if is_outage(exc):
+                    logger.warning("outbox reader %s: a dependency is down (%r); retrying", self.consumer.name, exc)
+                else:
+                    logger.exception("outbox reader %s failed; retrying", self.consumer.name)
             self.active = False
             await _sleep_unless(stop, backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
-    async def _run_locked(self, stop: asyncio.Event) -> None:
+    async def _run_locked(self, stop: asyncio.Event, triage: Triage[Position]) -> None:
         conn = await self.db.connect_dedicated()
         try:
             lock_key = zlib.crc32(self.consumer.name.encode()) & 0x7FFFFFFF
@@ -62,6 +93,7 @@ class OutboxSource(EventSource):
             self.active = True
             await conn.add_listener(OUTBOX_CHANNEL, self._notified)
             position = await self.store.get_position(self.consumer.name)
+            cursor = position  # past `position` only by events being held
             logger.info("outbox reader %s active", self.consumer.name)
             while not stop.is_set():
                 if conn.is_closed():
@@ -69,11 +101,11 @@ class OutboxSource(EventSource):
                 # Cleared before reading, not before waiting: a NOTIFY that arrives while
                 # a batch is being handled must cut the next wait short.
                 self._wake.clear()
-                batch = await self.store.get_batch(position, BATCH_SIZE)
+                await triage.replay_requested()
+                batch = await self.store.get_batch(cursor, BATCH_SIZE)
                 if batch:
-                    await self.consumer.handle_batch([envelope for _, envelope in batch])
-                    position = batch[-1][0]
-                    await self.store.update_position(self.consumer.name, position)
+                    position = await self._deliver(triage, batch, position)
+                    cursor = batch[-1][0]
                     if len(batch) == BATCH_SIZE:
                         continue
                 woken = await self._wait(stop, POLL_SECONDS)
@@ -83,6 +115,35 @@ class OutboxSource(EventSource):
             self.active = False
             if not conn.is_closed():
                 await conn.close(timeout=5)
+
+    async def _deliver(
+        self, triage: Triage[Position], batch: list[tuple[Position, Envelope]], position: Position
+    ) -> Position:
+        """Hand `batch` to the consumer; the position saved afterwards."""
+        if not triage.held:
+            try:
+                await self.consumer.handle_batch([envelope for _, envelope in batch])
+            except Exception as exc:
+                triage.count_batch_failure(exc)
+                if is_outage(exc):
+                    raise
+            else:
+                triage.note_passed(batch[-1][1])
+                await self.store.update_position(self.consumer.name, batch[-1][0])
+                return batch[-1][0]
+        # Event by event (consumers are idempotent: those before the failure were
+        # handled already, and are again).
+        saved = position
+        for where, envelope in batch:
+            if await triage.deliver(where, envelope):
+                position = where
+        if triage.held:
+            await triage.check_held()
+            if not triage.held:
+                position = batch[-1][0]
+        if position != saved:
+            await self.store.update_position(self.consumer.name, position)
+        return position
 
     def _notified(self, *args: object) -> None:
         self._wake.set()
