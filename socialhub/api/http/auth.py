@@ -12,11 +12,10 @@ from starlette.routing import Route
 from socialhub.api.http.codec import json_response, read_json
 from socialhub.api.http.openapi import Operation
 from socialhub.api.http.security import Authenticator, client_ip
-from socialhub.domain.users import User
+from socialhub.domain.users import USERNAME_PATTERN, User
 from socialhub.services.accounts import AccountService, AuthResult, TokenPair, Verified
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-USERNAME_PATTERN = r"^[A-Za-z0-9_]{3,30}$"
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
 Email = Annotated[str, msgspec.Meta(max_length=254, pattern=EMAIL_PATTERN)]
