@@ -127,6 +127,16 @@ async def test_a_405_allows_every_method_of_the_path(app: Starlette) -> None:
                 assert r.status_code == 405, (method, path)
                 assert {m.strip() for m in r.headers["allow"].split(",")} == allowed, (method, path)
                 assert r.json()["error"]["code"] == "method_not_allowed"
+        # A path without parameters keeps its methods: PATCH /posts/getall is no edit of a
+        # post named "getall" (through /posts/{id}), nor DELETE /users/counts of a user.
+        for method, path, allowed in (
+            ("PATCH", "/posts/getall", {"GET", "HEAD"}),
+            ("DELETE", "/posts/getall", {"GET", "HEAD"}),
+            ("DELETE", "/users/me", {"GET", "HEAD", "PATCH"}),
+        ):
+            r = await client.request(method, path)
+            assert r.status_code == 405, (method, path)
+            assert {m.strip() for m in r.headers["allow"].split(",")} == allowed, (method, path)
 
 
 def declared(routes: list[Route]) -> set[tuple[str, str]]:
@@ -297,7 +307,9 @@ def test_parameters_state_what_the_routes_accept(docs: OpenApiRoutes) -> None:
     assert ids.is_valid("1") and ids.is_valid(str(MAX_ID))
     for bad in ("0", "01", str(MAX_ID + 1), "abc", "-1", " 1", ""):
         assert not ids.is_valid(bad), bad
-    assert param("/feed", "get", "before")["schema"] == id_schema
+    cursors = jsonschema.Draft202012Validator(param("/feed", "get", "before")["schema"])
+    assert cursors.is_valid("") and cursors.is_valid("12") and not cursors.is_valid("01")
+    assert param("/posts/{post_id}/comments", "get", "after")["schema"] == param("/feed", "get", "before")["schema"]
     assert param("/posts/comment/{id}", "post", "id")["schema"] == id_schema
     refs = jsonschema.Draft202012Validator(param("/users/{ref}", "get", "ref")["schema"])
     for good in ("me", "@ann_1", "42"):
@@ -306,6 +318,7 @@ def test_parameters_state_what_the_routes_accept(docs: OpenApiRoutes) -> None:
         assert not refs.is_valid(bad), bad
     body = paths["/notify/read"]["post"]["requestBody"]
     assert body["required"] is True and set(body["content"]) == {"application/json"}
+    assert paths["/users/me"]["patch"]["requestBody"]["required"] is False  # every field optional
     read = _validator({**docs.document, **body["content"]["application/json"]["schema"]}, "ReadBody")
     assert read.is_valid({"ids": ["1"]}) and read.is_valid({"all": True})
     for bad in ({}, {"all": False}, {"ids": None}, {"ids": ["x"]}):

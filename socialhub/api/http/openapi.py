@@ -14,7 +14,7 @@ import html
 import re
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import msgspec
 from starlette.requests import Request
@@ -27,7 +27,7 @@ from socialhub.api.http.errors import CODE_OF_STATUS, ErrorEnvelope
 from socialhub.api.http.ratelimit import PUBLIC_RULES, WRITE_METHODS
 from socialhub.domain.pages import DEFAULT_LIMIT, MAX_LIMIT
 from socialhub.domain.users import USER_REF_PATTERN
-from socialhub.ids import ID_PATTERN
+from socialhub.ids import ID_PATTERN, ID_REGEX
 from socialhub.infra.media.base import MEDIA_KEY
 
 REF = "#/components/schemas/{name}"
@@ -35,6 +35,8 @@ _PATH_PARAM = re.compile(r"\{(\w+)\}")
 _GENERIC_TITLE = re.compile(r"(\w+)\[(.+)\]")
 
 ID_SCHEMA: dict[str, Any] = {"type": "string", "pattern": ID_PATTERN, "description": "an id: a decimal of 1..2^63-1"}
+# A cursor is an id, or empty for the first page (what a client sends back for `next: null`).
+CURSOR_SCHEMA: dict[str, Any] = {"type": "string", "pattern": f"^(?:{ID_REGEX})?$"}
 QUERY: dict[str, dict[str, Any]] = {
     "limit": {
         "description": f"items per page: default {DEFAULT_LIMIT}; more than {MAX_LIMIT} is taken as {MAX_LIMIT}",
@@ -42,11 +44,11 @@ QUERY: dict[str, dict[str, Any]] = {
     },
     "before": {
         "description": "the `next` of the previous page: only items with a smaller id",
-        "schema": ID_SCHEMA,
+        "schema": CURSOR_SCHEMA,
     },
     "after": {
         "description": "the `next` of the previous page: only items with a larger id (oldest-first lists)",
-        "schema": ID_SCHEMA,
+        "schema": CURSOR_SCHEMA,
     },
 }
 # Path parameters by name. A value outside its pattern names nothing: 404, like an unknown one.
@@ -206,8 +208,12 @@ def _operation(op: Operation, refs: dict[Any, dict[str, Any]], limited: bool) ->
         content = {"application/json": {"schema": refs[op.body]}}
         if op.multipart:
             content["multipart/form-data"] = {"schema": refs[op.body]}
-        # Always required: a JSON route reads an object, even one whose fields are all optional.
-        out["requestBody"] = {"required": True, "content": content}
+        # A body whose fields are all optional may be left out (the route reads it as {});
+        # an Annotated rule between fields (READ_RULE of /notify/read) asks for one.
+        annotated = get_origin(op.body) is Annotated
+        struct = get_args(op.body)[0] if annotated else op.body
+        required = annotated or any(f.required for f in msgspec.structs.fields(struct))
+        out["requestBody"] = {"required": required, "content": content}
     success: dict[str, Any] = {"description": HTTPStatus(op.status).phrase}
     if op.response is not None:
         success["content"] = {op.media_type: {"schema": refs[op.response]}}

@@ -7,6 +7,10 @@ first route whose path matched, whose `Allow` then names that route's methods
 only: an OPTIONS /chat/rooms would be told `Allow: POST` though GET is served too.
 Merging the routes of a path into one Route that dispatches on the method makes the
 405 and its `Allow` name every method of the path (RFC 9110 §15.5.6).
+
+A path without parameters also owns every method: PATCH /posts/getall is a 405 of
+/posts/getall, not an edit of a post named "getall" through /posts/{id} (OpenAPI
+matches concrete paths before templated ones, and so does this router).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 Handler = Callable[[Request], Awaitable[Response]]
 _PARAM = re.compile(r"\{[^}]*\}")
@@ -54,9 +59,29 @@ def one_route_per_path(routes: Iterable[BaseRoute]) -> list[BaseRoute]:
     return [_merge(groups[r.path]) if type(r) is Route else r for r in out]
 
 
+class ConcreteRoute(Route):
+    """A path without parameters: a request for it is this route's, whatever its method
+    (Route.handle answers the methods it does not serve with 405)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        return (Match.FULL if match is Match.PARTIAL else match), child
+
+
 def _merge(group: list[Route]) -> Route:
+    first = group[0]
+    concrete = not first.param_convertors
+    if len(group) == 1 and not concrete:
+        return first
     if len(group) == 1:
-        return group[0]
+        endpoint, methods = first.endpoint, list(first.methods or ())
+    else:
+        handlers = _handlers(group)
+        endpoint, methods = _dispatch(handlers), list(handlers)
+    return (ConcreteRoute if concrete else Route)(first.path, endpoint, methods=methods, name=first.name)
+
+
+def _handlers(group: list[Route]) -> dict[str, Handler]:
     handlers: dict[str, Handler] = {}
     for route in group:
         for method in route.methods or ():
@@ -65,4 +90,4 @@ def _merge(group: list[Route]) -> Route:
             if method in handlers:
                 raise ValueError(f"{method} {route.path} is served by two routes")
             handlers[method] = route.endpoint
-    return Route(group[0].path, _dispatch(handlers), methods=list(handlers), name=group[0].name)
+    return handlers

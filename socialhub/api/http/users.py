@@ -42,6 +42,7 @@ class UserRoutes:
     def routes(self) -> list[Route]:
         # The fixed paths come before /users/{ref} so "counts" is never taken for a user.
         return [
+            Route("/users/me", self.profile, methods=["GET"]),
             Route("/users/me", self.update_me, methods=["PATCH"]),
             Route("/users/counts", self.counts, methods=["GET"]),
             Route("/users/followers/list", self.my_followers, methods=["GET"]),
@@ -57,6 +58,8 @@ class UserRoutes:
     def operations(self) -> list[Operation]:
         page = ("limit", "before")
         return [
+            Operation(method="GET", path="/users/me", summary="The caller's profile", tag="users", response=User,
+                      errors=(404,)),
             Operation(
                 method="PATCH", path="/users/me", summary="Edit the caller's profile", tag="users",
                 body=ProfilePatch, response=User, multipart=True, errors=(404, 415),
@@ -101,7 +104,7 @@ class UserRoutes:
 
     async def profile(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        return json_response(await self.users.profile(viewer, request.path_params["ref"]))
+        return json_response(await self.users.profile(viewer, request.path_params.get("ref", "me")))
 
     async def update_me(self, request: Request) -> Response:
         viewer = await self.auth(request)
