@@ -19,7 +19,9 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from urllib.parse import urlsplit
 
+import asyncpg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -102,8 +104,6 @@ def make_kv_pubsub(settings: Settings) -> tuple[KeyValue, PubSub, Callable[[], A
 
 
 def make_media(settings: Settings) -> MediaStore:
-    if settings.media.store == "s3":
-        raise ConfigError("media.store: the s3 store is not available in this version; use disk")
     from socialhub.infra.media.disk import DiskMediaStore
 
     return DiskMediaStore(settings.data_path / "media")
@@ -140,6 +140,43 @@ def make_mailer(settings: Settings) -> Mailer:
     from socialhub.infra.mail.file import FileMailer
 
     return FileMailer(settings.data_path / "mail", sender=settings.mail.from_address)
+
+
+# How long start-up waits for a configured PostgreSQL or Redis to answer before it gives
+# up with a message naming the key (a server that is down refuses at once; this bounds
+# one that drops packets).
+REACH_TIMEOUT = 10.0
+
+
+def _where(url: str) -> str:
+    """host:port/name of a URL, without its credentials (they are never printed)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+async def check_reachable(settings: Settings, *, redis: bool = True) -> None:
+    """Fail start-up with ConfigError naming the key when the configured PostgreSQL (or,
+    with `redis`, Redis) does not answer, rather than with a traceback from inside the
+    lifespan."""
+    if settings.database.url:
+        try:
+            conn = await asyncpg.connect(settings.database.url, timeout=REACH_TIMEOUT)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise ConfigError(f"database.url: cannot connect to {_where(settings.database.url)}: {exc}") from None
+        await conn.close()
+    if redis and settings.redis.url:
+        from redis.asyncio import Redis
+        from redis.exceptions import RedisError
+
+        client = Redis.from_url(settings.redis.url, socket_connect_timeout=REACH_TIMEOUT)
+        try:
+            await client.ping()
+        except (OSError, RedisError) as exc:
+            raise ConfigError(f"redis.url: cannot connect to {_where(settings.redis.url)}: {exc}") from None
+        finally:
+            await client.aclose()
 
 
 async def open_database(settings: Settings, db: Database, stack: AsyncExitStack) -> None:

@@ -96,6 +96,11 @@ async def _migrate(settings: Settings) -> list[int]:
         return []
 
 
+# What the benchmark clients import beyond the server's own dependencies (pyproject's
+# `bench` extra).
+BENCH_NEEDS = ("httpx", "psutil", "websockets")
+
+
 def bench(args: list[str]) -> int:
     """Run `python -m bench` with these arguments; the benchmarks ship with the source
     checkout (bench/ next to socialhub/), not with the installed package."""
@@ -103,6 +108,14 @@ def bench(args: list[str]) -> int:
         print(
             "socialhub bench: the benchmarks are not installed with the package; run this from a source "
             "checkout of socialhub (the directory holding bench/), e.g. `cd socialhub && socialhub bench rest-read`",
+            file=sys.stderr,
+        )
+        return 2
+    missing = [name for name in BENCH_NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"socialhub bench: needs {', '.join(missing)}, which the plain install leaves out; "
+            "install the bench extra: pip install -e '.[bench]'",
             file=sys.stderr,
         )
         return 2
@@ -130,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"socialhub: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.server.log_level)
+    from socialhub.app import check_reachable
+
+    try:
+        asyncio.run(check_reachable(settings, redis=args.command == "serve"))
+    except ConfigError as exc:
+        print(f"socialhub: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         return serve(settings)
     asyncio.run(_migrate(settings))

@@ -28,7 +28,7 @@ ADMIN_URL = os.environ.get("SOCIALHUB_TEST_PG", "postgresql://root@127.0.0.1:543
 REDIS_URL = os.environ.get("SOCIALHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_SECRET = "test-secret-" + "x" * 40
 # argon2id at its cheapest keeps sign-up/login tests fast; production cost is tested in
-# tests/unit/test_passwords.py.
+# tests/unit/test_passwords.py and tests/integration/test_password_rehash.py.
 CHEAP_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
 
 

@@ -85,3 +85,31 @@ def test_migrate_command(tmp_path: Path) -> None:
         r = subprocess.run([exe, "migrate"], env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
     assert "migrations are up to date" in r.stderr
+
+
+def test_unreachable_database_or_redis_exits_2_in_one_line(tmp_path: Path) -> None:
+    import sys
+
+    from tests.ports import free_port
+
+    closed = free_port()  # nothing listens there
+    cases = {
+        "database.url": {"SOCIALHUB_DATABASE_URL": f"postgresql://someone:hunter2secret@127.0.0.1:{closed}/x"},
+        "redis.url": {
+            "SOCIALHUB_DATABASE_URL": "postgresql://root@127.0.0.1:5432/test",
+            "SOCIALHUB_REDIS_URL": f"redis://:hunter2secret@127.0.0.1:{closed}/0",
+        },
+    }
+    for key, env in cases.items():
+        r = subprocess.run(
+            [str(Path(sys.executable).parent / "socialhub"), "serve"],
+            env={"PATH": str(Path(sys.executable).parent), **env},
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert r.returncode == 2, (key, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"socialhub: {key}: cannot connect to "), r.stderr
+        assert f"127.0.0.1:{closed}" in lines[0] and "hunter2secret" not in r.stderr

@@ -440,6 +440,9 @@ async def test_a_database_failure_after_the_files_were_committed_leaves_nothing(
             await db.execute("ALTER TABLE media DROP CONSTRAINT test_posts_no_media")
         assert r.status_code == 500, r.text
         assert r.json() == {"error": {"code": "internal", "message": r.json()["error"]["message"]}}
+        # The server closes the connection after a 500 (uvicorn does, as the error is
+        # re-raised); the answer says so rather than leaving the client to find out.
+        assert r.headers["connection"] == "close"
         for leak in ("Traceback", "asyncpg", "CheckViolation", "test_posts_no_media", 'File "'):
             assert leak not in r.text
         await assert_no_trace(db, root, a)

@@ -59,6 +59,18 @@ async def test_follow_is_idempotent_and_counts_stay_right(client: httpx.AsyncCli
     assert (await a.get("/users/counts")).json() == {"followers": 0, "following": 1}
 
 
+async def test_follow_by_username_as_profiles_are_read(client: httpx.AsyncClient) -> None:
+    a, b = await signup(client), await signup(client)
+    r = await a.post(f"/users/follow/@{b.username}")
+    assert r.status_code == 200 and r.json() == {"following": True}
+    assert (await a.get(f"/users/@{b.username}")).json()["following"] is True
+    r = await a.delete(f"/users/follow/@{b.username.upper()}")
+    assert r.status_code == 200 and r.json() == {"following": False}
+    r = await a.post(f"/users/follow/@{a.username}")
+    assert r.status_code == 422 and error_code(r) == "validation_error"
+    assert (await a.post("/users/follow/@nobody_like_this")).status_code == 404
+
+
 async def test_follow_errors(client: httpx.AsyncClient) -> None:
     a = await signup(client)
     r = await a.post(f"/users/follow/{a.id}")

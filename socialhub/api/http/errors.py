@@ -74,4 +74,6 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # The trace goes to the log, never to the client.
     logger.exception("unhandled error in %s %s", request.method, request.url.path)
-    return error_response("internal", "internal error")
+    # Starlette re-raises after this answer and uvicorn then closes the connection: say so,
+    # so that a keep-alive client does not send its next request into a closed socket.
+    return error_response("internal", "internal error", headers={"Connection": "close"})

@@ -15,8 +15,6 @@ from socialhub.api.http.security import Authenticator
 from socialhub.api.http.uploads import AVATAR_FIELDS, read_upload
 from socialhub.domain.pages import Page
 from socialhub.domain.users import User
-from socialhub.errors import NotFound
-from socialhub.ids import parse_id
 from socialhub.infra.media.base import MediaStore
 from socialhub.services.media import IMAGE_ONLY
 from socialhub.services.users import Counts, FollowState, UserService
@@ -78,15 +76,16 @@ class UserRoutes:
             ),
             Operation(
                 method="POST", path="/users/follow/{id}", summary="Follow a user (idempotent)", tag="users",
-                response=FollowState, errors=(404, 422), description="422 when it is the caller.",
+                response=FollowState, errors=(404, 422), description=REF + " 422 when it is the caller.",
             ),
             Operation(
                 method="DELETE", path="/users/follow/{id}", summary="Unfollow a user (idempotent)", tag="users",
-                response=FollowState, errors=(404, 422),
+                response=FollowState, errors=(404, 422), description=REF,
             ),
             Operation(
                 method="POST", path="/users/unfollow/{id}", summary="Alias of DELETE /users/follow/{id}",
-                tag="users", response=FollowState, errors=(404, 422), description="Kept for the original clients.",
+                tag="users", response=FollowState, errors=(404, 422),
+                description=REF + " Kept for the original clients.",
             ),
             Operation(
                 method="GET", path="/users/{ref}/followers", summary="A user's followers", tag="users",
@@ -133,19 +132,15 @@ class UserRoutes:
             patch = await read_json(request, ProfilePatch, self.max_body)
         return json_response(await self.users.update_me(viewer, name=patch.name, bio=patch.bio))
 
-    def _target(self, request: Request) -> int:
-        target = parse_id(request.path_params["id"])
-        if target is None:
-            raise NotFound("no such user")
-        return target
-
     async def follow(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        return json_response(await self.users.follow(viewer, self._target(request)))
+        target = await self.users.resolve(viewer, request.path_params["id"])
+        return json_response(await self.users.follow(viewer, target))
 
     async def unfollow(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        return json_response(await self.users.unfollow(viewer, self._target(request)))
+        target = await self.users.resolve(viewer, request.path_params["id"])
+        return json_response(await self.users.unfollow(viewer, target))
 
     async def _list(self, request: Request, ref: str, *, followers: bool) -> Response:
         viewer = await self.auth(request)
