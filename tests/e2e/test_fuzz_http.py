@@ -43,9 +43,9 @@ PASSWORD = "pass word 1"
 # Statuses a schema-valid request may still get, for rules no JSON Schema can state:
 # following oneself (422) and a wrong, spent or expired reset code (400).
 SEMANTIC_REFUSALS: dict[str, list[str]] = {
-    "post_users_follow_id": ["422"],
-    "delete_users_follow_id": ["422"],
-    "post_users_unfollow_id": ["422"],
+    "post_users_follow_ref": ["422"],
+    "delete_users_follow_ref": ["422"],
+    "post_users_unfollow_ref": ["422"],
     "post_auth_reset_password": ["400"],
     "post_chat_rooms": ["422"],  # a room of the caller alone
 }

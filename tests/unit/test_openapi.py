@@ -120,6 +120,7 @@ async def test_a_405_allows_every_method_of_the_path(app: Starlette) -> None:
             ("/chat/rooms", {"GET", "HEAD", "POST"}),
             ("/posts/like/1", {"POST", "DELETE", "PATCH"}),
             ("/users/follow/1", {"POST", "DELETE"}),
+            ("/users/follow/@ann", {"POST", "DELETE"}),
             ("/posts/comment/1", {"POST", "PATCH", "DELETE"}),
         ):
             for method in ("OPTIONS", "PUT"):
@@ -235,7 +236,7 @@ def test_rate_limit_headers_follow_the_middleware(docs: OpenApiRoutes) -> None:
     login = paths["/auth/login"]["post"]["responses"]
     assert set(login["429"]["headers"]) == {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"}
     assert set(login["200"]["headers"]) == {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
-    assert "429" in paths["/users/follow/{id}"]["post"]["responses"]  # a write: limited per user
+    assert "429" in paths["/users/follow/{ref}"]["post"]["responses"]  # a write: limited per user
     assert "429" not in paths["/users/{ref}"]["get"]["responses"]  # reads are not limited
     assert "429" not in paths["/auth/logout"]["post"]["responses"]
 

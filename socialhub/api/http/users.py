@@ -45,9 +45,9 @@ class UserRoutes:
             Route("/users/counts", self.counts, methods=["GET"]),
             Route("/users/followers/list", self.my_followers, methods=["GET"]),
             Route("/users/following/list", self.my_following, methods=["GET"]),
-            Route("/users/follow/{id}", self.follow, methods=["POST"]),
-            Route("/users/follow/{id}", self.unfollow, methods=["DELETE"]),
-            Route("/users/unfollow/{id}", self.unfollow, methods=["POST"]),
+            Route("/users/follow/{ref}", self.follow, methods=["POST"]),
+            Route("/users/follow/{ref}", self.unfollow, methods=["DELETE"]),
+            Route("/users/unfollow/{ref}", self.unfollow, methods=["POST"]),
             Route("/users/{ref}/followers", self.followers, methods=["GET"]),
             Route("/users/{ref}/following", self.following, methods=["GET"]),
             Route("/users/{ref}", self.profile, methods=["GET"]),
@@ -75,15 +75,15 @@ class UserRoutes:
                 response=Page[User], query=page, errors=(404,),
             ),
             Operation(
-                method="POST", path="/users/follow/{id}", summary="Follow a user (idempotent)", tag="users",
+                method="POST", path="/users/follow/{ref}", summary="Follow a user (idempotent)", tag="users",
                 response=FollowState, errors=(404, 422), description=REF + " 422 when it is the caller.",
             ),
             Operation(
-                method="DELETE", path="/users/follow/{id}", summary="Unfollow a user (idempotent)", tag="users",
+                method="DELETE", path="/users/follow/{ref}", summary="Unfollow a user (idempotent)", tag="users",
                 response=FollowState, errors=(404, 422), description=REF,
             ),
             Operation(
-                method="POST", path="/users/unfollow/{id}", summary="Alias of DELETE /users/follow/{id}",
+                method="POST", path="/users/unfollow/{ref}", summary="Alias of DELETE /users/follow/{ref}",
                 tag="users", response=FollowState, errors=(404, 422),
                 description=REF + " Kept for the original clients.",
             ),
@@ -134,12 +134,12 @@ class UserRoutes:
 
     async def follow(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        target = await self.users.resolve(viewer, request.path_params["id"])
+        target = await self.users.resolve(viewer, request.path_params["ref"])
         return json_response(await self.users.follow(viewer, target))
 
     async def unfollow(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        target = await self.users.resolve(viewer, request.path_params["id"])
+        target = await self.users.resolve(viewer, request.path_params["ref"])
         return json_response(await self.users.unfollow(viewer, target))
 
     async def _list(self, request: Request, ref: str, *, followers: bool) -> Response:
