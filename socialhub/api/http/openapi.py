@@ -108,6 +108,7 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     auth: bool = True
     errors: tuple[int, ...] = ()
     multipart: bool = False
+    form: type | None = None  # the multipart fields' type when it differs from `body` (a form has no null)
     query: tuple[str, ...] = ()
     headers: tuple[str, ...] = ()
     description: str = ""
@@ -207,7 +208,7 @@ def _operation(op: Operation, refs: dict[Any, dict[str, Any]], limited: bool) ->
     if op.body is not None:
         content = {"application/json": {"schema": refs[op.body]}}
         if op.multipart:
-            content["multipart/form-data"] = {"schema": refs[op.body]}
+            content["multipart/form-data"] = {"schema": refs[op.form or op.body]}
         # A body whose fields are all optional may be left out (the route reads it as {});
         # an Annotated rule between fields (READ_RULE of /notify/read) asks for one.
         annotated = get_origin(op.body) is Annotated
@@ -250,7 +251,7 @@ def build_document(
     """The OpenAPI 3.1 document of `operations`; ValueError on a duplicate or an unknown status."""
     ops = list(operations)
     types: list[Any] = []
-    for t in (*(o.body for o in ops), *(o.response for o in ops), ErrorEnvelope):
+    for t in (*(o.body for o in ops), *(o.form for o in ops), *(o.response for o in ops), ErrorEnvelope):
         if t is not None and t not in types:
             types.append(t)
     refs, schemas = _components(types)

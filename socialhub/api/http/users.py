@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,9 +23,25 @@ from socialhub.services.users import Counts, FollowState, UserService
 REF = "`ref` is a user id, `@username` or `me`."
 
 
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
+Bio = Annotated[str, msgspec.Meta(max_length=500)]
+
+
 class ProfilePatch(msgspec.Struct, frozen=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")] | None = None
-    bio: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    name: Name | None = None
+    bio: Bio | None = None
+
+
+class ProfileForm(msgspec.Struct, frozen=True):
+    """The same fields as form fields, which are text or absent (never null)."""
+
+    name: Name | UnsetType = UNSET
+    bio: Bio | UnsetType = UNSET
+
+    def patch(self) -> ProfilePatch:
+        return ProfilePatch(
+            name=None if self.name is UNSET else self.name, bio=None if self.bio is UNSET else self.bio
+        )
 
 
 class UserRoutes:
@@ -60,7 +77,7 @@ class UserRoutes:
                       errors=(404,)),
             Operation(
                 method="PATCH", path="/users/me", summary="Edit the caller's profile", tag="users",
-                body=ProfilePatch, response=User, multipart=True, errors=(404, 415),
+                body=ProfilePatch, form=ProfileForm, response=User, multipart=True, errors=(404, 415),
                 description="JSON, or the same fields as multipart/form-data with an optional `avatar` image "
                 "(PNG, JPEG, GIF, WebP, AVIF, HEIC; recognised by its bytes; 415 for anything else).",
             ),
@@ -118,7 +135,7 @@ class UserRoutes:
                 kinds=IMAGE_ONLY,
             )
             try:
-                patch = validate(upload.fields, ProfilePatch)
+                patch = validate(upload.fields, ProfileForm).patch()
                 avatar = upload.files[0] if upload.files else None
                 user = await self.users.update_me(viewer, name=patch.name, bio=patch.bio, avatar=avatar)
             finally:
@@ -127,7 +144,7 @@ class UserRoutes:
         if is_form(request):
             async with request.form(max_files=0, max_fields=10) as form:
                 fields = {k: v for k, v in form.items() if isinstance(v, str)}
-            patch = validate(fields, ProfilePatch)
+            patch = validate(fields, ProfileForm).patch()
         else:
             patch = await read_json(request, ProfilePatch, self.max_body)
         return json_response(await self.users.update_me(viewer, name=patch.name, bio=patch.bio))
