@@ -65,6 +65,7 @@ from socialhub.services.posts import PostService
 from socialhub.services.presence import PresenceService
 from socialhub.services.readcache import ReadCache
 from socialhub.services.sessions import SessionGuard
+from socialhub.services.throttle import LoginThrottle
 from socialhub.services.tokens import TokenCodec
 from socialhub.services.users import UserService
 from socialhub.storage.auth import AuthStore
@@ -228,6 +229,7 @@ def create_app(settings: Settings) -> Starlette:
         tokens=tokens,
         guard=guard,
         mailer=mailer,
+        throttle=LoginThrottle(kv=kv, rate=settings.ratelimit.rule("login_account"), secret=secret),
         secret=secret,
         refresh_ttl=settings.auth.refresh_ttl,
         otp_ttl=settings.auth.otp_ttl,

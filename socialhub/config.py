@@ -133,8 +133,12 @@ class CallsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 # signup and password reset far tighter than reads, in the spirit of Mastodon's
 # 5 sign-ups per 30 min per IP but loose enough for a test client creating a dozen users;
 # writes per user as Mastodon's 300 requests per 5 minutes per account.
+# login_account: per account identifier, against credential stuffing from many IPs
+# (services/throttle.py): 10 attempts at once, then one every 6 minutes (240 a day);
+# devices that signed in to the account before do not count here (device tokens).
 DEFAULT_RATES: dict[str, str] = {
     "login": "10/60s",
+    "login_account": "10/3600s",
     "signup": "30/3600s",
     "refresh": "60/60s",
     "forgot_password": "5/300s",

@@ -17,6 +17,7 @@ from socialhub.errors import BadRequest, Unauthenticated
 from socialhub.infra.mail.base import Mail, Mailer
 from socialhub.services.passwords import Passwords
 from socialhub.services.sessions import SessionGuard
+from socialhub.services.throttle import LoginThrottle
 from socialhub.services.tokens import TokenCodec
 from socialhub.storage.auth import AuthStore, RefreshOutcome
 from socialhub.storage.database import Database
@@ -62,6 +63,7 @@ class AccountService:
         tokens: TokenCodec,
         guard: SessionGuard,
         mailer: Mailer,
+        throttle: LoginThrottle,
         secret: str,
         refresh_ttl: float,
         otp_ttl: float,
@@ -74,6 +76,7 @@ class AccountService:
         self.tokens = tokens
         self.guard = guard
         self.mailer = mailer
+        self.throttle = throttle
         # 6 digits are a small space: the stored codes are HMACs under a server key, so a
         # leaked table alone does not give them away.
         self._otp_key = hmac.new(secret.encode(), b"socialhub password reset", hashlib.sha256).digest()
@@ -91,9 +94,17 @@ class AccountService:
         )
         return await self._new_session(user, user_agent, ip)
 
-    async def login(self, *, identifier: str, password: str, user_agent: str, ip: str) -> AuthResult:
-        """The same answer, in about the same time, for an unknown user and a wrong password."""
+    async def login(
+        self, *, identifier: str, password: str, user_agent: str, ip: str, device_token: str | None = None
+    ) -> tuple[AuthResult, str]:
+        """The same answer, in about the same time, for an unknown user and a wrong password.
+
+        Also answers a device token for the client to bring next time (see LoginThrottle);
+        RateLimited when the account's attempts, or this device's, are used up.
+        """
         user = await self.users.get_user_by_login(identifier.strip())
+        device = self.throttle.read(device_token)
+        await self.throttle.charge(identifier, user.id if user else None, device)
         if user is None:
             await self.passwords.verify_none(password)
             raise Unauthenticated("wrong identifier or password")
@@ -102,7 +113,7 @@ class AccountService:
         if self.passwords.needs_rehash(user.password_hash):
             async with self.db.transaction() as conn:
                 await self.users.update_password(conn, user.id, await self.passwords.hash(password))
-        return await self._new_session(user, user_agent, ip)
+        return await self._new_session(user, user_agent, ip), self.throttle.issue(user.id, device)
 
     async def _new_session(self, user: UserRecord, user_agent: str, ip: str) -> AuthResult:
         refresh = secrets.token_urlsafe(32)

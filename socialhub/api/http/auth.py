@@ -14,6 +14,7 @@ from socialhub.api.http.openapi import Operation
 from socialhub.api.http.security import Authenticator, client_ip
 from socialhub.domain.users import USERNAME_PATTERN, User
 from socialhub.services.accounts import AccountService, AuthResult, TokenPair, Verified
+from socialhub.services.throttle import DEVICE_TTL
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
@@ -21,6 +22,9 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
 Email = Annotated[str, msgspec.Meta(max_length=254, pattern=EMAIL_PATTERN)]
 Username = Annotated[str, msgspec.Meta(pattern=USERNAME_PATTERN)]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128)]
+# The device token of services/throttle.py travels as a cookie that only the login route
+# sees (browsers keep it without any code; other clients keep it in their cookie jar).
+DEVICE_COOKIE = "socialhub_device"
 
 
 class SignupBody(msgspec.Struct, frozen=True):
@@ -83,6 +87,10 @@ class AuthRoutes:
             Operation(
                 method="POST", path="/auth/login", summary="Sign in with email or username", tag="auth",
                 body=LoginBody, response=AuthResult, auth=False, errors=(401,),
+                description=(
+                    f"Sets the `{DEVICE_COOKIE}` cookie: sent back on later logins, it keeps this device out of "
+                    "the per-account limit on attempts (429 once strangers used it up)."
+                ),
             ),
             Operation(
                 method="POST", path="/auth/refresh", summary="Trade a refresh token for a new pair", tag="auth",
@@ -125,13 +133,24 @@ class AuthRoutes:
 
     async def login(self, request: Request) -> Response:
         body = await read_json(request, LoginBody, self.max_body)
-        result = await self.accounts.login(
+        result, device_token = await self.accounts.login(
             identifier=body.identifier,
             password=body.password,
             user_agent=request.headers.get("user-agent", ""),
             ip=client_ip(request),
+            device_token=request.cookies.get(DEVICE_COOKIE),
         )
-        return json_response(result)
+        response = json_response(result)
+        response.set_cookie(
+            DEVICE_COOKIE,
+            device_token,
+            max_age=int(DEVICE_TTL),
+            path="/auth/login",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+        return response
 
     async def refresh(self, request: Request) -> Response:
         body = await read_json(request, RefreshBody, self.max_body)

@@ -5,6 +5,13 @@ low-level parser and writes each file part straight into `MediaStore.stage()`:
 a file is never held in memory whole (at most its first IMAGE_HEAD_BYTES, to read
 an image's size). Text fields are collected, each capped.
 
+Images take one step more: their metadata (GPS position, device, time) must not reach
+the store. An image part is spooled to an anonymous temp file (unlinked at creation:
+a crash leaves nothing), and at its end `scrub_image` strips it and checks it with
+Pillow in a worker thread; the cleaned bytes are what is staged, and the size, hash,
+width and height given back are theirs. (The store's staged file is not read back:
+an object store's multipart upload cannot be.)
+
 Refusals come as soon as the reader knows, and it stops reading the body then:
 
 - not multipart/form-data: 415; no boundary, a malformed or truncated body, a file
@@ -17,6 +24,9 @@ Refusals come as soon as the reader knows, and it stops reading the body then:
   of the kinds the caller takes (avatars: images): 415, decided on the first
   SNIFF_BYTES, before anything of it is staged. The declared Content-Type and the
   file name are ignored.
+- an image Pillow cannot read (truncated, damaged): 415; one over MAX_IMAGE_PIXELS:
+  422 `validation_error` (from its header as soon as that arrives, when it can be read
+  there cheaply; else once Pillow opened it).
 
 On any failure, every file staged so far is discarded before the error propagates;
 on success the caller owns the staged files and must commit or discard each:
@@ -34,8 +44,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 from python_multipart import MultipartParser
@@ -43,7 +54,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from socialhub.errors import BadRequest, TooLarge, UnsupportedMediaType
+from socialhub.errors import BadRequest, TooLarge, UnsupportedMediaType, invalid
 from socialhub.infra.media.base import MediaStore, StagedFile
 from socialhub.services.media import (
     ALL_KINDS,
@@ -54,6 +65,7 @@ from socialhub.services.media import (
     image_size,
     sniff,
 )
+from socialhub.services.scrubber import MAX_IMAGE_PIXELS, scrub_image
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -76,6 +88,8 @@ FEED_BYTES = 64 * 1024
 PART_OVERHEAD = 8 * 4224 + 512
 # Names shown in messages and kept as UploadedFile.filename are cut to this.
 MAX_FILENAME = 255
+# A cleaned image is copied from its temp file into the store in pieces of this size.
+COPY_BYTES = 1 << 20
 
 _Event = dict[str, bytes] | bytes | None
 """What the parser callbacks queue: a part's headers, a piece of its data, or its end."""
@@ -164,6 +178,8 @@ class _FilePart:
         self.content_type = ""
         self.kind: Kind = "image"
         self.staged: StagedFile | None = None
+        self.spool: BinaryIO | None = None  # an image until it is scrubbed
+        self.size_checked = False
 
     @property
     def label(self) -> str:
@@ -189,6 +205,8 @@ class _UploadReader:
         self.fields: dict[str, str] = {}
         self.files: list[UploadedFile] = []
         self.staged: list[StagedFile] = []
+        # Image spools not yet handed to the scrubber (which closes those it took).
+        self.spools: list[BinaryIO] = []
         self.events: list[_Event] = []
         self.finished = False
         self.parts = 0
@@ -265,6 +283,8 @@ class _UploadReader:
             except ClientDisconnect:
                 raise BadRequest("the client went away during the upload") from None
         except BaseException:
+            for spool in self.spools:
+                spool.close()
             await discard_all(self.staged)
             raise
         return Upload(fields=self.fields, files=self.files)
@@ -345,14 +365,28 @@ class _UploadReader:
         part.size += len(chunk)
         if part.size > self.max_file_bytes:
             raise TooLarge(f"{part.label} is over {self.max_file_bytes} bytes")
-        if part.staged is None:
+        if part.staged is None and part.spool is None:
             part.head += chunk
             if len(part.head) >= SNIFF_BYTES:
                 await self._accept(part)
             return
         if part.keep_head and len(part.head) < IMAGE_HEAD_BYTES:
             part.head += chunk[: IMAGE_HEAD_BYTES - len(part.head)]
-        await part.staged.write(chunk)
+            if len(part.head) >= IMAGE_HEAD_BYTES:
+                self._check_pixels(part)
+        if part.spool is not None:
+            await asyncio.to_thread(part.spool.write, chunk)
+        elif part.staged is not None:
+            await part.staged.write(chunk)
+
+    def _check_pixels(self, part: _FilePart) -> None:
+        """Refuse a decompression bomb from its header, before reading the rest (once)."""
+        if part.size_checked:
+            return
+        part.size_checked = True
+        size = image_size(bytes(part.head), part.content_type)
+        if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+            raise invalid(part.field, f"{part.label} is over {MAX_IMAGE_PIXELS} pixels")
 
     async def _accept(self, part: _FilePart) -> None:
         """Sniff the head; refuse, or stage the file and write what came so far."""
@@ -364,15 +398,34 @@ class _UploadReader:
             raise UnsupportedMediaType(f"{part.label} is {sniffed.kind}; this takes {wanted} only")
         part.content_type = sniffed.content_type
         part.kind = sniffed.kind
+        part.keep_head = sniffed.kind == "image"
+        if part.keep_head:
+            part.spool = await asyncio.to_thread(tempfile.TemporaryFile)
+            self.spools.append(part.spool)
+            await asyncio.to_thread(part.spool.write, bytes(part.head))
+            del part.head[IMAGE_HEAD_BYTES:]
+            if len(part.head) >= IMAGE_HEAD_BYTES:
+                self._check_pixels(part)
+            return
         staged = await self.store.stage()
         self.staged.append(staged)
         part.staged = staged
         await staged.write(bytes(part.head))
-        part.keep_head = sniffed.kind == "image"
-        if part.keep_head:
-            del part.head[IMAGE_HEAD_BYTES:]
-        else:
-            part.head = bytearray()
+        part.head = bytearray()
+
+    async def _store_image(self, part: _FilePart) -> tuple[StagedFile, int | None, int | None]:
+        """Scrub the spooled image and stage the result; (staged, width, height)."""
+        self._check_pixels(part)
+        spool, part.spool = part.spool, None
+        assert spool is not None
+        self.spools.remove(spool)
+        image = await scrub_image(spool, part.content_type, field=part.field, label=part.label)
+        with contextlib.closing(image.file):
+            staged = await self.store.stage()
+            self.staged.append(staged)
+            while chunk := await asyncio.to_thread(image.file.read, COPY_BYTES):
+                await staged.write(chunk)
+        return staged, image.width, image.height
 
     async def _end(self) -> None:
         part, self.part = self.part, None
@@ -384,25 +437,29 @@ class _UploadReader:
             return
         if part is None:
             return
-        if part.staged is None:
+        if part.staged is None and part.spool is None:
             if part.size == 0:
                 if not part.filename:
                     # A browser sends an empty part for a file input left empty.
                     return
                 raise UnsupportedMediaType(f"{part.label} is empty")
             await self._accept(part)
-        assert part.staged is not None
-        size = image_size(bytes(part.head), part.content_type) if part.keep_head else None
+        width = height = None
+        if part.spool is not None:
+            staged, width, height = await self._store_image(part)
+        else:
+            assert part.staged is not None
+            staged = part.staged
         self.files.append(
             UploadedFile(
-                staged=part.staged,
+                staged=staged,
                 field=part.field,
                 filename=part.filename,
                 content_type=part.content_type,
                 kind=part.kind,
-                size=part.staged.size,
-                sha256=part.staged.sha256,
-                width=size[0] if size else None,
-                height=size[1] if size else None,
+                size=staged.size,
+                sha256=staged.sha256,
+                width=width,
+                height=height,
             )
         )
