@@ -117,12 +117,14 @@ def serve_http(port: int, body_file: Path | None) -> None:
     """`http` (the bytes of `body_file` for every request) or, without a file, `feed`."""
     import uvicorn
 
+    from socialhub.api.http.connection import HeadLimitedProtocol
+
     uvicorn.run(
         http_app(body_file.read_bytes()) if body_file is not None else feed_app(),  # type: ignore[arg-type]
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=HeadLimitedProtocol,
         lifespan="off",
         access_log=False,
         log_level="warning",

@@ -33,7 +33,7 @@ from socialhub.api.http.errors import handle_http_exception, handle_socialhub_er
 from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import Check, HealthRoutes
 from socialhub.api.http.media import MediaRoutes
-from socialhub.api.http.middleware import AccessLog
+from socialhub.api.http.middleware import AccessLog, StorableText
 from socialhub.api.http.openapi import OpenApiRoutes
 from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.ratelimit import RateLimitMiddleware
@@ -376,6 +376,7 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(AccessLog),
+            Middleware(StorableText),
             Middleware(RateLimitMiddleware, kv=kv, settings=settings.ratelimit, tokens=tokens),
         ],
         exception_handlers={

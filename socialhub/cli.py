@@ -46,6 +46,7 @@ def tune_gc() -> None:
 def serve(settings: Settings) -> int:
     import uvicorn
 
+    from socialhub.api.http.connection import HeadLimitedProtocol
     from socialhub.app import create_app
 
     app = create_app(settings)
@@ -54,7 +55,7 @@ def serve(settings: Settings) -> int:
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        http="httptools",
+        http=HeadLimitedProtocol,  # httptools, with SPEC's 431 for a head over 32 KiB
         # The sans-I/O websockets protocol: no reader task and no asyncio stream per socket
         # (10,000 idle sockets 43.6 -> 36.4 KiB each, connects 1,056 -> 1,445/s; chat and
         # fan-out latency unchanged: bench ws-idle / ws_bench fanout, 2026-11-27).

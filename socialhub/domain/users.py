@@ -12,7 +12,8 @@ from socialhub.domain.time import rfc3339
 from socialhub.ids import ID_REGEX
 
 USERNAME_REGEX = "[A-Za-z0-9_]{3,30}"  # SPEC
-USERNAME_PATTERN = f"^{USERNAME_REGEX}$"
+# `$(?!\n)`: a bare `$` also matches before a final newline in Python's re (msgspec's).
+USERNAME_PATTERN = f"^{USERNAME_REGEX}$(?!\n)"
 # A user in a path: an id, `@username` or `me` (the caller).
 USER_REF_PATTERN = f"^(?:{ID_REGEX}|@{USERNAME_REGEX}|me)$"
 _AT_USERNAME = re.compile(f"@({USERNAME_REGEX})")

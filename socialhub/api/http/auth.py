@@ -12,14 +12,14 @@ from starlette.routing import Route
 from socialhub.api.http.codec import json_response, read_json
 from socialhub.api.http.openapi import Operation
 from socialhub.api.http.security import Authenticator, client_ip
+from socialhub.domain.text import EMAIL_MAX_LENGTH, EMAIL_PATTERN
 from socialhub.domain.users import USERNAME_PATTERN, User
 from socialhub.services.accounts import AccountService, AuthResult, TokenPair, Verified
 from socialhub.services.throttle import DEVICE_TTL
 
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
-
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
-Email = Annotated[str, msgspec.Meta(max_length=254, pattern=EMAIL_PATTERN)]
+# One plain mailbox (domain/text.py), the same rule for sign-up and both reset steps.
+Email = Annotated[str, msgspec.Meta(max_length=EMAIL_MAX_LENGTH, pattern=EMAIL_PATTERN)]
 Username = Annotated[str, msgspec.Meta(pattern=USERNAME_PATTERN)]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128)]
 # The device token of services/throttle.py travels as a cookie that only the login route
@@ -44,11 +44,11 @@ class RefreshBody(msgspec.Struct, frozen=True):
 
 
 class ForgotBody(msgspec.Struct, frozen=True):
-    email: Annotated[str, msgspec.Meta(min_length=1, max_length=254)]
+    email: Email
 
 
 class ResetBody(msgspec.Struct, frozen=True):
-    email: Annotated[str, msgspec.Meta(min_length=1, max_length=254)]
+    email: Email
     otp: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
     new_password: Password
 

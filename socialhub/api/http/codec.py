@@ -1,7 +1,9 @@
 """Request bodies in, JSON out, with msgspec.
 
-Bodies are read with a size cap (413), parsed (malformed JSON is 400) and validated
-into frozen Structs; every invalid field is reported at once in `fields` (422).
+Bodies are read with a size cap (413), typed (a JSON route takes only JSON: 415),
+parsed (malformed JSON, nested too deep included, is 400) and validated into frozen
+Structs; every invalid field is reported at once in `fields` (422), a string that
+PostgreSQL cannot store (one holding U+0000) among them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from socialhub.domain.pages import DEFAULT_LIMIT, MAX_LIMIT, PageRequest
+from socialhub.domain.text import may_hold_nul, nul_fields
 from socialhub.errors import BadRequest, TooLarge, UnsupportedMediaType, ValidationFailed
 from socialhub.ids import parse_id
 
@@ -56,9 +59,37 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def media_type(request: Request) -> str:
+    """The Content-Type without its parameters, lower-cased; "" when there is none."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 def is_form(request: Request) -> bool:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return ctype in ("multipart/form-data", "application/x-www-form-urlencoded")
+    return media_type(request) in ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def is_json(ctype: str) -> bool:
+    """application/json, or a type with the `+json` structured syntax suffix (RFC 6838 4.2.8,
+    e.g. application/merge-patch+json): both are JSON to a JSON parser."""
+    return ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))
+
+
+def _check_json_type(request: Request, body: bytes) -> None:
+    """SPEC: a JSON route answers 415 to any other Content-Type. A body without one is
+    refused too (clients and curl -d label theirs); an empty body needs no label."""
+    raw = request.headers.get("content-type")
+    if raw is None:
+        if body.strip():
+            raise UnsupportedMediaType("send JSON with Content-Type: application/json")
+        return
+    ctype, _, params = raw.partition(";")
+    if not is_json(ctype.strip().lower()):
+        raise UnsupportedMediaType(f"send JSON (Content-Type: application/json), not {ctype.strip()!r}")
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        # JSON is UTF-8 (RFC 8259 8.1); a label saying otherwise is not a JSON body we read.
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType("JSON bodies are UTF-8 (charset=utf-8)")
 
 
 async def read_json(request: Request, cls: type[T], max_bytes: int) -> T:
@@ -66,20 +97,35 @@ async def read_json(request: Request, cls: type[T], max_bytes: int) -> T:
     if is_form(request):
         raise UnsupportedMediaType("send JSON (Content-Type: application/json)")
     body = await read_body(request, max_bytes)
+    _check_json_type(request, body)
     if not body.strip():
         data: Any = {}
     else:
-        try:
-            data = _decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"malformed JSON: {exc}") from None
-    return validate(data, cls)
+        data = decode_json(body)
+    return validate(data, cls, scan=may_hold_nul(body))
 
 
-def validate(data: Any, cls: type[T]) -> T:
-    """`data` (decoded JSON or form fields) as `cls`, or ValidationFailed listing every bad field."""
+def decode_json(raw: bytes) -> Any:
+    """Client JSON, or BadRequest: malformed, not UTF-8, or nested deeper than the decoder
+    allows (msgspec raises RecursionError at Python's recursion limit, ~1,000 levels)."""
+    try:
+        return _decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deep") from None
+
+
+def validate(data: Any, cls: type[T], *, scan: bool = True) -> T:
+    """`data` (decoded JSON or form fields) as `cls`, or ValidationFailed listing every bad field.
+
+    `scan=False` skips looking for U+0000, for a body known to hold none (may_hold_nul)."""
     if not isinstance(data, dict):
         raise ValidationFailed("the body must be a JSON object", fields={"body": "expected an object"})
+    if scan:
+        bad = nul_fields(data, (f.encode_name for f in msgspec.structs.fields(cls)))
+        if bad:
+            raise ValidationFailed("; ".join(f"{k}: {v}" for k, v in bad.items()), fields=bad)
     try:
         return msgspec.convert(data, cls)
     except msgspec.ValidationError as first:

@@ -1,14 +1,17 @@
-"""ASGI middleware: request ids and the JSON access log."""
+"""ASGI middleware: request ids and the JSON access log; the path and query guard."""
 
 from __future__ import annotations
 
 import re
 import secrets
 import time
+from urllib.parse import parse_qsl
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from socialhub.api.http.errors import error_response
+from socialhub.domain.text import NUL, NUL_PROBLEM
 from socialhub.logs import AccessEntry, access_log, timestamp
 
 # Labelled by the route's template (/posts/{id}), never the raw path: bounded cardinality.
@@ -97,3 +100,32 @@ class AccessLog:
             self._metrics[key] = children
         children[0].inc()
         children[1].observe(elapsed)
+
+
+class StorableText:
+    """Refuses a path or query parameter holding U+0000 before any route sees it: no
+    resource is named that way (404), and a parameter so written is 422 for its name
+    (PostgreSQL cannot store it; SPEC, Conventions). The body's fields are the codec's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if NUL in scope["path"]:
+                await error_response("not_found", "no such resource")(scope, receive, send)
+                return
+            query: bytes = scope.get("query_string", b"")
+            # U+0000 reaches a query only percent-encoded (a raw NUL byte ends the request
+            # line for the HTTP parser); parsed as Starlette parses it, names and values alike.
+            if b"%00" in query or b"\x00" in query:
+                bad = {
+                    name.replace(NUL, "\\u0000"): NUL_PROBLEM
+                    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+                    if NUL in name or NUL in value
+                }
+                if bad:
+                    response = error_response("validation_error", "a query parameter holds U+0000", fields=bad)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

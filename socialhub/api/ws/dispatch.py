@@ -10,6 +10,7 @@ import msgspec
 
 from socialhub.api.ws.hub import Hub
 from socialhub.api.ws.protocol import (
+    MAX_PRESENCE_IDS,
     Ack,
     CallAnswer,
     CallCandidate,
@@ -28,7 +29,7 @@ from socialhub.api.ws.protocol import (
 )
 from socialhub.api.ws.session import Session
 from socialhub.domain.users import Principal
-from socialhub.errors import BadRequest, NotFound
+from socialhub.errors import BadRequest, NotFound, invalid
 from socialhub.ids import parse_id
 from socialhub.services.calls import CallService
 from socialhub.services.chat import ChatService
@@ -110,10 +111,15 @@ class Dispatcher:
 
     async def subscribe_presence(self, session: Session, frame: SubscribePresence) -> None:
         ids = sorted({_id(u, "user") for u in frame.user_ids})
+        if len(session.watching.union(ids)) > MAX_PRESENCE_IDS:
+            raise invalid("user_ids", f"a socket follows the presence of at most {MAX_PRESENCE_IDS} users")
         for user_id in ids:
             await self.hub.watch(session, user_id)
+        # The snapshot is one frame per user, possibly thousands: it is paced like a room's
+        # replay (at the client's reading speed, the queue at most half full) rather than
+        # poured into the bounded queue, whose overflow means a client that does not read.
         for view in await self.presence_status(ids):
-            session.send(_encoder.encode(view))
+            await session.send_paced(_encoder.encode(view))
         self._ack(session, frame)
 
     async def ping(self, session: Session, frame: Ping) -> None:

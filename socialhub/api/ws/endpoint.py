@@ -26,9 +26,9 @@ from socialhub.api.ws.protocol import (
     CLOSE_UNAUTHENTICATED,
     Authenticate,
     Authenticated,
-    ClientFrame,
-    Envelope,
     Error,
+    decode_frame,
+    frame_ref,
 )
 from socialhub.api.ws.session import Session
 from socialhub.config import Rate
@@ -41,16 +41,12 @@ AUTH_TIMEOUT = 10.0  # SPEC
 MAX_FRAME_BYTES = 64 * 1024  # SPEC; uvicorn enforces it too (ws_max_size)
 
 _encoder = msgspec.json.Encoder()
-_frames = msgspec.json.Decoder(ClientFrame)
-_envelope = msgspec.json.Decoder(Envelope)
-# msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 in a binary frame.
-_BAD_FRAME = (msgspec.DecodeError, UnicodeDecodeError)
 
 
-def _error(code: str, message: str, ref: object = None) -> bytes:
-    if isinstance(ref, str):
-        return _encoder.encode(Error(code=code, message=message, ref=ref))
-    return _encoder.encode(Error(code=code, message=message))
+def _error(code: str, message: str, ref: str | None = None, fields: dict[str, str] | None = None) -> bytes:
+    if ref is not None:
+        return _encoder.encode(Error(code=code, message=message, ref=ref, fields=fields))
+    return _encoder.encode(Error(code=code, message=message, fields=fields))
 
 
 class SocketEndpoint:
@@ -93,14 +89,15 @@ class SocketEndpoint:
             return None
         if raw is None:
             return None
-        ref = None
+        # SPEC: the first frame must be authenticate. Anything else, a frame that is not JSON
+        # or is nested too deep included, is answered `error unauthenticated`, then close 4401.
+        ref = frame_ref(raw)
         try:
-            ref = _envelope.decode(raw).ref
-            frame = _frames.decode(raw)
+            frame = decode_frame(raw)
             if not isinstance(frame, Authenticate):
                 raise SocialhubError("the first frame must be authenticate")
             principal = await self.guard.authenticate(frame.token)
-        except (*_BAD_FRAME, SocialhubError):
+        except SocialhubError:
             await websocket.send_text(_error("unauthenticated", "authenticate with a valid access token", ref).decode())
             await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
             return None
@@ -129,26 +126,20 @@ class SocketEndpoint:
             if raw is None:
                 return
             if not session.budget.allow():
-                session.send(_error("rate_limited", "more than 30 frames a second; frame dropped", _ref(raw)))
+                session.send(_error("rate_limited", "more than 30 frames a second; frame dropped", frame_ref(raw)))
                 continue
             try:
-                frame = _frames.decode(raw)
-            except _BAD_FRAME as exc:
-                session.send(_error("bad_request", f"bad frame: {exc}", _ref(raw)))
+                frame = decode_frame(raw)
+            except SocialhubError as exc:
+                session.send(_error(exc.code, exc.message, frame_ref(raw), exc.fields))
                 continue
             try:
                 await self.dispatcher.dispatch(session, frame)
             except SocialhubError as exc:
+                # The message names the field; `fields` is kept to the decoder's own checks.
                 session.send(_error(exc.code, exc.message, frame.ref))
                 if exc.code in CLOSE_CODES and exc.code != "too_large":
                     session.close(CLOSE_CODES[exc.code], exc.message)
             except Exception:
                 logger.exception("frame %s failed", type(frame).__name__)
                 session.send(_error("internal", "internal error", frame.ref))
-
-
-def _ref(raw: bytes) -> object:
-    try:
-        return _envelope.decode(raw).ref
-    except _BAD_FRAME:
-        return None

@@ -14,6 +14,8 @@ from msgspec import UNSET, UnsetType
 
 from socialhub.domain.calls import Call
 from socialhub.domain.chat import Message
+from socialhub.domain.text import may_hold_nul, nul_fields
+from socialhub.errors import BadRequest, ValidationFailed
 
 Ref = Annotated[str, msgspec.Meta(max_length=100)] | None
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=20, pattern=r"^[0-9]+$")]
@@ -22,7 +24,10 @@ Body = Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
 ClientMsgId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 # An SDP offer of a few m-lines is 2-6 KB; the socket's 64 KiB frame cap bounds it anyway.
 Sdp = Annotated[str, msgspec.Meta(min_length=1, max_length=60_000)]
-MAX_PRESENCE_IDS = 1000
+# A socket follows the presence of at most this many users, over any number of frames:
+# a whole contact list (5,000 is Facebook's cap on friends, the larger social graphs'
+# usual bound). One 64 KiB frame holds about 2,900 ids, so a bigger list takes two.
+MAX_PRESENCE_IDS = 5000
 
 
 class Frame(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -106,11 +111,46 @@ ClientFrame = (
     | Ping
 )
 
+
 class Envelope(msgspec.Struct, frozen=True):
     """Just enough of any frame to answer it: its type and ref."""
 
     type: Any = None
     ref: Any = None
+
+
+_frames = msgspec.json.Decoder(ClientFrame)
+_envelope = msgspec.json.Decoder(Envelope)
+
+
+def decode_frame(raw: bytes) -> ClientFrame:
+    """A client frame, or the SocialhubError to answer it with (the socket stays open):
+    bad_request when it is not JSON (malformed, not UTF-8, or nested deeper than msgspec
+    allows: it raises RecursionError at Python's recursion limit) or not a valid frame
+    (msgspec's ValidationError is a DecodeError); validation_error naming the fields when
+    a string holds U+0000, which PostgreSQL cannot store (SPEC, Conventions)."""
+    try:
+        frame = _frames.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 in a binary frame.
+        raise BadRequest(f"bad frame: {exc}") from None
+    except RecursionError:
+        raise BadRequest("bad frame: nested too deep") from None
+    if may_hold_nul(raw):
+        values = {f.encode_name: getattr(frame, f.name) for f in msgspec.structs.fields(frame)}
+        fields = nul_fields(values, values)
+        if fields:
+            raise ValidationFailed("; ".join(f"{k}: {v}" for k, v in fields.items()), fields=fields)
+    return frame
+
+
+def frame_ref(raw: bytes) -> str | None:
+    """The frame's `ref` when it has a usable one (to answer a frame that did not decode)."""
+    try:
+        ref = _envelope.decode(raw).ref
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    return ref if isinstance(ref, str) else None
 
 
 # -- server frames -------------------------------------------------------------------
@@ -133,10 +173,12 @@ class Ack(msgspec.Struct, frozen=True, tag_field="type", tag="ack", omit_default
     call: Call | UnsetType = UNSET
 
 
-class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
+class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error", omit_defaults=True):
     code: str
     message: str
     ref: str | UnsetType = UNSET
+    # As in the HTTP error body: field -> problem, on a frame whose strings hold U+0000.
+    fields: dict[str, str] | None = None
 
 
 class Pong(msgspec.Struct, frozen=True, tag_field="type", tag="pong"):

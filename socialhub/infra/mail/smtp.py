@@ -75,14 +75,14 @@ class SmtpMailer(Mailer):
         message = build_message(mail, self._sender, datetime.now(UTC))
         # A cancelled caller does not stop the thread: the mail may still go out.
         try:
-            await asyncio.to_thread(self._send, message)
+            await asyncio.to_thread(self._send, message, mail.to)
         except (smtplib.SMTPException, OSError) as exc:
             # smtplib's errors carry the server's reply, never the credentials.
             logger.warning("mail could not be sent through %r: %s: %s", self, type(exc).__name__, exc)
             raise Unavailable("mail could not be sent") from exc
         logger.info("mail sent through %r", self)
 
-    def _send(self, message: EmailMessage) -> None:
+    def _send(self, message: EmailMessage, to: str) -> None:
         client: smtplib.SMTP
         if self._implicit_tls:
             client = smtplib.SMTP_SSL(self._host, self._port, timeout=self._timeout, context=self._ssl_context)
@@ -102,7 +102,9 @@ class SmtpMailer(Mailer):
                         "the server offers no STARTTLS; credentials are not sent in clear text"
                     )
                 client.login(self._username, self._password)
-            client.send_message(message)
+            # The envelope names the one recipient: smtplib would otherwise take every
+            # address it can parse out of the To header.
+            client.send_message(message, to_addrs=[to])
             # The mail is accepted from here on: a failed QUIT must not report a failure
             # that would make the caller send it again.
             with contextlib.suppress(smtplib.SMTPException, OSError):
