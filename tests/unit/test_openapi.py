@@ -326,3 +326,15 @@ def test_parameters_state_what_the_routes_accept(docs: OpenApiRoutes) -> None:
         assert not read.is_valid(bad), bad
     assert set(paths["/posts/"]["post"]["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
     assert {p["name"]: p["in"] for p in paths["/posts/"]["post"]["parameters"]} == {"Idempotency-Key": "header"}
+
+
+def test_request_strings_hold_no_nul(docs: OpenApiRoutes) -> None:
+    """SPEC: a string holding U+0000 is 422 for its field; the request schemas say so."""
+    signup = _validator(docs.document, "SignupBody")
+    good = {"name": "Ann", "email": "ann@example.test", "username": "ann", "password": "long enough"}
+    assert signup.is_valid(good)
+    for field in ("name", "password"):
+        assert not signup.is_valid({**good, field: good[field] + "\x00"}), field
+    assert not _validator(docs.document, "CommentBody").is_valid({"content": "hi\x00"})
+    # Responses are left as they are: nothing the server sends holds U+0000 anyway.
+    assert '"not"' not in json.dumps(docs.document["components"]["schemas"]["User"])

@@ -182,6 +182,20 @@ def _components(types: list[Any]) -> tuple[dict[Any, dict[str, Any]], dict[str, 
     return {t: rename(r) for t, r in zip(types, refs, strict=True)}, schemas
 
 
+# SPEC (Conventions): a string holding U+0000 is 422 for its field (PostgreSQL cannot store it).
+NO_NUL: dict[str, Any] = {"not": {"pattern": "\\u0000"}}
+
+
+def without_nul(node: Any) -> Any:
+    """A request schema whose every string is also said to hold no U+0000."""
+    if isinstance(node, dict):
+        out = {k: without_nul(v) for k, v in node.items()}
+        return {**out, **NO_NUL} if out.get("type") == "string" else out
+    if isinstance(node, list):
+        return [without_nul(v) for v in node]
+    return node
+
+
 def _header_refs(names: Iterable[str]) -> dict[str, Any]:
     return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
 
@@ -255,6 +269,10 @@ def build_document(
         if t is not None and t not in types:
             types.append(t)
     refs, schemas = _components(types)
+    for t in {o.body for o in ops} | {o.form for o in ops}:
+        if t is not None:
+            name = refs[t]["$ref"].rsplit("/", 1)[1]
+            schemas[name] = without_nul(schemas[name])
     paths: dict[str, dict[str, Any]] = {}
     tags: list[str] = []
     ids: set[str] = set()
