@@ -25,7 +25,6 @@ import asyncpg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute
 
 from socialhub.api.http.auth import AuthRoutes
 from socialhub.api.http.calls import CallRoutes
@@ -38,6 +37,7 @@ from socialhub.api.http.middleware import AccessLog, StorableText
 from socialhub.api.http.openapi import OpenApiRoutes
 from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.ratelimit import RateLimitMiddleware
+from socialhub.api.http.routing import one_route_per_path
 from socialhub.api.http.security import Authenticator
 from socialhub.api.http.users import UserRoutes
 from socialhub.api.ws.dispatch import Dispatcher
@@ -364,12 +364,14 @@ def create_app(settings: Settings) -> Starlette:
         call_routes,
         auth_routes,
     ]
-    routes: list[BaseRoute] = [
-        *(route for group in by_traffic for route in group.routes()),
-        *sockets.routes(),
-        *health_routes.routes(),
-        *docs_routes.routes(),
-    ]
+    routes = one_route_per_path(
+        [
+            *(route for group in by_traffic for route in group.routes()),
+            *sockets.routes(),
+            *health_routes.routes(),
+            *docs_routes.routes(),
+        ]
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -397,7 +399,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
             logger.info("socialhub stopping")
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
@@ -411,3 +413,6 @@ def create_app(settings: Settings) -> Starlette:
             Exception: handle_unexpected,
         },
     )
+    # The document this app serves, for the tests that hold it against the routes.
+    app.state.openapi = docs_routes.document
+    return app

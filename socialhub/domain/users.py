@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from socialhub.domain.time import rfc3339
+from socialhub.ids import ID_REGEX
+
+USERNAME_REGEX = "[A-Za-z0-9_]{3,30}"  # SPEC
+# `$(?!\n)`: a bare `$` also matches before a final newline in Python's re (msgspec's).
+USERNAME_PATTERN = f"^{USERNAME_REGEX}$(?!\n)"
+# A user in a path: an id, `@username` or `me` (the caller).
+USER_REF_PATTERN = f"^(?:{ID_REGEX}|@{USERNAME_REGEX}|me)$"
+_AT_USERNAME = re.compile(f"@({USERNAME_REGEX})")
+
+
+def at_username(ref: str) -> str | None:
+    """The username of an `@username` reference; None when `ref` is not one."""
+    m = _AT_USERNAME.fullmatch(ref)
+    return m.group(1) if m else None
 
 
 class UserRecord(msgspec.Struct, frozen=True):

@@ -8,7 +8,7 @@ import msgspec
 
 from socialhub.domain import events
 from socialhub.domain.pages import Page, PageRequest, page_of
-from socialhub.domain.users import Principal, User
+from socialhub.domain.users import Principal, Relation, User, UserRecord, at_username
 from socialhub.errors import NotFound, ValidationFailed
 from socialhub.ids import parse_id
 from socialhub.infra.media.base import MediaStore, new_media_key
@@ -45,7 +45,7 @@ class UserService:
         if ref == "me":
             return viewer.user_id
         if ref.startswith("@"):
-            found = await self.users.get_profile(viewer.user_id, username=ref[1:]) if len(ref) <= 31 else None
+            found = await self._by_username(viewer, ref)
             if found is None:
                 raise NotFound("no such user")
             return found[0].id
@@ -57,13 +57,18 @@ class UserService:
     async def profile(self, viewer: Principal, ref: str) -> User:
         """A User; `following`/`followed_by` when it is someone else."""
         if ref.startswith("@"):
-            found = await self.users.get_profile(viewer.user_id, username=ref[1:]) if len(ref) <= 31 else None
+            found = await self._by_username(viewer, ref)
         else:
             found = await self.users.get_profile(viewer.user_id, user_id=await self.resolve(viewer, ref))
         if found is None:
             raise NotFound("no such user")
         user, relation = found
         return User.of(user, None if user.id == viewer.user_id else relation)
+
+    async def _by_username(self, viewer: Principal, ref: str) -> tuple[UserRecord, Relation] | None:
+        # What cannot be a username (too long, a NUL PostgreSQL refuses) is nobody, unasked.
+        username = at_username(ref)
+        return None if username is None else await self.users.get_profile(viewer.user_id, username=username)
 
     async def update_me(
         self, viewer: Principal, *, name: str | None, bio: str | None, avatar: UploadedFile | None = None

@@ -8,7 +8,7 @@ from socialhub.ids import EPOCH_MS, SEQUENCE_BITS, id_time, min_id_at, parse_id
 def test_parse_id_accepts_only_positive_int64_decimals() -> None:
     assert parse_id("123") == 123
     assert parse_id(str((1 << 63) - 1)) == (1 << 63) - 1
-    for bad in ("", "0", "-1", "1e3", " 1", "١٢", str(1 << 63), "9" * 20, "abc"):
+    for bad in ("", "0", "-1", "1e3", " 1", "١٢", str(1 << 63), "9" * 20, "abc", "007", "1\n", "+1"):
         assert parse_id(bad) is None, bad
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -17,6 +18,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from socialhub.api.http.auth import AuthRoutes
+from socialhub.api.http.calls import CallRoutes
+from socialhub.api.http.chat import ChatRoutes
 from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
 from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import HealthRoutes
@@ -24,10 +27,13 @@ from socialhub.api.http.media import MediaRoutes
 from socialhub.api.http.openapi import OpenApiRoutes, Operation, build_document
 from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.users import UserRoutes
-from socialhub.config import MediaSettings
+from socialhub.app import create_app
+from socialhub.config import MediaSettings, Settings, load_settings, with_overrides
 from socialhub.domain.pages import Page
 from socialhub.domain.users import Relation, User, UserRecord
+from socialhub.ids import MAX_ID
 from socialhub.services.accounts import AuthResult
+from tests.conftest import TEST_SECRET
 
 PUBLIC = {
     ("POST", "/auth/signup"),
@@ -60,6 +66,8 @@ def route_classes() -> list[Any]:
         PostRoutes(None, None, None, MediaSettings(), 0),  # type: ignore[arg-type]
         FeedRoutes(None, None, None, 0),  # type: ignore[arg-type]
         MediaRoutes(None),  # type: ignore[arg-type]
+        ChatRoutes(None, None, None, None, 0),  # type: ignore[arg-type]
+        CallRoutes(None, None),  # type: ignore[arg-type]
         HealthRoutes({}, metrics=True),
         HealthRoutes({}, metrics=False),
         OpenApiRoutes([]),
@@ -67,19 +75,69 @@ def route_classes() -> list[Any]:
 
 
 def all_operations() -> list[Operation]:
-    return [
-        *HealthRoutes({}, metrics=True).operations(),
-        *AuthRoutes(None, None, 0).operations(),  # type: ignore[arg-type]
-        *UserRoutes(None, None, None, 0, 0).operations(),  # type: ignore[arg-type]
-        *PostRoutes(None, None, None, MediaSettings(), 0).operations(),  # type: ignore[arg-type]
-        *FeedRoutes(None, None, None, 0).operations(),  # type: ignore[arg-type]
-        *MediaRoutes(None).operations(),  # type: ignore[arg-type]
-    ]
+    # In app.py's order: health, then the API groups.
+    groups = [HealthRoutes({}, metrics=True), *route_classes()[:-3]]
+    return [op for group in groups for op in group.operations()]
+
+
+def app_settings(tmp: Path, **ratelimit: Any) -> Settings:
+    return with_overrides(
+        load_settings(env={}),
+        server={"data_dir": str(tmp)},
+        auth={"jwt_secret": TEST_SECRET},
+        ratelimit=ratelimit,
+    )
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Starlette:
+    # create_app only builds: nothing connects before the lifespan starts.
+    return create_app(app_settings(tmp_path_factory.mktemp("openapi")))
 
 
 @pytest.fixture(scope="module")
 def docs() -> OpenApiRoutes:
     return OpenApiRoutes(all_operations())
+
+
+def test_the_app_serves_the_document_of_every_route_group(app: Starlette, docs: OpenApiRoutes) -> None:
+    """The app's own document (every group app.py wires, ChatRoutes and CallRoutes too)
+    is the one these tests check, and names exactly the app's routes and methods."""
+    served: dict[str, Any] = app.state.openapi
+    assert served == docs.document
+    routes = {(m, p) for m, p in declared([r for r in app.routes if isinstance(r, Route)])}
+    documented = {(m.upper(), p) for p, item in served["paths"].items() for m in item}
+    assert routes == documented
+
+
+async def test_a_405_allows_every_method_of_the_path(app: Starlette) -> None:
+    """Several groups' Routes share a path; the app merges them, so a method the path does not
+    serve answers 405 naming all it does (not only the methods of the first Route)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for path, allowed in (
+            ("/posts/1", {"GET", "HEAD", "PATCH", "DELETE"}),
+            ("/chat/rooms", {"GET", "HEAD", "POST"}),
+            ("/posts/like/1", {"POST", "DELETE", "PATCH"}),
+            ("/users/follow/1", {"POST", "DELETE"}),
+            ("/users/follow/@ann", {"POST", "DELETE"}),
+            ("/posts/comment/1", {"POST", "PATCH", "DELETE"}),
+        ):
+            for method in ("OPTIONS", "PUT"):
+                r = await client.request(method, path)
+                assert r.status_code == 405, (method, path)
+                assert {m.strip() for m in r.headers["allow"].split(",")} == allowed, (method, path)
+                assert r.json()["error"]["code"] == "method_not_allowed"
+        # A path without parameters keeps its methods: PATCH /posts/getall is no edit of a
+        # post named "getall" (through /posts/{id}), nor DELETE /users/counts of a user.
+        for method, path, allowed in (
+            ("PATCH", "/posts/getall", {"GET", "HEAD"}),
+            ("DELETE", "/posts/getall", {"GET", "HEAD"}),
+            ("DELETE", "/users/me", {"GET", "HEAD", "PATCH"}),
+        ):
+            r = await client.request(method, path)
+            assert r.status_code == 405, (method, path)
+            assert {m.strip() for m in r.headers["allow"].split(",")} == allowed, (method, path)
 
 
 def declared(routes: list[Route]) -> set[tuple[str, str]]:
@@ -158,10 +216,18 @@ def test_auth_and_errors(docs: OpenApiRoutes) -> None:
                     }
     assert public == PUBLIC
     paths = docs.document["paths"]
-    assert set(paths["/auth/signup"]["post"]["responses"]) == {"201", "400", "409", "413", "415", "422", "429"}
-    assert set(paths["/auth/logout"]["post"]["responses"]) == {"204", "401"}
+    # 431 (headers or URL too big) on anything; 503 wherever the database answers.
+    assert set(paths["/auth/signup"]["post"]["responses"]) == {
+        "201", "400", "409", "413", "415", "422", "429", "431", "503"
+    }  # fmt: skip
+    assert set(paths["/auth/logout"]["post"]["responses"]) == {"204", "401", "431", "503"}
+    assert set(paths["/healthz"]["get"]["responses"]) == {"200", "431"}
+    assert set(paths["/posts/{id}"]["get"]["responses"]) == {"200", "401", "404", "431", "503"}
+    assert set(paths["/feed"]["get"]["responses"]) == {"200", "401", "422", "431", "503"}
+    assert set(paths["/auth/me"]["get"]["responses"]["401"]["headers"]) == {"WWW-Authenticate"}
+    assert set(paths["/auth/me"]["get"]["responses"]["503"]["headers"]) == {"Retry-After"}
     assert "content" not in paths["/auth/logout"]["post"]["responses"]["204"]
-    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}
+    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "431", "503"}
     assert paths["/users/me"]["patch"]["requestBody"]["content"].keys() == {"application/json", "multipart/form-data"}
 
 
@@ -170,7 +236,7 @@ def test_rate_limit_headers_follow_the_middleware(docs: OpenApiRoutes) -> None:
     login = paths["/auth/login"]["post"]["responses"]
     assert set(login["429"]["headers"]) == {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"}
     assert set(login["200"]["headers"]) == {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"}
-    assert "429" in paths["/users/follow/{id}"]["post"]["responses"]  # a write: limited per user
+    assert "429" in paths["/users/follow/{ref}"]["post"]["responses"]  # a write: limited per user
     assert "429" not in paths["/users/{ref}"]["get"]["responses"]  # reads are not limited
     assert "429" not in paths["/auth/logout"]["post"]["responses"]
 
@@ -227,3 +293,48 @@ async def test_served_document_and_page(docs: OpenApiRoutes) -> None:
     assert embedded is not None
     assert json.loads(embedded.group(1)) == docs.document
     assert page.count("</script>") == 2
+
+
+def test_parameters_state_what_the_routes_accept(docs: OpenApiRoutes) -> None:
+    """Ids, user references and cursors carry the patterns the routes check, so a value
+    the document allows is never refused for its form."""
+    paths = docs.document["paths"]
+
+    def param(path: str, method: str, name: str) -> dict[str, Any]:
+        return next(p for p in paths[path][method]["parameters"] if p["name"] == name)
+
+    id_schema = param("/posts/{id}", "get", "id")["schema"]
+    ids = jsonschema.Draft202012Validator(id_schema)
+    assert ids.is_valid("1") and ids.is_valid(str(MAX_ID))
+    for bad in ("0", "01", str(MAX_ID + 1), "abc", "-1", " 1", ""):
+        assert not ids.is_valid(bad), bad
+    cursors = jsonschema.Draft202012Validator(param("/feed", "get", "before")["schema"])
+    assert cursors.is_valid("") and cursors.is_valid("12") and not cursors.is_valid("01")
+    assert param("/posts/{post_id}/comments", "get", "after")["schema"] == param("/feed", "get", "before")["schema"]
+    assert param("/posts/comment/{id}", "post", "id")["schema"] == id_schema
+    refs = jsonschema.Draft202012Validator(param("/users/{ref}", "get", "ref")["schema"])
+    for good in ("me", "@ann_1", "42"):
+        assert refs.is_valid(good), good
+    for bad in ("@a", "@" + "x" * 31, "you", "@a\x00b"):
+        assert not refs.is_valid(bad), bad
+    body = paths["/notify/read"]["post"]["requestBody"]
+    assert body["required"] is True and set(body["content"]) == {"application/json"}
+    assert paths["/users/me"]["patch"]["requestBody"]["required"] is False  # every field optional
+    read = _validator({**docs.document, **body["content"]["application/json"]["schema"]}, "ReadBody")
+    assert read.is_valid({"ids": ["1"]}) and read.is_valid({"all": True})
+    for bad in ({}, {"all": False}, {"ids": None}, {"ids": ["x"]}):
+        assert not read.is_valid(bad), bad
+    assert set(paths["/posts/"]["post"]["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    assert {p["name"]: p["in"] for p in paths["/posts/"]["post"]["parameters"]} == {"Idempotency-Key": "header"}
+
+
+def test_request_strings_hold_no_nul(docs: OpenApiRoutes) -> None:
+    """SPEC: a string holding U+0000 is 422 for its field; the request schemas say so."""
+    signup = _validator(docs.document, "SignupBody")
+    good = {"name": "Ann", "email": "ann@example.test", "username": "ann", "password": "long enough"}
+    assert signup.is_valid(good)
+    for field in ("name", "password"):
+        assert not signup.is_valid({**good, field: good[field] + "\x00"}), field
+    assert not _validator(docs.document, "CommentBody").is_valid({"content": "hi\x00"})
+    # Responses are left as they are: nothing the server sends holds U+0000 anyway.
+    assert '"not"' not in json.dumps(docs.document["components"]["schemas"]["User"])

@@ -13,12 +13,9 @@ from socialhub.api.http.codec import json_response, read_json
 from socialhub.api.http.openapi import Operation
 from socialhub.api.http.security import Authenticator, client_ip
 from socialhub.domain.text import EMAIL_MAX_LENGTH, EMAIL_PATTERN
-from socialhub.domain.users import User
+from socialhub.domain.users import USERNAME_PATTERN, User
 from socialhub.services.accounts import AccountService, AuthResult, TokenPair, Verified
 from socialhub.services.throttle import DEVICE_TTL
-
-# `$(?!\n)`: a bare `$` also matches before a final newline in Python's re (msgspec's).
-USERNAME_PATTERN = r"^[A-Za-z0-9_]{3,30}$(?!\n)"
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
 # One plain mailbox (domain/text.py), the same rule for sign-up and both reset steps.

@@ -14,8 +14,8 @@ from socialhub.api.http.openapi import Operation
 from socialhub.api.http.security import Authenticator
 from socialhub.domain.chat import Message, Room
 from socialhub.domain.pages import Page
-from socialhub.errors import NotFound, ValidationFailed
-from socialhub.ids import parse_id
+from socialhub.errors import NotFound
+from socialhub.ids import WireId, parse_id
 from socialhub.services.chat import MAX_ROOM_MEMBERS, ChatService
 from socialhub.services.presence import PresenceService, PresenceView
 from socialhub.services.users import UserService
@@ -24,7 +24,7 @@ PAGE = ("limit", "before")
 
 
 class RoomBody(msgspec.Struct, frozen=True):
-    members: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_ROOM_MEMBERS)]
+    members: Annotated[list[WireId], msgspec.Meta(min_length=1, max_length=MAX_ROOM_MEMBERS)]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
 
 
@@ -67,10 +67,7 @@ class ChatRoutes:
     async def create_room(self, request: Request) -> Response:
         viewer = await self.auth(request)
         body = await read_json(request, RoomBody, self.max_body)
-        ids = [parse_id(m) for m in body.members]
-        members = [i for i in ids if i is not None]
-        if len(members) != len(ids):
-            raise ValidationFailed("members must be user ids", fields={"members": "expected user ids"})
+        members = [int(m) for m in body.members]  # WireId: already checked
         room, created = await self.chat.create_room(viewer, members, body.name)
         return json_response(room, 201 if created else 200)
 

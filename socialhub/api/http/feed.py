@@ -16,7 +16,7 @@ from socialhub.domain.notifications import Notification
 from socialhub.domain.pages import Page
 from socialhub.domain.posts import Post
 from socialhub.errors import ValidationFailed
-from socialhub.ids import parse_id
+from socialhub.ids import WireId
 from socialhub.services.feed import FeedService
 from socialhub.services.notifications import NotificationService, UnreadCount
 
@@ -24,8 +24,17 @@ PAGE = ("limit", "before")
 
 
 class ReadBody(msgspec.Struct, frozen=True):
-    ids: Annotated[list[str], msgspec.Meta(max_length=1000)] | None = None
+    ids: Annotated[list[WireId], msgspec.Meta(max_length=1000)] | None = None
     all: bool = False
+
+
+# What the Struct cannot say: `ids` (a list) or `all: true` must be there.
+READ_RULE = {
+    "anyOf": [
+        {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
+        {"required": ["all"], "properties": {"all": {"const": True}}},
+    ]
+}
 
 
 class FeedRoutes:
@@ -77,7 +86,7 @@ class FeedRoutes:
                 path="/notify/read",
                 summary="Mark notifications read",
                 tag="notify",
-                body=ReadBody,
+                body=Annotated[ReadBody, msgspec.Meta(extra_json_schema=READ_RULE)],
                 status=204,
                 description="`{ids: [...]}` or `{all: true}`.",
             ),
@@ -100,10 +109,7 @@ class FeedRoutes:
         if body.all:
             ids = None
         elif body.ids is not None:
-            parsed = [parse_id(i) for i in body.ids]
-            ids = [i for i in parsed if i is not None]
-            if len(ids) != len(parsed):
-                raise ValidationFailed("ids must be notification ids", fields={"ids": "expected ids"})
+            ids = [int(i) for i in body.ids]  # WireId: already checked
         else:
             raise ValidationFailed("give ids or all: true", fields={"ids": "required unless all is true"})
         await self.notifications.mark_read(viewer, ids)

@@ -39,18 +39,19 @@ class HealthRoutes:
         out = [
             Operation(
                 method="GET", path="/healthz", summary="Liveness: the process answers", tag="health",
-                response=Status, auth=False,
+                response=Status, auth=False, static=True,
             ),
             Operation(
                 method="GET", path="/readyz", summary="Readiness: the database (and Redis) answer", tag="health",
-                response=Status, auth=False, also=(503,), description="503 with each check's result when not ready.",
+                response=Status, auth=False, also=(503,), static=True,
+                description="503 with each check's result when not ready.",
             ),
         ]
         if self.metrics:
             out.append(
                 Operation(
                     method="GET", path="/metrics", summary="Prometheus metrics", tag="health", auth=False,
-                    media_type="text/plain",
+                    media_type="text/plain", static=True,
                 )
             )
         return out

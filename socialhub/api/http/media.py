@@ -102,7 +102,7 @@ class MediaRoutes:
         return [
             Operation(
                 method="GET", path="/media/{key}", summary="A stored file", tag="media", auth=False,
-                media_type="application/octet-stream", also=(206, 304), errors=(404, 416),
+                media_type="*/*", also=(206, 304), errors=(416,),
                 description="Served with its content type, a strong ETag (If-None-Match answers 304), "
                 "`Range: bytes=...` (206, or 416 when unsatisfiable) and a one-year immutable cache lifetime.",
             )

@@ -14,7 +14,7 @@ import html
 import re
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import msgspec
 from starlette.requests import Request
@@ -26,11 +26,17 @@ from socialhub.api.http.codec import JSON_MEDIA_TYPE
 from socialhub.api.http.errors import CODE_OF_STATUS, ErrorEnvelope
 from socialhub.api.http.ratelimit import PUBLIC_RULES, WRITE_METHODS
 from socialhub.domain.pages import DEFAULT_LIMIT, MAX_LIMIT
+from socialhub.domain.users import USER_REF_PATTERN
+from socialhub.ids import ID_PATTERN, ID_REGEX
+from socialhub.infra.media.base import MEDIA_KEY
 
 REF = "#/components/schemas/{name}"
 _PATH_PARAM = re.compile(r"\{(\w+)\}")
 _GENERIC_TITLE = re.compile(r"(\w+)\[(.+)\]")
 
+ID_SCHEMA: dict[str, Any] = {"type": "string", "pattern": ID_PATTERN, "description": "an id: a decimal of 1..2^63-1"}
+# A cursor is an id, or empty for the first page (what a client sends back for `next: null`).
+CURSOR_SCHEMA: dict[str, Any] = {"type": "string", "pattern": f"^(?:{ID_REGEX})?$"}
 QUERY: dict[str, dict[str, Any]] = {
     "limit": {
         "description": f"items per page: default {DEFAULT_LIMIT}; more than {MAX_LIMIT} is taken as {MAX_LIMIT}",
@@ -38,13 +44,32 @@ QUERY: dict[str, dict[str, Any]] = {
     },
     "before": {
         "description": "the `next` of the previous page: only items with a smaller id",
-        "schema": {"type": "string"},
+        "schema": CURSOR_SCHEMA,
     },
     "after": {
         "description": "the `next` of the previous page: only items with a larger id (oldest-first lists)",
-        "schema": {"type": "string"},
+        "schema": CURSOR_SCHEMA,
     },
 }
+# Path parameters by name. A value outside its pattern names nothing: 404, like an unknown one.
+PATH: dict[str, dict[str, Any]] = {
+    "id": ID_SCHEMA,
+    "post_id": ID_SCHEMA,
+    "comment_id": ID_SCHEMA,
+    "user_id": ID_SCHEMA,
+    "room_id": ID_SCHEMA,
+    "ref": {"type": "string", "pattern": USER_REF_PATTERN, "description": "a user id, `@username` or `me`"},
+    "key": {"type": "string", "pattern": MEDIA_KEY.pattern},
+}
+# Request headers an operation may declare, by name.
+HEADER_PARAMS: dict[str, dict[str, Any]] = {
+    "Idempotency-Key": {
+        "description": "a retry with the same key answers 200 with what the first request made",
+        "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
+    },
+}
+# The error code each status answers with (413 and 431 share `too_large`, SPEC).
+ERROR_CODE: dict[int, str] = {**CODE_OF_STATUS, 431: "too_large"}
 
 RATE_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 HEADERS: dict[str, dict[str, Any]] = {
@@ -52,6 +77,7 @@ HEADERS: dict[str, dict[str, Any]] = {
     "RateLimit-Remaining": {"description": "requests left in the window", "schema": {"type": "integer"}},
     "RateLimit-Reset": {"description": "seconds until the window resets", "schema": {"type": "integer"}},
     "Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}},
+    "WWW-Authenticate": {"description": "the scheme to authenticate with", "schema": {"type": "string"}},
 }
 
 DESCRIPTION = """\
@@ -63,28 +89,32 @@ Routes marked with bearerAuth want `Authorization: Bearer <access token>`."""
 class Operation(msgspec.Struct, frozen=True, kw_only=True):
     """One method on one path, as a Routes class declares it.
 
-    `body` and `response` are the msgspec types decoded and encoded (None: no body).
-    `errors` are the statuses this operation answers with the error envelope besides
-    those every such operation can answer, which the document adds by itself: 401 when
-    `auth`, 400/413/415/422 with a `body`, 422 with `query`, 429 on a rate-limited route.
-    `also` are other success statuses answering the same `response` type (e.g. 503 of
-    /readyz); `media_type` is that of the response.
+    `body` and `response` are the msgspec types decoded and encoded (None: no body); a
+    body may be `Annotated[Struct, msgspec.Meta(extra_json_schema=...)]` for a rule
+    between fields that a Struct cannot state. `errors` are the statuses this operation
+    answers with the error envelope besides those every such operation can answer, which
+    the document adds by itself (see `error_statuses`). `also` are other success statuses
+    answering the same `response` type (e.g. 503 of /readyz); `media_type` is that of the
+    response. `static`: the answer needs no database or broker, so never 503.
     """
 
     method: str
     path: str  # OpenAPI form: /users/{ref}
     summary: str
     tag: str
-    body: type | None = None
+    body: Any = None
     response: type | None = None
     status: int = 200
     auth: bool = True
     errors: tuple[int, ...] = ()
     multipart: bool = False
+    form: type | None = None  # the multipart fields' type when it differs from `body` (a form has no null)
     query: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
     description: str = ""
     also: tuple[int, ...] = ()
     media_type: str = "application/json"
+    static: bool = False
 
 
 def rate_limited(op: Operation) -> bool:
@@ -99,16 +129,28 @@ def operation_id(op: Operation) -> str:
     return op.method.lower() + "_" + "_".join(re.findall(r"[A-Za-z0-9]+", op.path)) + slash
 
 
-def _error_statuses(op: Operation, limited: bool) -> list[int]:
-    statuses = set(op.errors)
+# Request headers or URL over the server's limit (SPEC: 32 KiB): any request at all.
+ANY_REQUEST = (431,)
+
+
+def error_statuses(op: Operation, limited: bool) -> list[int]:
+    """The error statuses `op` can answer: its own `errors` and those its shape implies:
+    401 when `auth`; 400 (malformed), 413, 415 (not JSON) and 422 with a `body`; 404
+    with a path parameter (unknown or malformed); 422 with `query` or `headers`; 429 on
+    a rate-limited route; 503 unless `static`; 431 always."""
+    statuses = {*op.errors, *ANY_REQUEST}
     if op.auth:
         statuses.add(401)
     if op.body is not None:
         statuses.update((400, 413, 415, 422))
-    if op.query:
+    if _PATH_PARAM.search(op.path):
+        statuses.add(404)
+    if op.query or op.headers:
         statuses.add(422)
     if limited:
         statuses.add(429)
+    if not op.static:
+        statuses.add(503)
     return sorted(statuses)
 
 
@@ -140,6 +182,20 @@ def _components(types: list[Any]) -> tuple[dict[Any, dict[str, Any]], dict[str, 
     return {t: rename(r) for t, r in zip(types, refs, strict=True)}, schemas
 
 
+# SPEC (Conventions): a string holding U+0000 is 422 for its field (PostgreSQL cannot store it).
+NO_NUL: dict[str, Any] = {"not": {"pattern": "\\u0000"}}
+
+
+def without_nul(node: Any) -> Any:
+    """A request schema whose every string is also said to hold no U+0000."""
+    if isinstance(node, dict):
+        out = {k: without_nul(v) for k, v in node.items()}
+        return {**out, **NO_NUL} if out.get("type") == "string" else out
+    if isinstance(node, list):
+        return [without_nul(v) for v in node]
+    return node
+
+
 def _header_refs(names: Iterable[str]) -> dict[str, Any]:
     return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
 
@@ -148,21 +204,30 @@ def _operation(op: Operation, refs: dict[Any, dict[str, Any]], limited: bool) ->
     out: dict[str, Any] = {"operationId": operation_id(op), "summary": op.summary, "tags": [op.tag]}
     if op.description:
         out["description"] = op.description
-    params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in _PATH_PARAM.findall(op.path)
-    ]
+    params: list[dict[str, Any]] = []
+    for name in _PATH_PARAM.findall(op.path):
+        if name not in PATH:
+            raise ValueError(f"{op.method} {op.path}: unknown path parameter {name!r}")
+        params.append({"name": name, "in": "path", "required": True, "schema": PATH[name]})
     for name in op.query:
         if name not in QUERY:
             raise ValueError(f"{op.method} {op.path}: unknown query parameter {name!r}")
         params.append({"name": name, "in": "query", "required": False, **QUERY[name]})
+    for name in op.headers:
+        if name not in HEADER_PARAMS:
+            raise ValueError(f"{op.method} {op.path}: unknown header {name!r}")
+        params.append({"name": name, "in": "header", "required": False, **HEADER_PARAMS[name]})
     if params:
         out["parameters"] = params
     if op.body is not None:
         content = {"application/json": {"schema": refs[op.body]}}
         if op.multipart:
-            content["multipart/form-data"] = {"schema": refs[op.body]}
-        required = any(f.required for f in msgspec.structs.fields(op.body))
+            content["multipart/form-data"] = {"schema": refs[op.form or op.body]}
+        # A body whose fields are all optional may be left out (the route reads it as {});
+        # an Annotated rule between fields (READ_RULE of /notify/read) asks for one.
+        annotated = get_origin(op.body) is Annotated
+        struct = get_args(op.body)[0] if annotated else op.body
+        required = annotated or any(f.required for f in msgspec.structs.fields(struct))
         out["requestBody"] = {"required": required, "content": content}
     success: dict[str, Any] = {"description": HTTPStatus(op.status).phrase}
     if op.response is not None:
@@ -174,15 +239,20 @@ def _operation(op: Operation, refs: dict[Any, dict[str, Any]], limited: bool) ->
     responses: dict[str, Any] = {str(op.status): success}
     for status in op.also:
         responses[str(status)] = {**success, "description": HTTPStatus(status).phrase}
-    for status in _error_statuses(op, limited):
-        if status not in CODE_OF_STATUS:
+    for status in error_statuses(op, limited):
+        if status not in ERROR_CODE:
             raise ValueError(f"{op.method} {op.path}: no error code answers {status}")
         error: dict[str, Any] = {
-            "description": f"{HTTPStatus(status).phrase}: `{CODE_OF_STATUS[status]}`",
+            "description": f"{HTTPStatus(status).phrase}: `{ERROR_CODE[status]}`",
             "content": {"application/json": {"schema": refs[ErrorEnvelope]}},
         }
-        if limited:
-            error["headers"] = _header_refs((*RATE_HEADERS, "Retry-After") if status == 429 else RATE_HEADERS)
+        headers = [*RATE_HEADERS] if limited else []
+        if status in (429, 503):
+            headers.append("Retry-After")
+        if status == 401:
+            headers.append("WWW-Authenticate")
+        if headers:
+            error["headers"] = _header_refs(headers)
         responses[str(status)] = error
     out["responses"] = responses
     out["security"] = [{"bearerAuth": []}] if op.auth else []
@@ -195,10 +265,14 @@ def build_document(
     """The OpenAPI 3.1 document of `operations`; ValueError on a duplicate or an unknown status."""
     ops = list(operations)
     types: list[Any] = []
-    for t in (*(o.body for o in ops), *(o.response for o in ops), ErrorEnvelope):
+    for t in (*(o.body for o in ops), *(o.form for o in ops), *(o.response for o in ops), ErrorEnvelope):
         if t is not None and t not in types:
             types.append(t)
     refs, schemas = _components(types)
+    for t in {o.body for o in ops} | {o.form for o in ops}:
+        if t is not None:
+            name = refs[t]["$ref"].rsplit("/", 1)[1]
+            schemas[name] = without_nul(schemas[name])
     paths: dict[str, dict[str, Any]] = {}
     tags: list[str] = []
     ids: set[str] = set()
@@ -257,10 +331,11 @@ class OpenApiRoutes:
 
     def operations(self) -> list[Operation]:
         return [
-            Operation(method="GET", path="/openapi.json", summary="This document", tag="docs", auth=False),
+            Operation(method="GET", path="/openapi.json", summary="This document", tag="docs", auth=False,
+                      static=True),
             Operation(
                 method="GET", path="/docs", summary="This document, rendered", tag="docs", auth=False,
-                media_type="text/html",
+                media_type="text/html", static=True,
             ),
         ]  # fmt: skip
 

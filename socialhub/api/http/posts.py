@@ -35,7 +35,15 @@ CommentText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_COMMENT_C
 
 
 class PostBody(msgspec.Struct, frozen=True):
-    content: PostText
+    """A JSON post: its text is all there is, so it may not be blank."""
+
+    content: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_POST_CHARS, pattern=r"\S")]
+
+
+class PostForm(msgspec.Struct, frozen=True):
+    """The text of a multipart post, which may be empty when files come with it."""
+
+    content: PostText = ""
 
 
 class PostEdit(msgspec.Struct, frozen=True):
@@ -74,9 +82,12 @@ class PostRoutes:
             Route("/posts", self.create, methods=["POST"]),
             Route("/posts/getall", self.my_posts, methods=["GET"]),
             Route("/posts/user/{user_id}", self.user_posts, methods=["GET"]),
-            Route("/posts/comment/{post_id}", self.comment, methods=["POST"]),
-            Route("/posts/comment/{comment_id}", self.edit_comment, methods=["PATCH"]),
-            Route("/posts/comment/{comment_id}", self.delete_comment, methods=["DELETE"]),
+            # One path, as the original routes had it: `id` is the post's for POST and the
+            # comment's for PATCH and DELETE (OpenAPI holds paths that differ only in a
+            # parameter's name to be the same path).
+            Route("/posts/comment/{id}", self.comment, methods=["POST"]),
+            Route("/posts/comment/{id}", self.edit_comment, methods=["PATCH"]),
+            Route("/posts/comment/{id}", self.delete_comment, methods=["DELETE"]),
             Route("/posts/like/{post_id}", self.like, methods=["POST"]),
             Route("/posts/like/{post_id}", self.unlike, methods=["DELETE", "PATCH"]),
             Route("/posts/{post_id}/comments", self.comments, methods=["GET"]),
@@ -97,11 +108,12 @@ class PostRoutes:
                 status=201,
                 multipart=True,
                 also=(200,),
-                errors=(415,),
+                headers=("Idempotency-Key",),
                 description="JSON `{content}`, or multipart/form-data with `content` and up to 10 files in "
-                "`media` (or `file`), 10 MB each: images, video, audio, recognised by their bytes. "
-                "Text or at least one file is required. With an `Idempotency-Key` header a retry answers "
-                "200 with the post the first request made.",
+                "`media` (or `file`), 10 MB each: images, video, audio, recognised by their bytes (413 for "
+                "a file too big or too many, 415 for another kind). The schema shows the form without files, "
+                "where `content` may not be blank; with files it may be. With an `Idempotency-Key` header a "
+                "retry answers 200 with the post the first request made.",
             ),
             Operation(
                 method="POST",
@@ -113,7 +125,7 @@ class PostRoutes:
                 status=201,
                 multipart=True,
                 also=(200,),
-                errors=(415,),
+                headers=("Idempotency-Key",),
             ),
             Operation(
                 method="GET",
@@ -153,13 +165,13 @@ class PostRoutes:
             ),
             Operation(
                 method="POST",
-                path="/posts/comment/{post_id}",
+                path="/posts/comment/{id}",
                 summary="Comment on a post",
                 tag="posts",
                 body=CommentBody,
                 response=Comment,
                 status=201,
-                errors=(404,),
+                description="`id` is the post's.",
             ),
             Operation(
                 method="GET",
@@ -173,20 +185,22 @@ class PostRoutes:
             ),
             Operation(
                 method="PATCH",
-                path="/posts/comment/{comment_id}",
+                path="/posts/comment/{id}",
                 summary="Edit a comment (its author)",
                 tag="posts",
                 body=CommentBody,
                 response=Comment,
-                errors=(403, 404),
+                errors=(403,),
+                description="`id` is the comment's.",
             ),
             Operation(
                 method="DELETE",
-                path="/posts/comment/{comment_id}",
+                path="/posts/comment/{id}",
                 summary="Delete a comment (its author or the post's)",
                 tag="posts",
                 status=204,
-                errors=(403, 404),
+                errors=(403,),
+                description="`id` is the comment's.",
             ),
             Operation(
                 method="POST",
@@ -229,14 +243,13 @@ class PostRoutes:
                 max_file_bytes=self.limits.max_file_bytes,
             )
             try:
-                content = validate({"content": upload.fields.get("content", "")}, PostBody).content
+                content = validate({"content": upload.fields.get("content", "")}, PostForm).content
                 _require_something(content, bool(upload.files))
                 post, created = await self.posts.create(viewer, content.strip(), upload.files, key)
             finally:
                 await upload.discard()  # a no-op for the files the service committed
         else:
             content = (await read_json(request, PostBody, self.max_body)).content
-            _require_something(content, False)
             post, created = await self.posts.create(viewer, content.strip(), (), key)
         return json_response(post, 201 if created else 200)
 
@@ -268,7 +281,7 @@ class PostRoutes:
 
     async def comment(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        post_id = _id(request, "post_id", "post")
+        post_id = _id(request, "id", "post")
         body = await read_json(request, CommentBody, self.max_body)
         return json_response(await self.posts.comment(viewer, post_id, body.content.strip()), 201)
 
@@ -280,13 +293,13 @@ class PostRoutes:
 
     async def edit_comment(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        comment_id = _id(request, "comment_id", "comment")
+        comment_id = _id(request, "id", "comment")
         body = await read_json(request, CommentBody, self.max_body)
         return json_response(await self.posts.edit_comment(viewer, comment_id, body.content.strip()))
 
     async def delete_comment(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        await self.posts.delete_comment(viewer, _id(request, "comment_id", "comment"))
+        await self.posts.delete_comment(viewer, _id(request, "id", "comment"))
         return Response(status_code=204)
 
     async def like(self, request: Request) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,9 +23,25 @@ from socialhub.services.users import Counts, FollowState, UserService
 REF = "`ref` is a user id, `@username` or `me`."
 
 
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
+Bio = Annotated[str, msgspec.Meta(max_length=500)]
+
+
 class ProfilePatch(msgspec.Struct, frozen=True):
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")] | None = None
-    bio: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    name: Name | None = None
+    bio: Bio | None = None
+
+
+class ProfileForm(msgspec.Struct, frozen=True):
+    """The same fields as form fields, which are text or absent (never null)."""
+
+    name: Name | UnsetType = UNSET
+    bio: Bio | UnsetType = UNSET
+
+    def patch(self) -> ProfilePatch:
+        return ProfilePatch(
+            name=None if self.name is UNSET else self.name, bio=None if self.bio is UNSET else self.bio
+        )
 
 
 class UserRoutes:
@@ -40,13 +57,14 @@ class UserRoutes:
     def routes(self) -> list[Route]:
         # The fixed paths come before /users/{ref} so "counts" is never taken for a user.
         return [
+            Route("/users/me", self.profile, methods=["GET"]),
             Route("/users/me", self.update_me, methods=["PATCH"]),
             Route("/users/counts", self.counts, methods=["GET"]),
             Route("/users/followers/list", self.my_followers, methods=["GET"]),
             Route("/users/following/list", self.my_following, methods=["GET"]),
-            Route("/users/follow/{id}", self.follow, methods=["POST"]),
-            Route("/users/follow/{id}", self.unfollow, methods=["DELETE"]),
-            Route("/users/unfollow/{id}", self.unfollow, methods=["POST"]),
+            Route("/users/follow/{ref}", self.follow, methods=["POST"]),
+            Route("/users/follow/{ref}", self.unfollow, methods=["DELETE"]),
+            Route("/users/unfollow/{ref}", self.unfollow, methods=["POST"]),
             Route("/users/{ref}/followers", self.followers, methods=["GET"]),
             Route("/users/{ref}/following", self.following, methods=["GET"]),
             Route("/users/{ref}", self.profile, methods=["GET"]),
@@ -55,9 +73,11 @@ class UserRoutes:
     def operations(self) -> list[Operation]:
         page = ("limit", "before")
         return [
+            Operation(method="GET", path="/users/me", summary="The caller's profile", tag="users", response=User,
+                      errors=(404,)),
             Operation(
                 method="PATCH", path="/users/me", summary="Edit the caller's profile", tag="users",
-                body=ProfilePatch, response=User, multipart=True, errors=(404, 415),
+                body=ProfilePatch, form=ProfileForm, response=User, multipart=True, errors=(404, 415),
                 description="JSON, or the same fields as multipart/form-data with an optional `avatar` image "
                 "(PNG, JPEG, GIF, WebP, AVIF, HEIC; recognised by its bytes; 415 for anything else).",
             ),
@@ -72,15 +92,15 @@ class UserRoutes:
                 response=Page[User], query=page, errors=(404,),
             ),
             Operation(
-                method="POST", path="/users/follow/{id}", summary="Follow a user (idempotent)", tag="users",
+                method="POST", path="/users/follow/{ref}", summary="Follow a user (idempotent)", tag="users",
                 response=FollowState, errors=(404, 422), description=REF + " 422 when it is the caller.",
             ),
             Operation(
-                method="DELETE", path="/users/follow/{id}", summary="Unfollow a user (idempotent)", tag="users",
+                method="DELETE", path="/users/follow/{ref}", summary="Unfollow a user (idempotent)", tag="users",
                 response=FollowState, errors=(404, 422), description=REF,
             ),
             Operation(
-                method="POST", path="/users/unfollow/{id}", summary="Alias of DELETE /users/follow/{id}",
+                method="POST", path="/users/unfollow/{ref}", summary="Alias of DELETE /users/follow/{ref}",
                 tag="users", response=FollowState, errors=(404, 422),
                 description=REF + " Kept for the original clients.",
             ),
@@ -100,7 +120,7 @@ class UserRoutes:
 
     async def profile(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        return json_response(await self.users.profile(viewer, request.path_params["ref"]))
+        return json_response(await self.users.profile(viewer, request.path_params.get("ref", "me")))
 
     async def update_me(self, request: Request) -> Response:
         viewer = await self.auth(request)
@@ -115,7 +135,7 @@ class UserRoutes:
                 kinds=IMAGE_ONLY,
             )
             try:
-                patch = validate(upload.fields, ProfilePatch)
+                patch = validate(upload.fields, ProfileForm).patch()
                 avatar = upload.files[0] if upload.files else None
                 user = await self.users.update_me(viewer, name=patch.name, bio=patch.bio, avatar=avatar)
             finally:
@@ -124,19 +144,19 @@ class UserRoutes:
         if is_form(request):
             async with request.form(max_files=0, max_fields=10) as form:
                 fields = {k: v for k, v in form.items() if isinstance(v, str)}
-            patch = validate(fields, ProfilePatch)
+            patch = validate(fields, ProfileForm).patch()
         else:
             patch = await read_json(request, ProfilePatch, self.max_body)
         return json_response(await self.users.update_me(viewer, name=patch.name, bio=patch.bio))
 
     async def follow(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        target = await self.users.resolve(viewer, request.path_params["id"])
+        target = await self.users.resolve(viewer, request.path_params["ref"])
         return json_response(await self.users.follow(viewer, target))
 
     async def unfollow(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        target = await self.users.resolve(viewer, request.path_params["id"])
+        target = await self.users.resolve(viewer, request.path_params["ref"])
         return json_response(await self.users.unfollow(viewer, target))
 
     async def _list(self, request: Request, ref: str, *, followers: bool) -> Response:
