@@ -157,6 +157,7 @@ async def open_database(settings: Settings, db: Database, stack: AsyncExitStack)
         min_size=settings.database.pool_min,
         max_size=settings.database.pool_max,
         statement_timeout=settings.database.statement_timeout,
+        connect_timeout=settings.database.connect_timeout,
     )
     stack.push_async_callback(db.close)
 

@@ -55,6 +55,9 @@ class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pool_min: int = 2
     pool_max: int = 20
     statement_timeout: float = 30.0
+    # How long a request waits for a connection (free in the pool, or new) before it is
+    # answered 503 `unavailable`: bounds a request while the database is down or stalled.
+    connect_timeout: float = 5.0
 
 
 class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -183,6 +186,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
 }
 DURATION_KEYS = {
     "database.statement_timeout",
+    "database.connect_timeout",
     "auth.access_ttl",
     "auth.refresh_ttl",
     "auth.otp_ttl",
@@ -321,6 +325,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("database.url: expected a postgresql:// URL")
     if not 1 <= s.database.pool_min <= s.database.pool_max:
         raise ConfigError("database.pool_min/pool_max: need 1 <= pool_min <= pool_max")
+    if s.database.connect_timeout <= 0:
+        raise ConfigError("database.connect_timeout: must be more than 0")
     if s.redis.url and not s.redis.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("redis.url: expected a redis:// URL")
     if s.auth.jwt_secret and len(s.auth.jwt_secret) < 32:

@@ -32,7 +32,7 @@ from socialhub.api.ws.protocol import (
 )
 from socialhub.api.ws.session import Session
 from socialhub.config import Rate
-from socialhub.errors import SocialhubError
+from socialhub.errors import SocialhubError, Unavailable
 from socialhub.services.sessions import SessionGuard
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,11 @@ MAX_FRAME_BYTES = 64 * 1024  # SPEC; uvicorn enforces it too (ws_max_size)
 _encoder = msgspec.json.Encoder()
 _frames = msgspec.json.Decoder(ClientFrame)
 _envelope = msgspec.json.Decoder(Envelope)
+# Error codes of a frame that leave the socket open: an oversized value in a valid frame
+# is that frame's fault, and `unavailable` (the database or broker is down for a moment)
+# is answered per frame so the client retries it on the same socket. A broker outage
+# that lasts is told by closing with 1012, by the hub (see Hub.watch_broker).
+_KEEP_OPEN = frozenset({"too_large", "unavailable"})
 # msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 in a binary frame.
 _BAD_FRAME = (msgspec.DecodeError, UnicodeDecodeError)
 
@@ -100,6 +105,12 @@ class SocketEndpoint:
             if not isinstance(frame, Authenticate):
                 raise SocialhubError("the first frame must be authenticate")
             principal = await self.guard.authenticate(frame.token)
+        except Unavailable as exc:
+            # The session could not be checked: not the token's fault, so not 4401 (which
+            # tells the client to sign in again); it reconnects as after a restart.
+            await websocket.send_text(_error(exc.code, exc.message, ref).decode())
+            await websocket.close(CLOSE_CODES[exc.code], "unavailable: reconnect shortly")
+            return None
         except (*_BAD_FRAME, SocialhubError):
             await websocket.send_text(_error("unauthenticated", "authenticate with a valid access token", ref).decode())
             await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
@@ -140,7 +151,7 @@ class SocketEndpoint:
                 await self.dispatcher.dispatch(session, frame)
             except SocialhubError as exc:
                 session.send(_error(exc.code, exc.message, frame.ref))
-                if exc.code in CLOSE_CODES and exc.code != "too_large":
+                if exc.code in CLOSE_CODES and exc.code not in _KEEP_OPEN:
                     session.close(CLOSE_CODES[exc.code], exc.message)
             except Exception:
                 logger.exception("frame %s failed", type(frame).__name__)
