@@ -249,6 +249,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     supervisor = Supervisor()
     supervisor.add("presence", presence.run)
+    supervisor.add("broker-watch", hub.watch_broker)
     supervisor.add("calls", calls.run)
     for name, source in sources.items():
         supervisor.add(f"events:{name}", source.run)

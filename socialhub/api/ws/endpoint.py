@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import msgspec
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from socialhub.api.http.errors import error_response
 from socialhub.api.ws.dispatch import Dispatcher
 from socialhub.api.ws.hub import Hub
 from socialhub.api.ws.protocol import (
     CLOSE_CODES,
     CLOSE_RESTART,
     CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHENTICATED,
     Authenticate,
     Authenticated,
@@ -69,6 +72,9 @@ class SocketEndpoint:
         return [WebSocketRoute("/ws", self.serve)]
 
     async def serve(self, websocket: WebSocket) -> None:
+        if self.hub.broker_down:
+            await self._refuse(websocket)
+            return
         await websocket.accept()
         if self.hub.closing:
             await websocket.close(CLOSE_RESTART, "server restarting")
@@ -78,6 +84,9 @@ class SocketEndpoint:
         except WebSocketDisconnect:
             return
         if session is None:
+            return
+        if self.hub.broker_down:  # went down while this socket authenticated
+            await websocket.close(CLOSE_RESTART, "lost the broker connection: reconnect and resume")
             return
         session.start()
         await self.hub.add(session)
@@ -89,6 +98,20 @@ class SocketEndpoint:
         finally:
             await session.flush_and_stop()
             await self.hub.remove(session)
+
+    async def _refuse(self, websocket: WebSocket) -> None:
+        """The broker is down (past the hub's grace): this socket could not hear other
+        instances. Answer the upgrade as any request then: 503 `unavailable` with
+        Retry-After (what a proxy in front would answer, and what /readyz says), so the
+        client backs off and retries rather than meeting a socket that is open but deaf.
+        A server without the denial extension gets the WebSocket equivalent: close 1013."""
+        exc = Unavailable("the message broker is unavailable; reconnect shortly")
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+            await websocket.send_denial_response(error_response(exc.code, exc.message, headers=headers))
+            return
+        await websocket.accept()
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, "broker unavailable: reconnect shortly")
 
     async def _authenticate(self, websocket: WebSocket) -> Session | None:
         try:
