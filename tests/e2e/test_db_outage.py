@@ -4,7 +4,8 @@ private cluster the test stops cleanly (`pg_ctl stop -m fast`) and then crashes
 
 During each outage every request is answered 503 `unavailable` with Retry-After, in
 time (no 500, no hang); /readyz says 503; `send_message` gets `error unavailable` and
-the socket stays open. After it, the pool heals by itself: no request fails on a stale
+the socket stays open, and a new socket is told to reconnect (1012), not to sign in
+again. After it, the pool heals by itself: no request fails on a stale
 connection, the background workers go on (a post written after the outage reaches a
 follower's feed, a like a notification), and every write that was acknowledged is in
 the database. The server's log carries no traceback for the outage.
@@ -160,11 +161,20 @@ async def test_postgres_restart_and_crash_under_traffic_lose_no_acknowledged_wri
             asyncio.create_task(watch_readiness(server, log, stop)),
         ]
         outages: list[tuple[float, float]] = []
+        # A session no socket or request has checked yet (none is cached).
+        fresh_token = await bob.login()
         try:
             await asyncio.sleep(1.0)
             for mode in ("fast", "immediate"):
                 went = time.monotonic()
                 await asyncio.to_thread(pg.stop, mode)
+                if mode == "fast":
+                    # A socket whose session cannot be checked is not told to sign in
+                    # again (4401): `error unavailable`, then 1012 (reconnect).
+                    late = await WsClient.connect(server, label="bob, during", timeout=ANSWER_WITHIN)
+                    await late.send({"type": "authenticate", "token": fresh_token})
+                    assert (await late.expect("error"))["code"] == "unavailable"
+                    assert await late.wait_closed(ANSWER_WITHIN) == 1012
                 await asyncio.sleep(OUTAGE)
                 await asyncio.to_thread(pg.start)
                 back = time.monotonic()
