@@ -214,6 +214,7 @@ async def open_database(settings: Settings, db: Database, stack: AsyncExitStack)
         min_size=settings.database.pool_min,
         max_size=settings.database.pool_max,
         statement_timeout=settings.database.statement_timeout,
+        connect_timeout=settings.database.connect_timeout,
     )
     stack.push_async_callback(db.close)
 
@@ -306,6 +307,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     supervisor = Supervisor()
     supervisor.add("presence", presence.run)
+    supervisor.add("broker-watch", hub.watch_broker)
     supervisor.add("calls", calls.run)
     for name, source in sources.items():
         supervisor.add(f"events:{name}", source.run)

@@ -63,6 +63,9 @@ class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pool_min: Positive = 2
     pool_max: Positive = 20
     statement_timeout: float = 30.0
+    # How long a request waits for a connection (free in the pool, or new) before it is
+    # answered 503 `unavailable`: bounds a request while the database is down or stalled.
+    connect_timeout: float = 5.0
 
 
 class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -213,6 +216,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
 }
 DURATION_KEYS = {
     "database.statement_timeout",
+    "database.connect_timeout",
     "auth.access_ttl",
     "auth.refresh_ttl",
     "auth.otp_ttl",

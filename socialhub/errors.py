@@ -68,9 +68,21 @@ class RateLimited(SocialhubError):
         self.retry_after = retry_after
 
 
+# When a client may try again after `unavailable`: a restart or failover of PostgreSQL or
+# Redis takes a few seconds, and the Redis pub/sub reconnects with backoff capped at 5 s.
+UNAVAILABLE_RETRY_AFTER = 5.0
+
+
 class Unavailable(SocialhubError):
+    """A dependency (the database, a broker, the mail relay) cannot be reached: the
+    request did nothing that the client can rely on, and may be tried again later."""
+
     code = "unavailable"
     default_message = "service unavailable"
+
+    def __init__(self, message: str | None = None, *, retry_after: float = UNAVAILABLE_RETRY_AFTER) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def invalid(field: str, problem: str) -> ValidationFailed:

@@ -3,18 +3,68 @@
 Each worker is an `async run(stop)` that returns when `stop` is set. A worker that
 crashes is logged and restarted with backoff; it never takes the process down.
 Workers stop in the reverse of the order they were added.
+
+A dependency that is down (`socialhub.errors.Unavailable`: PostgreSQL restarting,
+Redis gone) is not a bug: workers ride through it, and `OutageLog` keeps a retry storm
+to a few lines without tracebacks: when it starts, now and then while it lasts, and
+when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
+
+from socialhub.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
 Runner = Callable[[asyncio.Event], Awaitable[None]]
 MAX_BACKOFF_SECONDS = 10.0
+# While an outage lasts, one reminder this often: enough to see it in a log tail, few
+# enough that an hour's outage is 60 lines per worker, not one per retry.
+OUTAGE_REMINDER_SECONDS = 60.0
+
+
+class OutageLog:
+    """The log of one worker's view of a dependency that is down. `failed` on each
+    Unavailable, `ok` after each success; only the changes (and a reminder each
+    OUTAGE_REMINDER_SECONDS) are logged, without a traceback."""
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self._log = log
+        self._what = what
+        self._since: float | None = None
+        self._told = 0.0
+        self._failures = 0
+
+    @property
+    def down(self) -> bool:
+        return self._since is not None
+
+    def failed(self, exc: Unavailable) -> None:
+        now = time.monotonic()
+        self._failures += 1
+        if self._since is None:
+            self._since = self._told = now
+            self._log.warning("%s: unavailable (%s); retrying until it is back", self._what, exc.message)
+        elif now - self._told >= OUTAGE_REMINDER_SECONDS:
+            self._told = now
+            self._log.warning(
+                "%s: still unavailable after %.0fs (%d attempts): %s",
+                self._what, now - self._since, self._failures, exc.message,
+            )  # fmt: skip
+
+    def ok(self) -> None:
+        if self._since is not None:
+            self._log.warning(
+                "%s: going on after %.1fs unavailable (%d attempts)",
+                self._what, time.monotonic() - self._since, self._failures,
+            )  # fmt: skip
+            self._since = None
+            self._failures = 0
 
 
 class Supervisor:
@@ -33,14 +83,25 @@ class Supervisor:
 
     async def _keep_running(self, name: str, run: Runner, stop: asyncio.Event) -> None:
         backoff = 0.5
+        outage = OutageLog(logger, f"worker {name}")
         while not stop.is_set():
+            started = time.monotonic()
+            failure: Exception | None = None
             try:
                 await run(stop)
-                backoff = 0.5
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("worker %s crashed; restarting in %.1fs", name, backoff)
+            except Exception as exc:
+                failure = exc
+            # A run that lasted had recovered from whatever came before: the outage (if
+            # any) is over and the next failure starts the backoff afresh.
+            if failure is None or time.monotonic() - started >= MAX_BACKOFF_SECONDS:
+                backoff = 0.5
+                outage.ok()
+            if isinstance(failure, Unavailable):
+                outage.failed(failure)
+            elif failure is not None:
+                logger.exception("worker %s crashed; restarting in %.1fs", name, backoff, exc_info=failure)
             if stop.is_set():
                 return
             try:

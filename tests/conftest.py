@@ -23,7 +23,7 @@ from asgi_lifespan import LifespanManager
 from socialhub.app import create_app
 from socialhub.config import Settings, load_settings, with_overrides
 
-pytest_plugins = ["tests.conftest_kafka", "tests.private_redis"]
+pytest_plugins = ["tests.conftest_kafka", "tests.private_redis", "tests.private_postgres"]
 ADMIN_URL = os.environ.get("SOCIALHUB_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SOCIALHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_SECRET = "test-secret-" + "x" * 40

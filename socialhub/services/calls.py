@@ -42,8 +42,9 @@ from socialhub.domain.live import encode_user_event, user_channel
 from socialhub.domain.notifications import NewNotification
 from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.users import Principal
-from socialhub.errors import BadRequest, Conflict, Forbidden, NotFound, SocialhubError, ValidationFailed
+from socialhub.errors import BadRequest, Conflict, Forbidden, NotFound, SocialhubError, Unavailable, ValidationFailed
 from socialhub.storage.calls import CallStore
+from socialhub.supervisor import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -234,9 +235,13 @@ class CallService:
     async def run(self, stop: asyncio.Event) -> None:
         """Every second: end rings past their deadline (missed), and calls a party has
         left (every socket gone for DISCONNECT_GRACE; while ringing, only the caller counts)."""
+        outage = OutageLog(logger, "call sweep")
         while not stop.is_set():
             try:
                 await self.sweep_once()
+                outage.ok()
+            except Unavailable as exc:
+                outage.failed(exc)  # overdue rings end at the first sweep after it is back
             except Exception:
                 logger.exception("call sweep failed")
             try:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from socialhub.errors import Unavailable
 from socialhub.infra.media.base import MediaStore
 from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.outbox import OutboxStore
 from socialhub.storage.posts import PostStore
+from socialhub.supervisor import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +38,13 @@ class Janitor:
         self.dead_letters = dead_letters
 
     async def run(self, stop: asyncio.Event) -> None:
+        outage = OutageLog(logger, "janitor")
         while not stop.is_set():
             try:
                 await self.sweep_once()
+                outage.ok()
+            except Unavailable as exc:
+                outage.failed(exc)  # the next sweep does the work
             except Exception:
                 logger.exception("janitor sweep failed")
             try:

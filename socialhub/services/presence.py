@@ -395,6 +395,8 @@ class PresenceService:
     async def _save(self, user_id: int, when: datetime) -> None:
         try:
             await self._save_last_seen(user_id, when)
+        except Unavailable as exc:
+            logger.warning("presence: last_seen of user %s not saved (%s)", user_id, exc)
         except Exception:
             logger.exception("presence: could not save last_seen of user %s", user_id)
 

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from socialhub.api.http.codec import JSON_MEDIA_TYPE
-from socialhub.errors import RateLimited, SocialhubError
+from socialhub.errors import RateLimited, SocialhubError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def error_response(
 async def handle_socialhub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SocialhubError)
     headers = None
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | Unavailable):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     if exc.code == "unauthenticated":
         headers = {"WWW-Authenticate": 'Bearer realm="socialhub"'}

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import msgspec
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from socialhub.api.http.errors import error_response
 from socialhub.api.ws.dispatch import Dispatcher
 from socialhub.api.ws.hub import Hub
 from socialhub.api.ws.protocol import (
     CLOSE_CODES,
     CLOSE_RESTART,
     CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHENTICATED,
     Authenticate,
     Authenticated,
@@ -32,7 +35,7 @@ from socialhub.api.ws.protocol import (
 )
 from socialhub.api.ws.session import Session
 from socialhub.config import Rate
-from socialhub.errors import SocialhubError
+from socialhub.errors import SocialhubError, Unavailable
 from socialhub.services.sessions import SessionGuard
 
 logger = logging.getLogger(__name__)
@@ -41,6 +44,11 @@ AUTH_TIMEOUT = 10.0  # SPEC
 MAX_FRAME_BYTES = 64 * 1024  # SPEC; uvicorn enforces it too (ws_max_size)
 
 _encoder = msgspec.json.Encoder()
+# Error codes of a frame that leave the socket open: an oversized value in a valid frame
+# is that frame's fault, and `unavailable` (the database or broker is down for a moment)
+# is answered per frame so the client retries it on the same socket. A broker outage
+# that lasts is told by closing with 1012, by the hub (see Hub.watch_broker).
+_KEEP_OPEN = frozenset({"too_large", "unavailable"})
 
 
 def _error(code: str, message: str, ref: str | None = None, fields: dict[str, str] | None = None) -> bytes:
@@ -60,6 +68,9 @@ class SocketEndpoint:
         return [WebSocketRoute("/ws", self.serve)]
 
     async def serve(self, websocket: WebSocket) -> None:
+        if self.hub.broker_down:
+            await self._refuse(websocket)
+            return
         await websocket.accept()
         if self.hub.closing:
             await websocket.close(CLOSE_RESTART, "server restarting")
@@ -69,6 +80,9 @@ class SocketEndpoint:
         except WebSocketDisconnect:
             return
         if session is None:
+            return
+        if self.hub.broker_down:  # went down while this socket authenticated
+            await websocket.close(CLOSE_RESTART, "lost the broker connection: reconnect and resume")
             return
         session.start()
         await self.hub.add(session)
@@ -80,6 +94,20 @@ class SocketEndpoint:
         finally:
             await session.flush_and_stop()
             await self.hub.remove(session)
+
+    async def _refuse(self, websocket: WebSocket) -> None:
+        """The broker is down (past the hub's grace): this socket could not hear other
+        instances. Answer the upgrade as any request then: 503 `unavailable` with
+        Retry-After (what a proxy in front would answer, and what /readyz says), so the
+        client backs off and retries rather than meeting a socket that is open but deaf.
+        A server without the denial extension gets the WebSocket equivalent: close 1013."""
+        exc = Unavailable("the message broker is unavailable; reconnect shortly")
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+            await websocket.send_denial_response(error_response(exc.code, exc.message, headers=headers))
+            return
+        await websocket.accept()
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, "broker unavailable: reconnect shortly")
 
     async def _authenticate(self, websocket: WebSocket) -> Session | None:
         try:
@@ -97,6 +125,12 @@ class SocketEndpoint:
             if not isinstance(frame, Authenticate):
                 raise SocialhubError("the first frame must be authenticate")
             principal = await self.guard.authenticate(frame.token)
+        except Unavailable as exc:
+            # The session could not be checked: not the token's fault, so not 4401 (which
+            # tells the client to sign in again); it reconnects as after a restart.
+            await websocket.send_text(_error(exc.code, exc.message, ref).decode())
+            await websocket.close(CLOSE_CODES[exc.code], "unavailable: reconnect shortly")
+            return None
         except SocialhubError:
             await websocket.send_text(_error("unauthenticated", "authenticate with a valid access token", ref).decode())
             await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
@@ -138,7 +172,7 @@ class SocketEndpoint:
             except SocialhubError as exc:
                 # The message names the field; `fields` is kept to the decoder's own checks.
                 session.send(_error(exc.code, exc.message, frame.ref))
-                if exc.code in CLOSE_CODES and exc.code != "too_large":
+                if exc.code in CLOSE_CODES and exc.code not in _KEEP_OPEN:
                     session.close(CLOSE_CODES[exc.code], exc.message)
             except Exception:
                 logger.exception("frame %s failed", type(frame).__name__)

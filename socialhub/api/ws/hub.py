@@ -12,6 +12,11 @@ already delivered is dropped. A socket joining with `since_seq` gets its replay 
 then the live stream with nothing lost or doubled (live frames are held while the
 replay runs). If the broker connection was lost, streams may have gaps that this
 process cannot see: every socket is closed with 1012 and resumes with `since_seq`.
+
+That happens when the broker is back (`on_broker_reset`), and also while it stays
+down: after BROKER_GRACE of an unhealthy broker (`watch_broker`) every socket is closed
+with 1012 and new ones are refused (503 at the upgrade) until it is back, so no client
+believes it is live while other instances' frames cannot reach it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,17 @@ from socialhub.services.chat import ChatService, NewMessageFrame
 from socialhub.services.presence import presence_channel
 
 logger = logging.getLogger(__name__)
+
+# How long the broker may be unhealthy before the sockets are told (closed with 1012).
+# A dropped link or a restarted Redis is back within a reconnect or two (the pub/sub
+# reader retries at once, then with backoff capped at 5 s), and the sockets are then
+# closed anyway by `on_broker_reset` so they resume: closing sooner would only turn a
+# blip into a reconnect storm. Longer than this, a client would sit on a socket that
+# silently misses other instances' messages, which is what must never happen.
+BROKER_GRACE = 10.0
+# How often the watcher looks at the broker's health: the close comes within
+# BROKER_GRACE + this.
+BROKER_POLL = 0.5
 
 SOCKETS = Gauge("socialhub_ws_sockets", "Open, authenticated WebSockets in this process")
 
@@ -62,13 +78,19 @@ class _Channel:
 
 
 class Hub:
-    def __init__(self, *, pubsub: PubSub, chat: ChatService, presence: PresenceTracker) -> None:
+    def __init__(
+        self, *, pubsub: PubSub, chat: ChatService, presence: PresenceTracker, broker_grace: float = BROKER_GRACE
+    ) -> None:
         self.pubsub = pubsub
         self.chat = chat
         self.presence = presence
         self.users: dict[int, set[Session]] = {}
         self._channels: dict[str, _Channel] = {}
         self.closing = False
+        # True from BROKER_GRACE into a broker outage until the broker is back: sockets
+        # are refused (the endpoint answers the upgrade 503).
+        self.broker_down = False
+        self._broker_grace = broker_grace
 
     # -- sockets ----------------------------------------------------------------------
 
@@ -302,6 +324,35 @@ class Hub:
         for channel in self._channels.values():
             channel.last_seq = 0
         self.close_all(CLOSE_RESTART, "stream interrupted: reconnect and resume")
+        self._broker_back()
+
+    async def watch_broker(self, stop: asyncio.Event) -> None:
+        """A worker: once the broker has been unhealthy for BROKER_GRACE, close every
+        socket with 1012 and refuse new ones until it is healthy again."""
+        loop = asyncio.get_running_loop()
+        unhealthy_since: float | None = None
+        while not stop.is_set():
+            if self.pubsub.healthy:
+                unhealthy_since = None
+                self._broker_back()
+            elif unhealthy_since is None:
+                unhealthy_since = loop.time()
+            elif not self.broker_down and loop.time() - unhealthy_since >= self._broker_grace:
+                self.broker_down = True
+                logger.warning(
+                    "pub/sub broker down for %.0fs: closing %d sockets with 1012, refusing new ones until it is back",
+                    self._broker_grace, self.count,
+                )  # fmt: skip
+                self.close_all(CLOSE_RESTART, "lost the broker connection: reconnect and resume")
+            try:
+                await asyncio.wait_for(stop.wait(), BROKER_POLL)
+            except TimeoutError:
+                pass
+
+    def _broker_back(self) -> None:
+        if self.broker_down:
+            self.broker_down = False
+            logger.warning("pub/sub broker back: accepting sockets again")
 
     def close_all(self, code: int, reason: str) -> None:
         for sessions in list(self.users.values()):

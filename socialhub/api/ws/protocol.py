@@ -190,6 +190,7 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_BIG = 1009
 CLOSE_RESTART = 1012  # service restart: reconnect (elsewhere) and resume with since_seq
 CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455 registry: a temporary condition; reconnect later
 CLOSE_CODES: dict[str, int] = {
     "unauthenticated": CLOSE_UNAUTHENTICATED,
     "too_large": CLOSE_TOO_BIG,
