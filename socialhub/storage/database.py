@@ -43,7 +43,13 @@ PING_TIMEOUT = 2.0
 # terminating sessions), crash_shutdown, cannot_connect_now (starting up or shutting down).
 _SHUTDOWN_STATES = frozenset({"57P01", "57P02", "57P03"})
 # Exception classes that may mean a lost connection; `is_lost` decides for each one.
-_CONNECTION_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_CONNECTION_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+# Refused by asyncpg before anything was sent: the statement cannot have run. InterfaceError
+# on a closed connection; InternalClientError ("cannot switch to state ...; another
+# operation is in progress") on a connection the server dropped in the middle of another
+# caller's statement, handed out again before asyncpg saw it closed (seen under a
+# PostgreSQL restart: tests/e2e/test_db_outage.py, about 1 run in 4).
+_NOT_SENT = (asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -145,7 +151,7 @@ class Database:
             try:
                 yield conn
             except BaseException:
-                if not conn.is_closed():  # else nothing to roll back: the server already has
+                if not _closed(conn):  # else nothing to roll back: the server already has
                     await tx.rollback()
                 raise
             # A commit cut off by a lost connection may or may not have happened: it is
@@ -241,8 +247,11 @@ class Database:
                 await tx.start()
                 return conn, tx
             except BaseException as exc:
+                lost = isinstance(exc, _CONNECTION_ERRORS) and is_lost(exc, conn)
+                if lost:
+                    _discard(conn)
                 await self.pool.release(conn)
-                if not isinstance(exc, _CONNECTION_ERRORS) or not is_lost(exc, conn):
+                if not lost:
                     raise
                 if attempt == 2:
                     raise self._unavailable(exc) from exc
@@ -260,7 +269,8 @@ class Database:
             except _CONNECTION_ERRORS as exc:
                 if not is_lost(exc, conn):
                     raise
-                if attempt == 2 or not isinstance(exc, asyncpg.InterfaceError):
+                _discard(conn)
+                if attempt == 2 or not isinstance(exc, _NOT_SENT):
                     raise self._unavailable(exc) from exc
             finally:
                 await self.pool.release(conn)
@@ -282,6 +292,25 @@ class Database:
             self._down_since = None
 
 
+def _discard(conn: asyncpg.Connection) -> None:
+    """Close a connection found broken, so that the pool opens a fresh one in its place
+    rather than hand it out again. asyncpg may already have detached it from the pool
+    (it does when it sees the socket close): then there is nothing left to do."""
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:
+        pass
+
+
+def _closed(conn: asyncpg.Connection) -> bool:
+    """Whether the connection is gone; one asyncpg already detached from the pool (it does
+    when it sees the socket close) is, and refuses every method call."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
 def is_lost(exc: BaseException, conn: asyncpg.Connection | None = None) -> bool:
     """Whether `exc` means the database connection is gone or unreachable, rather than a
     fault of the statement. InterfaceError, OSError and TimeoutError count only once the
@@ -289,8 +318,10 @@ def is_lost(exc: BaseException, conn: asyncpg.Connection | None = None) -> bool:
     may hit a timeout of its own)."""
     if isinstance(exc, asyncpg.PostgresConnectionError):  # SQLSTATE class 08, incl. ConnectionDoesNotExistError
         return True
+    if isinstance(exc, asyncpg.InternalClientError):  # the connection's protocol state is broken
+        return True
     if isinstance(exc, asyncpg.PostgresError):
         return exc.sqlstate in _SHUTDOWN_STATES
     if isinstance(exc, asyncpg.InterfaceError | OSError | TimeoutError):
-        return conn is None or conn.is_closed()
+        return conn is None or _closed(conn)
     return False
