@@ -30,7 +30,7 @@ OUTAGE_REMINDER_SECONDS = 60.0
 
 class OutageLog:
     """The log of one worker's view of a dependency that is down. `failed` on each
-    Unavailable, `ok` after each success; only the changes (and a reminder each
+    Unavailable (or other outage), `ok` after each success; only the changes (and a reminder each
     OUTAGE_REMINDER_SECONDS) are logged, without a traceback."""
 
     def __init__(self, log: logging.Logger, what: str) -> None:
@@ -44,17 +44,18 @@ class OutageLog:
     def down(self) -> bool:
         return self._since is not None
 
-    def failed(self, exc: Unavailable) -> None:
+    def failed(self, exc: BaseException) -> None:
         now = time.monotonic()
+        reason = exc.message if isinstance(exc, Unavailable) else repr(exc)
         self._failures += 1
         if self._since is None:
             self._since = self._told = now
-            self._log.warning("%s: unavailable (%s); retrying until it is back", self._what, exc.message)
+            self._log.warning("%s: unavailable (%s); retrying until it is back", self._what, reason)
         elif now - self._told >= OUTAGE_REMINDER_SECONDS:
             self._told = now
             self._log.warning(
                 "%s: still unavailable after %.0fs (%d attempts): %s",
-                self._what, now - self._since, self._failures, exc.message,
+                self._what, now - self._since, self._failures, reason,
             )  # fmt: skip
 
     def ok(self) -> None:

@@ -19,14 +19,13 @@ import asyncio
 import logging
 import zlib
 
-import asyncpg
-
 from socialhub.domain.events import Envelope
 from socialhub.infra.events.base import Consumer, EventSource
 from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage, is_outage
 from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.outbox import OUTBOX_CHANNEL, OutboxStore, Position
+from socialhub.supervisor import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -61,30 +60,32 @@ class OutboxSource(EventSource):
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 0.1
+        outage = OutageLog(logger, f"outbox reader {self.consumer.name}")
         while not stop.is_set():
             # A fresh triage each time: after a failure the reader goes back to its saved
             # position, which is before any event it was holding.
             triage: Triage[Position] = Triage(self.consumer, self.dead_letters, self.policy, stop)
             try:
-                await self._run_locked(stop, triage)
+                await self._run_locked(stop, triage, outage)
                 backoff = 0.1
             except Stopped:
                 break
             except ConsumerDown as exc:
                 logger.error("outbox reader %s: %s; starting again from the first of them", self.consumer.name, exc)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                logger.warning("outbox reader %s lost its connection; retrying", self.consumer.name, exc_info=True)
             except Exception as exc:
+                # An outage is told once when it starts and when it ends (no traceback per
+                # retry); anything else is a fault of ours and keeps its traceback.
                 if is_outage(exc):
-                    logger.warning("outbox reader %s: a dependency is down (%r); retrying", self.consumer.name, exc)
+                    outage.failed(exc)
                 else:
                     logger.exception("outbox reader %s failed; retrying", self.consumer.name)
             self.active = False
             await _sleep_unless(stop, backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
-    async def _run_locked(self, stop: asyncio.Event, triage: Triage[Position]) -> None:
+    async def _run_locked(self, stop: asyncio.Event, triage: Triage[Position], outage: OutageLog) -> None:
         conn = await self.db.connect_dedicated()
+        outage.ok()
         try:
             lock_key = zlib.crc32(self.consumer.name.encode()) & 0x7FFFFFFF
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, lock_key):
