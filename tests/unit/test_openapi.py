@@ -24,8 +24,10 @@ from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
 from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import HealthRoutes
 from socialhub.api.http.media import MediaRoutes
-from socialhub.api.http.openapi import OpenApiRoutes, Operation, build_document
+from socialhub.api.http.notifications import NotificationRoutes
+from socialhub.api.http.openapi import OpenApiRoutes, build_document
 from socialhub.api.http.posts import PostRoutes
+from socialhub.api.http.routing import Operation
 from socialhub.api.http.users import UserRoutes
 from socialhub.app import create_app
 from socialhub.config import MediaSettings, Settings, load_settings, with_overrides
@@ -64,9 +66,10 @@ def route_classes() -> list[Any]:
         AuthRoutes(None, None, 0),  # type: ignore[arg-type]
         UserRoutes(None, None, None, 0, 0),  # type: ignore[arg-type]
         PostRoutes(None, None, None, MediaSettings(), 0),  # type: ignore[arg-type]
-        FeedRoutes(None, None, None, 0),  # type: ignore[arg-type]
+        FeedRoutes(None, None),  # type: ignore[arg-type]
+        NotificationRoutes(None, None, 0),  # type: ignore[arg-type]
         MediaRoutes(None),  # type: ignore[arg-type]
-        ChatRoutes(None, None, None, None, 0),  # type: ignore[arg-type]
+        ChatRoutes(None, None, 0),  # type: ignore[arg-type]
         CallRoutes(None, None),  # type: ignore[arg-type]
         HealthRoutes({}, metrics=True),
         HealthRoutes({}, metrics=False),
