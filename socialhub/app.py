@@ -34,10 +34,11 @@ from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import Check, HealthRoutes
 from socialhub.api.http.media import MediaRoutes
 from socialhub.api.http.middleware import AccessLog, StorableText
+from socialhub.api.http.notifications import NotificationRoutes
 from socialhub.api.http.openapi import OpenApiRoutes
 from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.ratelimit import RateLimitMiddleware
-from socialhub.api.http.routing import one_route_per_path
+from socialhub.api.http.routing import RouteGroup, ip_limits, one_route_per_path
 from socialhub.api.http.security import Authenticator
 from socialhub.api.http.users import UserRoutes
 from socialhub.api.ws.dispatch import Dispatcher
@@ -84,8 +85,6 @@ from socialhub.storage.users import UserStore
 from socialhub.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
-
-ApiGroup = AuthRoutes | UserRoutes | PostRoutes | FeedRoutes | MediaRoutes | ChatRoutes | CallRoutes
 
 
 def make_kv_pubsub(settings: Settings) -> tuple[KeyValue, PubSub, Callable[[], Awaitable[None]]]:
@@ -263,7 +262,6 @@ def create_app(settings: Settings) -> Starlette:
         max_posts=settings.feed.cache_posts,
         max_viewers=settings.feed.cache_viewers,
     )
-    users = UserService(db=db, users=user_store, media=media, media_base=media_base, cache=cache)
     posts = PostService(
         db=db, posts=post_store, media=media, cache=cache, fanout_threshold=settings.feed.fanout_threshold
     )
@@ -277,6 +275,7 @@ def create_app(settings: Settings) -> Starlette:
         save_last_seen=user_store.update_last_seen,
         load_last_seen=user_store.get_last_seen,
     )
+    users = UserService(db=db, users=user_store, media=media, media_base=media_base, cache=cache, presence=presence)
     chat = ChatService(
         store=ChatStore(db), pubsub=pubsub, notify=notifications.notify, joined_users=presence.joined_users
     )
@@ -338,29 +337,30 @@ def create_app(settings: Settings) -> Starlette:
     auth_routes = AuthRoutes(accounts, authenticator, max_body)
     user_routes = UserRoutes(users, authenticator, media, settings.media.max_file_bytes, max_body)
     post_routes = PostRoutes(posts, authenticator, media, settings.media, max_body)
-    feed_routes = FeedRoutes(feed, notifications, authenticator, max_body)
+    feed_routes = FeedRoutes(feed, authenticator)
+    notification_routes = NotificationRoutes(notifications, authenticator, max_body)
     media_routes = MediaRoutes(media)
-    chat_routes = ChatRoutes(chat, users, presence, authenticator, max_body)
+    chat_routes = ChatRoutes(chat, authenticator, max_body)
     call_routes = CallRoutes(calls, authenticator)
-    api: list[ApiGroup] = [
+    api: list[RouteGroup] = [
         auth_routes,
         user_routes,
         post_routes,
         feed_routes,
+        notification_routes,
         media_routes,
         chat_routes,
         call_routes,
     ]
-    docs_routes = OpenApiRoutes(
-        [*health_routes.operations(), *(op for group in api for op in group.operations())],
-        rate_limits=settings.ratelimit.enabled,
-    )
+    operations = [*health_routes.operations(), *(op for group in api for op in group.operations())]
+    docs_routes = OpenApiRoutes(operations, rate_limits=settings.ratelimit.enabled)
     # Starlette tries each route in turn, so the busiest groups go first (the groups'
     # paths never overlap: order matters only inside a group).
-    by_traffic: list[ApiGroup] = [
+    by_traffic: list[RouteGroup] = [
         feed_routes,
         post_routes,
         user_routes,
+        notification_routes,
         chat_routes,
         media_routes,
         call_routes,
@@ -407,7 +407,9 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[
             Middleware(AccessLog),
             Middleware(StorableText),
-            Middleware(RateLimitMiddleware, kv=kv, settings=settings.ratelimit, tokens=tokens),
+            Middleware(
+                RateLimitMiddleware, kv=kv, settings=settings.ratelimit, tokens=tokens, by_ip=ip_limits(operations)
+            ),
         ],
         exception_handlers={
             SocialhubError: handle_socialhub_error,

@@ -8,7 +8,10 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from socialhub.domain.time import rfc3339
-from socialhub.domain.users import UserSummary
+from socialhub.domain.users import NAME_MAX_LENGTH, UserSummary
+
+# A room's name may be as long as a person's (our choice).
+ROOM_NAME_MAX_LENGTH = NAME_MAX_LENGTH
 
 
 class MessageRecord(msgspec.Struct, frozen=True):

@@ -10,6 +10,15 @@ from msgspec import UNSET, UnsetType
 from socialhub.domain.time import rfc3339
 from socialhub.domain.users import UserSummary
 
+# Mastodon allows 500 characters; the original system had no cap. A long-form limit
+# that still keeps one post well inside a JSON body.
+MAX_POST_CHARS = 5000
+# Our choice: a comment is a reply, not an article (Mastodon has no separate limit, a
+# reply being a post); shorter than a post, long enough for a paragraph or three.
+MAX_COMMENT_CHARS = 2000
+# Printable ASCII, like Stripe's keys: enough for UUIDs and ULIDs.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+
 
 class MediaRecord(msgspec.Struct, frozen=True):
     id: int

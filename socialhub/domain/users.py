@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -17,6 +18,16 @@ USERNAME_PATTERN = f"^{USERNAME_REGEX}$(?!\n)"
 # A user in a path: an id, `@username` or `me` (the caller).
 USER_REF_PATTERN = f"^(?:{ID_REGEX}|@{USERNAME_REGEX}|me)$"
 _AT_USERNAME = re.compile(f"@({USERNAME_REGEX})")
+# SPEC: a password has 8..128 characters. 8 is NIST SP 800-63B's minimum; the maximum
+# bounds the work of hashing one (argon2 takes any length).
+PASSWORD_MIN_LENGTH = 8
+PASSWORD_MAX_LENGTH = 128
+# Display names and bios, our choice where SPEC is silent: a bio as long as Mastodon's
+# (500); a name longer than Mastodon's 30, for full names in any script.
+NAME_MAX_LENGTH = 100
+BIO_MAX_LENGTH = 500
+# A display name: not blank, at most NAME_MAX_LENGTH characters.
+DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX_LENGTH, pattern=r"\S")]
 
 
 def at_username(ref: str) -> str | None:

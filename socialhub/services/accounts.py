@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import msgspec
 
-from socialhub.domain.text import is_mailbox
+from socialhub.domain.text import EMAIL_MAX_LENGTH, is_mailbox
 from socialhub.domain.time import utcnow
 from socialhub.domain.users import Principal, User, UserRecord
 from socialhub.errors import BadRequest, Unauthenticated
@@ -26,7 +26,17 @@ from socialhub.storage.users import UserStore
 
 logger = logging.getLogger(__name__)
 
+# SPEC: the reset code has 6 digits (what a person copies from a mail without error).
 OTP_DIGITS = 6
+OTP_PATTERN = f"^[0-9]{{{OTP_DIGITS}}}$"
+# A login names an email or a username; the longer is an email (RFC 5321's 254).
+LOGIN_IDENTIFIER_MAX_LENGTH = EMAIL_MAX_LENGTH
+# A bound on what one login makes argon2 hash. Above the sign-up maximum, so a longer
+# password is only wrong (401), like any other wrong one, not a different answer.
+LOGIN_PASSWORD_MAX_LENGTH = 1024
+# Refresh tokens are secrets.token_urlsafe(32), 43 characters; a longer one is no token
+# of ours, and the bound keeps what is hashed to look one up small.
+REFRESH_TOKEN_MAX_LENGTH = 512
 BAD_CODE = "the code is wrong, spent or expired; ask for a new one"
 
 

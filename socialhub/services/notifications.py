@@ -22,6 +22,11 @@ from socialhub.storage.notifications import NotificationStore
 logger = logging.getLogger(__name__)
 
 
+# How many ids one mark-read request may name. Our choice: ten pages of the largest list
+# page (MAX_LIMIT, 100), and a bound on the array one statement is handed.
+MAX_MARK_READ = 1000
+
+
 class UnreadCount(msgspec.Struct, frozen=True):
     count: int
 
@@ -88,4 +93,5 @@ class NotificationService(Consumer):
         return UnreadCount(count=await self.store.get_unread_count(viewer.user_id))
 
     async def mark_read(self, viewer: Principal, ids: list[int] | None) -> None:
+        """Mark the viewer's notifications among `ids` read; all of them when `ids` is None."""
         await self.store.mark_read(viewer.user_id, ids)

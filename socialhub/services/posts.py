@@ -10,7 +10,7 @@ from socialhub.domain import events
 from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.posts import Comment, LikeState, NewMedia, Post
 from socialhub.domain.users import Principal
-from socialhub.errors import Forbidden, NotFound
+from socialhub.errors import Forbidden, NotFound, ValidationFailed
 from socialhub.infra.media.base import MediaStore, new_media_key
 from socialhub.services.media import UploadedFile
 from socialhub.services.readcache import Invalidation, ReadCache
@@ -48,7 +48,14 @@ class PostService:
     ) -> tuple[Post, bool]:
         """(post, created). Files are committed to the media store, then the post, its
         media rows, its event and the idempotency key in one transaction; if that fails
-        the files are deleted again, and a retry with a used key gets the first post."""
+        the files are deleted again, and a retry with a used key gets the first post.
+        The text is stored stripped; a post needs text or at least one file (Mastodon's
+        rule), else ValidationFailed."""
+        content = content.strip()
+        if not content and not files:
+            raise ValidationFailed(
+                "a post needs text or media", fields={"content": "required unless media is attached"}
+            )
         if idempotency_key is not None:
             existing = await self.posts.get_post_by_key(viewer.user_id, idempotency_key)
             if existing is not None:
@@ -104,6 +111,8 @@ class PostService:
         return Page(items=await self._views(ids, viewer.user_id), next=page_of(ids, ids, page.limit).next)
 
     async def update(self, viewer: Principal, post_id: int, content: str) -> Post:
+        """The post with its text replaced (stripped); only its author may."""
+        content = content.strip()
         if not await self.posts.update_post(post_id, viewer.user_id, content):
             author = await self.posts.get_post_author(post_id)
             if author is None:
@@ -127,6 +136,8 @@ class PostService:
     # -- comments -----------------------------------------------------------------
 
     async def comment(self, viewer: Principal, post_id: int, content: str) -> Comment:
+        """A new comment (its text stripped) on the post."""
+        content = content.strip()
         async with self.db.transaction() as conn:
             record, post_author = await self.posts.insert_comment(conn, post_id, viewer.user_id, content)
             await insert_event(conn, events.comment_created(viewer.user_id, post_id, post_author, record.id))
@@ -141,6 +152,8 @@ class PostService:
         return page_of([Comment.of(r) for r in records], [r.id for r in records], limit)
 
     async def edit_comment(self, viewer: Principal, comment_id: int, content: str) -> Comment:
+        """The comment with its text replaced (stripped); only its author may."""
+        content = content.strip()
         record = await self.posts.update_comment(comment_id, viewer.user_id, content)
         if record is None:
             if await self.posts.get_comment_owners(comment_id) is None:

@@ -13,6 +13,7 @@ from socialhub.errors import NotFound, ValidationFailed
 from socialhub.ids import parse_id
 from socialhub.infra.media.base import MediaStore, new_media_key
 from socialhub.services.media import UploadedFile
+from socialhub.services.presence import PresenceService, PresenceView
 from socialhub.services.readcache import Invalidation, ReadCache
 from socialhub.storage.database import Connection, Database
 from socialhub.storage.outbox import insert_event
@@ -33,14 +34,24 @@ class Counts(msgspec.Struct, frozen=True):
 class UserService:
     """Profiles, follows and follower lists."""
 
-    def __init__(self, *, db: Database, users: UserStore, media: MediaStore, media_base: str, cache: ReadCache) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        users: UserStore,
+        media: MediaStore,
+        media_base: str,
+        cache: ReadCache,
+        presence: PresenceService,
+    ) -> None:
         self.db = db
         self.users = users
         self.media = media
         self.media_base = media_base
         self.cache = cache
+        self.presence_service = presence
 
-    async def resolve(self, viewer: Principal, ref: str) -> int:
+    async def _resolve(self, viewer: Principal, ref: str) -> int:
         """A user id from a path segment: an id, `@username` or `me`; NotFound otherwise."""
         if ref == "me":
             return viewer.user_id
@@ -59,7 +70,7 @@ class UserService:
         if ref.startswith("@"):
             found = await self._by_username(viewer, ref)
         else:
-            found = await self.users.get_profile(viewer.user_id, user_id=await self.resolve(viewer, ref))
+            found = await self.users.get_profile(viewer.user_id, user_id=await self._resolve(viewer, ref))
         if found is None:
             raise NotFound("no such user")
         user, relation = found
@@ -100,8 +111,9 @@ class UserService:
                 logger.warning("could not delete the old avatar %s", replaced, exc_info=True)
         return User.of(user)
 
-    async def follow(self, viewer: Principal, target_id: int) -> FollowState:
-        """Idempotent: following twice is one follow."""
+    async def follow(self, viewer: Principal, ref: str) -> FollowState:
+        """Follow the user `ref` names (see `profile`). Idempotent: following twice is one follow."""
+        target_id = await self._resolve(viewer, ref)
         if target_id == viewer.user_id:
             raise ValidationFailed("you cannot follow yourself", fields={"id": "cannot follow yourself"})
 
@@ -113,8 +125,9 @@ class UserService:
         await self.cache.changed(Invalidation(viewers=[viewer.user_id]))
         return FollowState(following=True)
 
-    async def unfollow(self, viewer: Principal, target_id: int) -> FollowState:
-        """Idempotent (a soft delete)."""
+    async def unfollow(self, viewer: Principal, ref: str) -> FollowState:
+        """Unfollow the user `ref` names. Idempotent (a soft delete)."""
+        target_id = await self._resolve(viewer, ref)
         if target_id == viewer.user_id:
             raise ValidationFailed("you cannot unfollow yourself", fields={"id": "cannot unfollow yourself"})
         if await self.users.get_user(target_id) is None:
@@ -128,7 +141,9 @@ class UserService:
         await self.cache.changed(Invalidation(viewers=[viewer.user_id]))
         return FollowState(following=False)
 
-    async def follow_list(self, viewer: Principal, user_id: int, *, followers: bool, page: PageRequest) -> Page[User]:
+    async def follow_list(self, viewer: Principal, ref: str, *, followers: bool, page: PageRequest) -> Page[User]:
+        """The followers of the user `ref` names, or whom they follow; newest follow first."""
+        user_id = await self._resolve(viewer, ref)
         if await self.users.get_user(user_id) is None:
             raise NotFound("no such user")
         entries = await self.users.get_follow_list(
@@ -137,8 +152,12 @@ class UserService:
         items = [User.of(e.user, None if e.user.id == viewer.user_id else e.relation) for e in entries]
         return page_of(items, [e.follow_id for e in entries], page.limit)
 
-    async def exists(self, user_id: int) -> bool:
-        return await self.users.user_exists(user_id)
+    async def presence(self, viewer: Principal, ref: str) -> PresenceView:
+        """Whether the user `ref` names is online (PresenceService.status); NotFound for nobody."""
+        user_id = await self._resolve(viewer, ref)
+        if not await self.users.user_exists(user_id):
+            raise NotFound("no such user")
+        return (await self.presence_service.status([user_id]))[0]
 
     async def counts(self, viewer: Principal) -> Counts:
         user = await self.users.get_user(viewer.user_id)

@@ -244,3 +244,15 @@ async def test_a_follow_is_pushed_live_on_the_users_channel(make_settings: Calla
         finally:
             await ps.aclose()
             await r.aclose()
+
+
+async def test_mark_read_names_what_is_missing(client: httpx.AsyncClient) -> None:
+    a = await signup(client)
+    for body in ({}, {"all": False}, {"ids": None}):
+        r = await a.post("/notify/read", json=body)
+        assert r.status_code == 422, body
+        assert r.json()["error"] == {
+            "code": "validation_error",
+            "message": "give ids or all: true",
+            "fields": {"ids": "required unless all is true"},
+        }, body

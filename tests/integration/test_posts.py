@@ -348,6 +348,27 @@ async def test_bad_json_bodies_leave_no_trace(
     assert r.status_code == 201
 
 
+async def test_a_post_needs_text_or_media_even_with_a_used_key(client: httpx.AsyncClient) -> None:
+    """The rule (in PostService.create) comes before the idempotency key is looked up: a
+    retry that lost both text and files is refused, not answered with the first post."""
+    a = await signup(client)
+    r = await post_form(a, {"content": "first"}, headers={"Idempotency-Key": "k-text-or-media"})
+    assert r.status_code == 201
+    for fields in ({"content": " \t\n"}, {}):
+        r = await post_form(a, fields, headers={"Idempotency-Key": "k-text-or-media"})
+        assert r.status_code == 422, fields
+        assert r.json()["error"] == {
+            "code": "validation_error",
+            "message": "a post needs text or media",
+            "fields": {"content": "required unless media is attached"},
+        }
+    # Stripped before it is stored, on create and edit alike.
+    r = await post_form(a, {"content": "  padded \n"})
+    assert r.status_code == 201 and r.json()["content"] == "padded"
+    r = await a.patch(f"/posts/{r.json()['id']}", json={"content": "\n edited  "})
+    assert r.status_code == 200 and r.json()["content"] == "edited"
+
+
 async def test_bad_multipart_bodies_leave_no_trace(
     client: httpx.AsyncClient, db: asyncpg.Connection, media_root: pathlib.Path
 ) -> None:

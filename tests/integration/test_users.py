@@ -83,6 +83,21 @@ async def test_follow_errors(client: httpx.AsyncClient) -> None:
     assert (await client.post(f"/users/follow/{a.id}")).status_code == 401
 
 
+async def test_presence_by_id_username_and_me(client: httpx.AsyncClient) -> None:
+    """GET /users/{ref}/presence: one user's presence as the socket's `presence` frame
+    has it (offline here: no socket is open); 404 for a ref that names nobody."""
+    a, b = await signup(client), await signup(client)
+    for viewer, ref, who in ((a, b.id, b), (a, "@" + b.username, b), (b, "me", b), (a, a.id, a)):
+        r = await viewer.get(f"/users/{ref}/presence")
+        assert r.status_code == 200, ref
+        assert r.json() == {"type": "presence", "user_id": who.id, "status": "offline", "last_seen": None}, ref
+    for ref in ("999999999999999", "@nobody_like_this", "abc", "0"):
+        r = await a.get(f"/users/{ref}/presence")
+        assert r.status_code == 404 and error_code(r) == "not_found", ref
+        assert r.json()["error"]["message"] == "no such user", ref
+    assert (await client.get(f"/users/{a.id}/presence")).status_code == 401
+
+
 async def test_concurrent_follows_and_unfollows_keep_counts_exact(client: httpx.AsyncClient) -> None:
     star = await signup(client)
     fans = [await signup(client) for _ in range(8)]

@@ -24,8 +24,10 @@ from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
 from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import HealthRoutes
 from socialhub.api.http.media import MediaRoutes
-from socialhub.api.http.openapi import OpenApiRoutes, Operation, build_document
+from socialhub.api.http.notifications import NotificationRoutes
+from socialhub.api.http.openapi import OpenApiRoutes, build_document
 from socialhub.api.http.posts import PostRoutes
+from socialhub.api.http.routing import Operation, ip_limits
 from socialhub.api.http.users import UserRoutes
 from socialhub.app import create_app
 from socialhub.config import MediaSettings, Settings, load_settings, with_overrides
@@ -64,9 +66,10 @@ def route_classes() -> list[Any]:
         AuthRoutes(None, None, 0),  # type: ignore[arg-type]
         UserRoutes(None, None, None, 0, 0),  # type: ignore[arg-type]
         PostRoutes(None, None, None, MediaSettings(), 0),  # type: ignore[arg-type]
-        FeedRoutes(None, None, None, 0),  # type: ignore[arg-type]
+        FeedRoutes(None, None),  # type: ignore[arg-type]
+        NotificationRoutes(None, None, 0),  # type: ignore[arg-type]
         MediaRoutes(None),  # type: ignore[arg-type]
-        ChatRoutes(None, None, None, None, 0),  # type: ignore[arg-type]
+        ChatRoutes(None, None, 0),  # type: ignore[arg-type]
         CallRoutes(None, None),  # type: ignore[arg-type]
         HealthRoutes({}, metrics=True),
         HealthRoutes({}, metrics=False),
@@ -338,3 +341,29 @@ def test_request_strings_hold_no_nul(docs: OpenApiRoutes) -> None:
     assert not _validator(docs.document, "CommentBody").is_valid({"content": "hi\x00"})
     # Responses are left as they are: nothing the server sends holds U+0000 anyway.
     assert '"not"' not in json.dumps(docs.document["components"]["schemas"]["User"])
+
+
+def test_the_limiter_counts_by_ip_exactly_the_routes_documented_so() -> None:
+    """The rate limiter's table by IP is made from the same declarations as the routes and
+    the document: the public auth routes, each under its rule, and nothing else."""
+    assert ip_limits(all_operations()) == {
+        ("POST", "/auth/signup"): "signup",
+        ("POST", "/auth/login"): "login",
+        ("POST", "/auth/refresh"): "refresh",
+        ("POST", "/auth/forgot-password"): "forgot_password",
+        ("POST", "/auth/request-password-reset"): "forgot_password",
+        ("POST", "/auth/reset-password"): "reset_password",
+    }
+
+
+def test_a_limit_by_ip_must_name_a_known_rule() -> None:
+    # A misspelt rule would limit nothing, silently: the app refuses to be built.
+    with pytest.raises(ValueError, match="no rate-limit rule 'logn'"):
+        ip_limits([Operation(method="POST", path="/x", summary="x", tag="t", auth=False, limit_by_ip="logn")])
+    with pytest.raises(ValueError, match="two rules"):
+        ip_limits(
+            [
+                Operation(method="POST", path="/x", summary="x", tag="t", auth=False, limit_by_ip="login"),
+                Operation(method="POST", path="/x/", summary="x", tag="t", auth=False, limit_by_ip="signup"),
+            ]
+        )

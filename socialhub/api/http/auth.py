@@ -7,40 +7,54 @@ from typing import Annotated
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from socialhub.api.http.codec import json_response, read_json
-from socialhub.api.http.openapi import Operation
+from socialhub.api.http.routing import Endpoint, Operation, RouteGroup
 from socialhub.api.http.security import Authenticator, client_ip
 from socialhub.domain.text import EMAIL_MAX_LENGTH, EMAIL_PATTERN
-from socialhub.domain.users import USERNAME_PATTERN, User
-from socialhub.services.accounts import AccountService, AuthResult, TokenPair, Verified
+from socialhub.domain.users import (
+    PASSWORD_MAX_LENGTH,
+    PASSWORD_MIN_LENGTH,
+    USERNAME_PATTERN,
+    DisplayName,
+    User,
+)
+from socialhub.services.accounts import (
+    LOGIN_IDENTIFIER_MAX_LENGTH,
+    LOGIN_PASSWORD_MAX_LENGTH,
+    OTP_DIGITS,
+    OTP_PATTERN,
+    REFRESH_TOKEN_MAX_LENGTH,
+    AccountService,
+    AuthResult,
+    TokenPair,
+    Verified,
+)
 from socialhub.services.throttle import DEVICE_TTL
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
 # One plain mailbox (domain/text.py), the same rule for sign-up and both reset steps.
 Email = Annotated[str, msgspec.Meta(max_length=EMAIL_MAX_LENGTH, pattern=EMAIL_PATTERN)]
 Username = Annotated[str, msgspec.Meta(pattern=USERNAME_PATTERN)]
-Password = Annotated[str, msgspec.Meta(min_length=8, max_length=128)]
+Password = Annotated[str, msgspec.Meta(min_length=PASSWORD_MIN_LENGTH, max_length=PASSWORD_MAX_LENGTH)]
 # The device token of services/throttle.py travels as a cookie that only the login route
 # sees (browsers keep it without any code; other clients keep it in their cookie jar).
 DEVICE_COOKIE = "socialhub_device"
 
 
 class SignupBody(msgspec.Struct, frozen=True):
-    name: Name
+    name: DisplayName
     email: Email
     username: Username
     password: Password
 
 
 class LoginBody(msgspec.Struct, frozen=True):
-    identifier: Annotated[str, msgspec.Meta(min_length=1, max_length=254)]
-    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    identifier: Annotated[str, msgspec.Meta(min_length=1, max_length=LOGIN_IDENTIFIER_MAX_LENGTH)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=LOGIN_PASSWORD_MAX_LENGTH)]
 
 
 class RefreshBody(msgspec.Struct, frozen=True):
-    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=REFRESH_TOKEN_MAX_LENGTH)]
 
 
 class ForgotBody(msgspec.Struct, frozen=True):
@@ -49,7 +63,7 @@ class ForgotBody(msgspec.Struct, frozen=True):
 
 class ResetBody(msgspec.Struct, frozen=True):
     email: Email
-    otp: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{6}$")]
+    otp: Annotated[str, msgspec.Meta(pattern=OTP_PATTERN)]
     new_password: Password
 
 
@@ -57,66 +71,61 @@ class Accepted(msgspec.Struct, frozen=True):
     status: str
 
 
-class AuthRoutes:
+class AuthRoutes(RouteGroup):
     def __init__(self, accounts: AccountService, auth: Authenticator, max_body: int) -> None:
         self.accounts = accounts
         self.auth = auth
         self.max_body = max_body
 
-    def routes(self) -> list[Route]:
+    def endpoints(self) -> list[Endpoint]:
+        forgot = (
+            f"Mails a {OTP_DIGITS}-digit code (valid 10 min, 5 tries); the same answer whether or not the "
+            "address is known."
+        )
         return [
-            Route("/auth/signup", self.signup, methods=["POST"]),
-            Route("/auth/login", self.login, methods=["POST"]),
-            Route("/auth/refresh", self.refresh, methods=["POST"]),
-            Route("/auth/logout", self.logout, methods=["POST"]),
-            Route("/auth/forgot-password", self.forgot_password, methods=["POST"]),
-            Route("/auth/request-password-reset", self.forgot_password, methods=["POST"]),
-            Route("/auth/reset-password", self.reset_password, methods=["POST"]),
-            Route("/auth/me", self.me, methods=["GET"]),
-            Route("/api/v1/auth/verify-user", self.verify_user, methods=["GET"]),
-        ]
-
-    def operations(self) -> list[Operation]:
-        forgot = "Mails a 6-digit code (valid 10 min, 5 tries); the same answer whether or not the address is known."
-        return [
-            Operation(
+            Endpoint(self.signup, Operation(
                 method="POST", path="/auth/signup", summary="Create an account and sign in", tag="auth",
                 body=SignupBody, response=AuthResult, status=201, auth=False, errors=(409,),
-                description="409 when the email or username is taken.",
-            ),
-            Operation(
+                description="409 when the email or username is taken.", limit_by_ip="signup",
+            )),
+            Endpoint(self.login, Operation(
                 method="POST", path="/auth/login", summary="Sign in with email or username", tag="auth",
-                body=LoginBody, response=AuthResult, auth=False, errors=(401,),
+                body=LoginBody, response=AuthResult, auth=False, errors=(401,), limit_by_ip="login",
                 description=(
                     f"Sets the `{DEVICE_COOKIE}` cookie: sent back on later logins, it keeps this device out of "
                     "the per-account limit on attempts (429 once strangers used it up)."
                 ),
-            ),
-            Operation(
+            )),
+            Endpoint(self.refresh, Operation(
                 method="POST", path="/auth/refresh", summary="Trade a refresh token for a new pair", tag="auth",
-                body=RefreshBody, response=TokenPair, auth=False, errors=(401,),
+                body=RefreshBody, response=TokenPair, auth=False, errors=(401,), limit_by_ip="refresh",
                 description="A refresh token works once: presenting a spent one again ends its whole session.",
-            ),
-            Operation(method="POST", path="/auth/logout", summary="End this session", tag="auth", status=204),
-            Operation(
+            )),
+            Endpoint(self.logout, Operation(
+                method="POST", path="/auth/logout", summary="End this session", tag="auth", status=204,
+            )),
+            Endpoint(self.forgot_password, Operation(
                 method="POST", path="/auth/forgot-password", summary="Ask for a password reset code", tag="auth",
                 body=ForgotBody, response=Accepted, status=202, auth=False, description=forgot,
-            ),
-            Operation(
+                limit_by_ip="forgot_password",
+            )),
+            Endpoint(self.forgot_password, Operation(
                 method="POST", path="/auth/request-password-reset", summary="Alias of /auth/forgot-password",
                 tag="auth", body=ForgotBody, response=Accepted, status=202, auth=False,
-                description="Kept for the original clients. " + forgot,
-            ),
-            Operation(
+                description="Kept for the original clients. " + forgot, limit_by_ip="forgot_password",
+            )),
+            Endpoint(self.reset_password, Operation(
                 method="POST", path="/auth/reset-password", summary="Set a new password with the mailed code",
-                tag="auth", body=ResetBody, response=Accepted, auth=False,
+                tag="auth", body=ResetBody, response=Accepted, auth=False, limit_by_ip="reset_password",
                 description="400 when the code is wrong, spent or expired. Every session of the user is signed out.",
-            ),
-            Operation(method="GET", path="/auth/me", summary="The caller, with email", tag="auth", response=User),
-            Operation(
+            )),
+            Endpoint(self.me, Operation(
+                method="GET", path="/auth/me", summary="The caller, with email", tag="auth", response=User,
+            )),
+            Endpoint(self.verify_user, Operation(
                 method="GET", path="/api/v1/auth/verify-user", summary="Check a token (for an external gateway)",
                 tag="auth", response=Verified,
-            ),
+            )),
         ]  # fmt: skip
 
     async def signup(self, request: Request) -> Response:

@@ -4,38 +4,34 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from socialhub.api.http.codec import json_response, page_request
-from socialhub.api.http.openapi import Operation
+from socialhub.api.http.openapi import PAGE_QUERY
+from socialhub.api.http.routing import Endpoint, Operation, RouteGroup
 from socialhub.api.http.security import Authenticator
 from socialhub.domain.calls import Call
 from socialhub.domain.pages import Page
 from socialhub.services.calls import CallService, IceServers
 
 
-class CallRoutes:
+class CallRoutes(RouteGroup):
     def __init__(self, calls: CallService, auth: Authenticator) -> None:
         self.calls = calls
         self.auth = auth
 
-    def routes(self) -> list[Route]:
+    def endpoints(self) -> list[Endpoint]:
         return [
-            Route("/calls/ice-servers", self.ice_servers, methods=["GET"]),
-            Route("/calls/history", self.history, methods=["GET"]),
-        ]
-
-    def operations(self) -> list[Operation]:
-        return [
-            Operation(
+            Endpoint(self.ice_servers, Operation(
                 method="GET", path="/calls/ice-servers", summary="STUN and TURN servers for WebRTC", tag="calls",
                 response=IceServers,
                 description="TURN credentials follow the TURN REST scheme (coturn's use-auth-secret): username "
                 "`<expiry>:<user id>`, credential base64(HMAC-SHA1(secret, username)), valid for `ttl` seconds.",
-            ),
-            Operation(method="GET", path="/calls/history", summary="The caller's calls, newest first", tag="calls",
-                      response=Page[Call], query=("limit", "before")),
-        ]
+            )),
+            Endpoint(self.history, Operation(
+                method="GET", path="/calls/history", summary="The caller's calls, newest first", tag="calls",
+                response=Page[Call], query=PAGE_QUERY,
+            )),
+        ]  # fmt: skip
 
     async def ice_servers(self, request: Request) -> Response:
         return json_response(self.calls.ice_servers(await self.auth(request)))

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from socialhub.domain.pages import DEFAULT_LIMIT, MAX_LIMIT, PageRequest
 from socialhub.domain.text import may_hold_nul, nul_fields
-from socialhub.errors import BadRequest, TooLarge, UnsupportedMediaType, ValidationFailed
+from socialhub.errors import BadRequest, NotFound, TooLarge, UnsupportedMediaType, ValidationFailed
 from socialhub.ids import parse_id
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -149,6 +149,15 @@ def _field_problems(data: dict[str, Any], cls: type[msgspec.Struct]) -> dict[str
         except msgspec.ValidationError as exc:
             problems[f.encode_name] = str(exc).split(" - at ")[0]
     return problems
+
+
+def path_id(request: Request, name: str, what: str) -> int:
+    """The id in path parameter `name`; NotFound ("no such <what>") when it is no id, as
+    for an id that names nothing."""
+    value = parse_id(request.path_params[name])
+    if value is None:
+        raise NotFound(f"no such {what}")
+    return value
 
 
 def page_request(request: Request, cursor: str = "before") -> PageRequest:

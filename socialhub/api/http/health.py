@@ -8,10 +8,9 @@ import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from socialhub.api.http.codec import json_response
-from socialhub.api.http.openapi import Operation
+from socialhub.api.http.routing import Endpoint, Operation, RouteGroup
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -21,39 +20,30 @@ class Status(msgspec.Struct, frozen=True, omit_defaults=True):
     checks: dict[str, bool] | None = None
 
 
-class HealthRoutes:
+class HealthRoutes(RouteGroup):
     def __init__(self, checks: dict[str, Check], *, metrics: bool) -> None:
         self.checks = checks
         self.metrics = metrics
 
-    def routes(self) -> list[Route]:
+    def endpoints(self) -> list[Endpoint]:
+        # GET serves HEAD too (probes may use either).
         out = [
-            Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
-            Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
-        ]
-        if self.metrics:
-            out.append(Route("/metrics", self.metrics_text, methods=["GET"]))
-        return out
-
-    def operations(self) -> list[Operation]:
-        out = [
-            Operation(
+            Endpoint(self.healthz, Operation(
                 method="GET", path="/healthz", summary="Liveness: the process answers", tag="health",
                 response=Status, auth=False, static=True,
-            ),
-            Operation(
+            )),
+            Endpoint(self.readyz, Operation(
                 method="GET", path="/readyz", summary="Readiness: the database (and Redis) answer", tag="health",
                 response=Status, auth=False, also=(503,), static=True,
                 description="503 with each check's result when not ready.",
-            ),
-        ]
+            )),
+        ]  # fmt: skip
         if self.metrics:
-            out.append(
-                Operation(
-                    method="GET", path="/metrics", summary="Prometheus metrics", tag="health", auth=False,
-                    media_type="text/plain", static=True,
-                )
-            )
+            metrics = Operation(
+                method="GET", path="/metrics", summary="Prometheus metrics", tag="health", auth=False,
+                media_type="text/plain", static=True,
+            )  # fmt: skip
+            out.append(Endpoint(self.metrics_text, metrics))
         return out
 
     async def healthz(self, request: Request) -> Response:

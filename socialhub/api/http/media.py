@@ -18,11 +18,10 @@ from email.utils import formatdate, parsedate_to_datetime
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from socialhub.api.http.codec import JSON_MEDIA_TYPE
 from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
-from socialhub.api.http.openapi import Operation
+from socialhub.api.http.routing import Endpoint, Operation, RouteGroup
 from socialhub.errors import NotFound
 from socialhub.infra.media.base import MediaStore
 
@@ -91,22 +90,20 @@ def if_range_holds(header: str | None, etag: str, last_modified: float) -> bool:
         return False
 
 
-class MediaRoutes:
+class MediaRoutes(RouteGroup):
     def __init__(self, store: MediaStore) -> None:
         self.store = store
 
-    def routes(self) -> list[Route]:
-        return [Route("/media/{key}", self.get, methods=["GET", "HEAD"])]
-
-    def operations(self) -> list[Operation]:
+    def endpoints(self) -> list[Endpoint]:
+        # GET serves HEAD too (without the body).
         return [
-            Operation(
+            Endpoint(self.get, Operation(
                 method="GET", path="/media/{key}", summary="A stored file", tag="media", auth=False,
                 media_type="*/*", also=(206, 304), errors=(416,),
                 description="Served with its content type, a strong ETag (If-None-Match answers 304), "
                 "`Range: bytes=...` (206, or 416 when unsatisfiable) and a one-year immutable cache lifetime.",
-            )
-        ]
+            )),
+        ]  # fmt: skip
 
     async def get(self, request: Request) -> Response:
         stored = await self.store.open(request.path_params["key"])

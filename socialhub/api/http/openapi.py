@@ -1,8 +1,8 @@
 """GET /openapi.json and GET /docs: the OpenAPI 3.1 document of this API, made from the code.
 
-Each Routes class lists its `Operation`s next to its routes; the schemas come from the
-very msgspec Structs the endpoints decode and encode, so the document cannot describe a
-field the code does not have. The page at /docs renders the document with a small inline
+Each route group declares its endpoints with their `Operation`s (routing.py); the
+schemas come from the very msgspec Structs the endpoints decode and encode, so the
+document cannot describe a field the code does not have. The page at /docs renders the document with a small inline
 script: the servers this runs on have no internet, so nothing is loaded from a CDN.
 """
 
@@ -19,13 +19,14 @@ from typing import Annotated, Any, get_args, get_origin
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from socialhub import __version__
 from socialhub.api.http.codec import JSON_MEDIA_TYPE
 from socialhub.api.http.errors import CODE_OF_STATUS, ErrorEnvelope
-from socialhub.api.http.ratelimit import PUBLIC_RULES, WRITE_METHODS
+from socialhub.api.http.ratelimit import limits_writes
+from socialhub.api.http.routing import Endpoint, Operation, RouteGroup
 from socialhub.domain.pages import DEFAULT_LIMIT, MAX_LIMIT
+from socialhub.domain.posts import IDEMPOTENCY_KEY_PATTERN
 from socialhub.domain.users import USER_REF_PATTERN
 from socialhub.ids import ID_PATTERN, ID_REGEX
 from socialhub.infra.media.base import MEDIA_KEY
@@ -51,6 +52,8 @@ QUERY: dict[str, dict[str, Any]] = {
         "schema": CURSOR_SCHEMA,
     },
 }
+# The query of a newest-first list.
+PAGE_QUERY = ("limit", "before")
 # Path parameters by name. A value outside its pattern names nothing: 404, like an unknown one.
 PATH: dict[str, dict[str, Any]] = {
     "id": ID_SCHEMA,
@@ -65,7 +68,7 @@ PATH: dict[str, dict[str, Any]] = {
 HEADER_PARAMS: dict[str, dict[str, Any]] = {
     "Idempotency-Key": {
         "description": "a retry with the same key answers 200 with what the first request made",
-        "schema": {"type": "string", "pattern": r"^[\x21-\x7e]{1,255}$"},
+        "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
     },
 }
 # The error code each status answers with (413 and 431 share `too_large`, SPEC).
@@ -86,42 +89,9 @@ Lists take `?limit=` and `?before=` and answer `{"items": [...], "next": id | nu
 Routes marked with bearerAuth want `Authorization: Bearer <access token>`."""
 
 
-class Operation(msgspec.Struct, frozen=True, kw_only=True):
-    """One method on one path, as a Routes class declares it.
-
-    `body` and `response` are the msgspec types decoded and encoded (None: no body); a
-    body may be `Annotated[Struct, msgspec.Meta(extra_json_schema=...)]` for a rule
-    between fields that a Struct cannot state. `errors` are the statuses this operation
-    answers with the error envelope besides those every such operation can answer, which
-    the document adds by itself (see `error_statuses`). `also` are other success statuses
-    answering the same `response` type (e.g. 503 of /readyz); `media_type` is that of the
-    response. `static`: the answer needs no database or broker, so never 503.
-    """
-
-    method: str
-    path: str  # OpenAPI form: /users/{ref}
-    summary: str
-    tag: str
-    body: Any = None
-    response: type | None = None
-    status: int = 200
-    auth: bool = True
-    errors: tuple[int, ...] = ()
-    multipart: bool = False
-    form: type | None = None  # the multipart fields' type when it differs from `body` (a form has no null)
-    query: tuple[str, ...] = ()
-    headers: tuple[str, ...] = ()
-    description: str = ""
-    also: tuple[int, ...] = ()
-    media_type: str = "application/json"
-    static: bool = False
-
-
 def rate_limited(op: Operation) -> bool:
-    """Whether RateLimitMiddleware limits this operation (the same tables it reads)."""
-    if (op.method, op.path) in PUBLIC_RULES:
-        return True
-    return op.auth and op.method in WRITE_METHODS and not op.path.startswith("/auth/")
+    """Whether RateLimitMiddleware limits this operation (by the same rules it applies)."""
+    return op.limit_by_ip is not None or (op.auth and limits_writes(op.method, op.path))
 
 
 def operation_id(op: Operation) -> str:
@@ -302,7 +272,7 @@ def _sha256(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
-class OpenApiRoutes:
+class OpenApiRoutes(RouteGroup):
     """/openapi.json and /docs, both public; the document is built once, at construction."""
 
     def __init__(
@@ -323,20 +293,12 @@ class OpenApiRoutes:
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         )
 
-    def routes(self) -> list[Route]:
+    def endpoints(self) -> list[Endpoint]:
         return [
-            Route("/openapi.json", self.openapi_json, methods=["GET"]),
-            Route("/docs", self.docs, methods=["GET"]),
-        ]
-
-    def operations(self) -> list[Operation]:
-        return [
-            Operation(method="GET", path="/openapi.json", summary="This document", tag="docs", auth=False,
-                      static=True),
-            Operation(
-                method="GET", path="/docs", summary="This document, rendered", tag="docs", auth=False,
-                media_type="text/html", static=True,
-            ),
+            Endpoint(self.openapi_json, Operation(method="GET", path="/openapi.json", summary="This document",
+                                                  tag="docs", auth=False, static=True)),
+            Endpoint(self.docs, Operation(method="GET", path="/docs", summary="This document, rendered", tag="docs",
+                                          auth=False, media_type="text/html", static=True)),
         ]  # fmt: skip
 
     async def openapi_json(self, request: Request) -> Response:

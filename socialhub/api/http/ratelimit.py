@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,16 +24,13 @@ from socialhub.services.tokens import TokenCodec
 
 logger = logging.getLogger(__name__)
 
-# (method, path) of public routes -> rule name; keyed per IP.
-PUBLIC_RULES: dict[tuple[str, str], str] = {
-    ("POST", "/auth/login"): "login",
-    ("POST", "/auth/signup"): "signup",
-    ("POST", "/auth/refresh"): "refresh",
-    ("POST", "/auth/forgot-password"): "forgot_password",
-    ("POST", "/auth/request-password-reset"): "forgot_password",
-    ("POST", "/auth/reset-password"): "reset_password",
-}
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def limits_writes(method: str, path: str) -> bool:
+    """Whether the per-user `write` rule counts a request with a signed token: any write
+    outside /auth/ (whose public routes have their rules by IP), to a known path or not."""
+    return method in WRITE_METHODS and not path.startswith("/auth/")
 
 
 def rate_headers(d: RateDecision) -> list[tuple[bytes, bytes]]:
@@ -44,21 +42,32 @@ def rate_headers(d: RateDecision) -> list[tuple[bytes, bytes]]:
 
 
 class RateLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, kv: KeyValue, settings: RateLimitSettings, tokens: TokenCodec) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        kv: KeyValue,
+        settings: RateLimitSettings,
+        tokens: TokenCodec,
+        by_ip: Mapping[tuple[str, str], str],
+    ) -> None:
+        """`by_ip`: (method, path without a trailing slash) of a public route -> the rule
+        it is counted against per client IP (routing.ip_limits of the routes' operations)."""
         self.app = app
         self.kv = kv
         self.settings = settings
         self.tokens = tokens
+        self.by_ip = by_ip
 
     def _rule(self, scope: Scope) -> tuple[str, str] | None:
         """(rule name, subject key) for this request, or None when it is not limited."""
         method = scope["method"]
         path = scope["path"].rstrip("/") or "/"
-        name = PUBLIC_RULES.get((method, path))
+        name = self.by_ip.get((method, path))
         if name is not None:
             client = scope.get("client")
             return name, f"ip:{client[0] if client else 'unknown'}"
-        if method in WRITE_METHODS and not path.startswith("/auth/"):
+        if limits_writes(method, path):
             token = None
             for key, value in scope.get("headers", []):
                 if key == b"authorization":

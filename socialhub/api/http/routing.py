@@ -1,4 +1,10 @@
-"""One Starlette Route per path, whatever the route groups declare.
+"""Route groups declare each endpoint once; one Starlette Route per path is made of them.
+
+A group (AuthRoutes, PostRoutes, ...) lists its endpoints: each is a handler and its
+`Operation` (method, path, the OpenAPI description and, for a public route, the rate
+limit it is counted against per client IP). The group's Starlette routes, its part of
+the OpenAPI document and the rate limiter's table by IP are all made from that list,
+so a path is written once.
 
 Each group lists a Route per handler, and several handlers may share a path
 (GET and PATCH /posts/{id}, POST /chat/rooms and GET /chat/rooms). Starlette tries
@@ -16,15 +22,92 @@ matches concrete paths before templated ones, and so does this router).
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
+from socialhub.config import DEFAULT_RATES
+
 Handler = Callable[[Request], Awaitable[Response]]
 _PARAM = re.compile(r"\{[^}]*\}")
+
+
+class Operation(msgspec.Struct, frozen=True, kw_only=True):
+    """One method on one path, as a Routes class declares it.
+
+    `body` and `response` are the msgspec types decoded and encoded (None: no body); a
+    body may be `Annotated[Struct, msgspec.Meta(extra_json_schema=...)]` for a rule
+    between fields that a Struct cannot state. `errors` are the statuses this operation
+    answers with the error envelope besides those every such operation can answer, which
+    the document adds by itself (see `error_statuses`). `also` are other success statuses
+    answering the same `response` type (e.g. 503 of /readyz); `media_type` is that of the
+    response. `static`: the answer needs no database or broker, so never 503.
+    `limit_by_ip` names the rate-limit rule of a public route (routing.ip_limits).
+    """
+
+    method: str
+    path: str  # OpenAPI form: /users/{ref}
+    summary: str
+    tag: str
+    body: Any = None
+    response: type | None = None
+    status: int = 200
+    auth: bool = True
+    errors: tuple[int, ...] = ()
+    multipart: bool = False
+    form: type | None = None  # the multipart fields' type when it differs from `body` (a form has no null)
+    query: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
+    description: str = ""
+    also: tuple[int, ...] = ()
+    media_type: str = "application/json"
+    static: bool = False
+    limit_by_ip: str | None = None  # the [ratelimit] rule a public route is counted against per client IP
+
+
+class Endpoint(msgspec.Struct, frozen=True):
+    """One method on one path: the handler that serves it and its Operation."""
+
+    handler: Handler
+    operation: Operation
+
+
+class RouteGroup(ABC):
+    """The endpoints of one area; its routes and operations are made from them."""
+
+    @abstractmethod
+    def endpoints(self) -> list[Endpoint]:
+        """Every endpoint of the group, in the order Starlette should try them (a fixed
+        path before a templated one that would also match it)."""
+
+    def routes(self) -> list[Route]:
+        # A GET route serves HEAD too (Starlette adds it).
+        return [Route(e.operation.path, e.handler, methods=[e.operation.method]) for e in self.endpoints()]
+
+    def operations(self) -> list[Operation]:
+        return [e.operation for e in self.endpoints()]
+
+
+def ip_limits(operations: Iterable[Operation]) -> dict[tuple[str, str], str]:
+    """(method, path without a trailing slash) -> the rate-limit rule counted per client IP,
+    for the operations that name one (RateLimitMiddleware's table). ValueError for a rule
+    that config.py does not know, which would otherwise limit nothing, silently."""
+    out: dict[tuple[str, str], str] = {}
+    for op in operations:
+        if op.limit_by_ip is None:
+            continue
+        if op.limit_by_ip not in DEFAULT_RATES:
+            raise ValueError(f"{op.method} {op.path}: no rate-limit rule {op.limit_by_ip!r}")
+        key = (op.method, op.path.rstrip("/") or "/")
+        if out.setdefault(key, op.limit_by_ip) != op.limit_by_ip:
+            raise ValueError(f"{op.method} {op.path} is limited by two rules")
+    return out
 
 
 def _dispatch(handlers: dict[str, Handler]) -> Handler:

@@ -8,43 +8,40 @@ import msgspec
 from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from socialhub.api.http.codec import is_form, json_response, page_request, read_json, validate
-from socialhub.api.http.openapi import Operation
+from socialhub.api.http.codec import is_form, json_response, media_type, page_request, read_json, validate
+from socialhub.api.http.openapi import PAGE_QUERY
+from socialhub.api.http.routing import Endpoint, Operation, RouteGroup
 from socialhub.api.http.security import Authenticator
 from socialhub.api.http.uploads import AVATAR_FIELDS, read_upload
 from socialhub.domain.pages import Page
-from socialhub.domain.users import User
+from socialhub.domain.users import BIO_MAX_LENGTH, DisplayName, User
 from socialhub.infra.media.base import MediaStore
 from socialhub.services.media import IMAGE_ONLY
+from socialhub.services.presence import PresenceView
 from socialhub.services.users import Counts, FollowState, UserService
 
 REF = "`ref` is a user id, `@username` or `me`."
 
-
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"\S")]
-Bio = Annotated[str, msgspec.Meta(max_length=500)]
+Bio = Annotated[str, msgspec.Meta(max_length=BIO_MAX_LENGTH)]
 
 
 class ProfilePatch(msgspec.Struct, frozen=True):
-    name: Name | None = None
+    name: DisplayName | None = None
     bio: Bio | None = None
 
 
 class ProfileForm(msgspec.Struct, frozen=True):
     """The same fields as form fields, which are text or absent (never null)."""
 
-    name: Name | UnsetType = UNSET
+    name: DisplayName | UnsetType = UNSET
     bio: Bio | UnsetType = UNSET
 
     def patch(self) -> ProfilePatch:
-        return ProfilePatch(
-            name=None if self.name is UNSET else self.name, bio=None if self.bio is UNSET else self.bio
-        )
+        return ProfilePatch(name=None if self.name is UNSET else self.name, bio=None if self.bio is UNSET else self.bio)
 
 
-class UserRoutes:
+class UserRoutes(RouteGroup):
     def __init__(
         self, users: UserService, auth: Authenticator, media: MediaStore, max_avatar_bytes: int, max_body: int
     ) -> None:
@@ -54,68 +51,61 @@ class UserRoutes:
         self.max_avatar_bytes = max_avatar_bytes
         self.max_body = max_body
 
-    def routes(self) -> list[Route]:
+    def endpoints(self) -> list[Endpoint]:
         # The fixed paths come before /users/{ref} so "counts" is never taken for a user.
         return [
-            Route("/users/me", self.profile, methods=["GET"]),
-            Route("/users/me", self.update_me, methods=["PATCH"]),
-            Route("/users/counts", self.counts, methods=["GET"]),
-            Route("/users/followers/list", self.my_followers, methods=["GET"]),
-            Route("/users/following/list", self.my_following, methods=["GET"]),
-            Route("/users/follow/{ref}", self.follow, methods=["POST"]),
-            Route("/users/follow/{ref}", self.unfollow, methods=["DELETE"]),
-            Route("/users/unfollow/{ref}", self.unfollow, methods=["POST"]),
-            Route("/users/{ref}/followers", self.followers, methods=["GET"]),
-            Route("/users/{ref}/following", self.following, methods=["GET"]),
-            Route("/users/{ref}", self.profile, methods=["GET"]),
-        ]
-
-    def operations(self) -> list[Operation]:
-        page = ("limit", "before")
-        return [
-            Operation(method="GET", path="/users/me", summary="The caller's profile", tag="users", response=User,
-                      errors=(404,)),
-            Operation(
+            Endpoint(self.profile, Operation(
+                method="GET", path="/users/me", summary="The caller's profile", tag="users", response=User,
+                errors=(404,),
+            )),
+            Endpoint(self.update_me, Operation(
                 method="PATCH", path="/users/me", summary="Edit the caller's profile", tag="users",
                 body=ProfilePatch, form=ProfileForm, response=User, multipart=True, errors=(404, 415),
                 description="JSON, or the same fields as multipart/form-data with an optional `avatar` image "
                 "(PNG, JPEG, GIF, WebP, AVIF, HEIC; recognised by its bytes; 415 for anything else).",
-            ),
-            Operation(method="GET", path="/users/counts", summary="The caller's counts", tag="users", response=Counts,
-                      errors=(404,)),
-            Operation(
+            )),
+            Endpoint(self.counts, Operation(
+                method="GET", path="/users/counts", summary="The caller's counts", tag="users", response=Counts,
+                errors=(404,),
+            )),
+            Endpoint(self.my_followers, Operation(
                 method="GET", path="/users/followers/list", summary="The caller's followers", tag="users",
-                response=Page[User], query=page, errors=(404,),
-            ),
-            Operation(
+                response=Page[User], query=PAGE_QUERY, errors=(404,),
+            )),
+            Endpoint(self.my_following, Operation(
                 method="GET", path="/users/following/list", summary="Whom the caller follows", tag="users",
-                response=Page[User], query=page, errors=(404,),
-            ),
-            Operation(
+                response=Page[User], query=PAGE_QUERY, errors=(404,),
+            )),
+            Endpoint(self.follow, Operation(
                 method="POST", path="/users/follow/{ref}", summary="Follow a user (idempotent)", tag="users",
                 response=FollowState, errors=(404, 422), description=REF + " 422 when it is the caller.",
-            ),
-            Operation(
+            )),
+            Endpoint(self.unfollow, Operation(
                 method="DELETE", path="/users/follow/{ref}", summary="Unfollow a user (idempotent)", tag="users",
                 response=FollowState, errors=(404, 422), description=REF,
-            ),
-            Operation(
+            )),
+            Endpoint(self.unfollow, Operation(
                 method="POST", path="/users/unfollow/{ref}", summary="Alias of DELETE /users/follow/{ref}",
                 tag="users", response=FollowState, errors=(404, 422),
                 description=REF + " Kept for the original clients.",
-            ),
-            Operation(
+            )),
+            Endpoint(self.followers, Operation(
                 method="GET", path="/users/{ref}/followers", summary="A user's followers", tag="users",
-                response=Page[User], query=page, errors=(404,), description=REF,
-            ),
-            Operation(
+                response=Page[User], query=PAGE_QUERY, errors=(404,), description=REF,
+            )),
+            Endpoint(self.following, Operation(
                 method="GET", path="/users/{ref}/following", summary="Whom a user follows", tag="users",
-                response=Page[User], query=page, errors=(404,), description=REF,
-            ),
-            Operation(
+                response=Page[User], query=PAGE_QUERY, errors=(404,), description=REF,
+            )),
+            Endpoint(self.presence, Operation(
+                method="GET", path="/users/{ref}/presence", summary="Whether a user is online", tag="users",
+                response=PresenceView, errors=(404,),
+                description="Online while any socket of theirs is open on any instance.",
+            )),
+            Endpoint(self.profile, Operation(
                 method="GET", path="/users/{ref}", summary="A profile", tag="users", response=User, errors=(404,),
                 description=REF + " `following`/`followed_by` are there for another user.",
-            ),
+            )),
         ]  # fmt: skip
 
     async def profile(self, request: Request) -> Response:
@@ -124,8 +114,7 @@ class UserRoutes:
 
     async def update_me(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
+        if media_type(request) == "multipart/form-data":
             upload = await read_upload(
                 request,
                 self.media,
@@ -151,19 +140,16 @@ class UserRoutes:
 
     async def follow(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        target = await self.users.resolve(viewer, request.path_params["ref"])
-        return json_response(await self.users.follow(viewer, target))
+        return json_response(await self.users.follow(viewer, request.path_params["ref"]))
 
     async def unfollow(self, request: Request) -> Response:
         viewer = await self.auth(request)
-        target = await self.users.resolve(viewer, request.path_params["ref"])
-        return json_response(await self.users.unfollow(viewer, target))
+        return json_response(await self.users.unfollow(viewer, request.path_params["ref"]))
 
     async def _list(self, request: Request, ref: str, *, followers: bool) -> Response:
         viewer = await self.auth(request)
         page = page_request(request)
-        user_id = await self.users.resolve(viewer, ref)
-        return json_response(await self.users.follow_list(viewer, user_id, followers=followers, page=page))
+        return json_response(await self.users.follow_list(viewer, ref, followers=followers, page=page))
 
     async def followers(self, request: Request) -> Response:
         return await self._list(request, request.path_params["ref"], followers=True)
@@ -179,3 +165,7 @@ class UserRoutes:
 
     async def counts(self, request: Request) -> Response:
         return json_response(await self.users.counts(await self.auth(request)))
+
+    async def presence(self, request: Request) -> Response:
+        viewer = await self.auth(request)
+        return json_response(await self.users.presence(viewer, request.path_params["ref"]))
