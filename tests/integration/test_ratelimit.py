@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
 
 from socialhub.config import Settings
 from tests.conftest import error_code, running_app, signup
+from tests.private_redis import PrivateRedis
 
 
 @pytest.mark.parametrize("redis", [False, True], ids=["memory", "redis"])
@@ -68,3 +70,18 @@ async def test_disabled_limits(make_settings: Callable[..., Settings]) -> None:
         for _ in range(3):
             r = await c.post("/auth/login", json={"identifier": "who", "password": "whatever1"})
             assert r.status_code == 401 and "ratelimit-limit" not in r.headers
+
+
+async def test_limits_let_requests_through_while_redis_is_down_and_say_so_once(
+    make_settings: Callable[..., Settings], private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(redis=private_redis.url, ratelimit={"login": "3/60s"})
+    async with running_app(settings) as c:
+        private_redis.kill()
+        with caplog.at_level(logging.WARNING, logger="socialhub.api.http.ratelimit"):
+            for _ in range(6):  # past the limit of 3: nothing counts while the store is down
+                r = await c.post("/auth/login", json={"identifier": "who", "password": "whatever1"})
+                assert r.status_code == 401, r.text
+                assert "ratelimit-limit" not in r.headers
+        told = [rec for rec in caplog.records if rec.name == "socialhub.api.http.ratelimit"]
+        assert len(told) == 1 and not told[0].exc_info, [rec.getMessage() for rec in told]

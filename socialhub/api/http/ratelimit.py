@@ -18,9 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from socialhub.api.http.errors import error_response
 from socialhub.api.http.security import bearer_token
 from socialhub.config import RateLimitSettings
-from socialhub.errors import Unauthenticated
+from socialhub.errors import Unauthenticated, Unavailable
 from socialhub.infra.kv.base import KeyValue, RateDecision
 from socialhub.services.tokens import TokenCodec
+from socialhub.supervisor import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class RateLimitMiddleware:
         it is counted against per client IP (routing.ip_limits of the routes' operations)."""
         self.app = app
         self.kv = kv
+        self._outage = OutageLog(logger, "rate limits (letting requests through)")
         self.settings = settings
         self.tokens = tokens
         self.by_ip = by_ip
@@ -94,10 +96,16 @@ class RateLimitMiddleware:
         name, subject = found
         try:
             decision = await self.kv.rate_limit(f"rl:{name}:{subject}", rate)
+        except Unavailable as exc:
+            # Redis is down: every request would fail here; say so once per outage.
+            self._outage.failed(exc)
+            await self.app(scope, receive, send)
+            return
         except Exception:
             logger.warning("rate limit store failed; letting the request through", exc_info=True)
             await self.app(scope, receive, send)
             return
+        self._outage.ok()
         headers = rate_headers(decision)
         if not decision.allowed:
             retry = max(1, math.ceil(decision.retry_after))
