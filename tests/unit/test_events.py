@@ -130,7 +130,7 @@ def test_producers_build_the_stored_parts_as_before(
 
 
 def test_an_event_cannot_carry_another_types_data() -> None:
-    with pytest.raises(TypeError, match="like.created carries LikeData"):
+    with pytest.raises(TypeError, match=r"like\.created carries LikeData"):
         NewEvent("like.created", "21", 11, PostData(post_id="21", author_id="11"))
 
 
