@@ -169,7 +169,7 @@ async def test_unreadable_outbox_rows_are_dead_lettered_at_once_and_replayed_onc
 
 
 async def test_unreadable_kafka_records_are_dead_lettered_and_garbage_is_skipped(
-    kafka_broker: TansuBroker, db: Database, conn: asyncpg.Connection
+    kafka_broker: TansuBroker, db: Database, conn: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     topics = topic_names()
     good = [
@@ -188,6 +188,8 @@ async def test_unreadable_kafka_records_are_dead_lettered_and_garbage_is_skipped
             await raw.send_and_wait(topics[POSTS], b"not json", key=b"k")
             await raw.send_and_wait(topics[POSTS], json.dumps(misfit).encode(), key=b"k")
             await raw.send_and_wait(topics[POSTS], b'{"type": "post.created"}', key=b"k")
+            # Unreadable, and not even storable: jsonb holds no U+0000. Logged and dropped.
+            await raw.send_and_wait(topics[POSTS], b'{"id": "203", "type": "post.\\u0000"}', key=b"k")
             await pub.publish(good[1:])
         finally:
             await raw.stop()
@@ -205,11 +207,13 @@ async def test_unreadable_kafka_records_are_dead_lettered_and_garbage_is_skipped
             return len(await dead_rows(conn)) == 2
 
         await wait_until(two, "the two unreadable records dead-lettered", 10.0)
+        await asyncio.sleep(0.3)  # the third would be stored by now
     assert recorder.ids() == ["101", "102", "103"]
     rows = await dead_rows(conn)
     assert [(r["consumer"], r["event_id"], r["attempts"]) for r in rows] == [("feed", 201, 1), ("feed", 202, 1)]
     assert [json.loads(r["event"]) for r in rows] == [unknown, misfit]  # as sent
     assert {r["event_id"]: r["error"] for r in rows}[201] == "unknown event type 'post.exploded'"
+    assert "could not store event 203 ('post.\\x00') as a dead letter (UntranslatableCharacterError" in caplog.text
 
     # The offsets were committed past them: the group's next reader starts after them all.
     late = Envelope(POSTS, "k", PostCreated(id="104", occurred_at="t", actor_id="1", data=PostData("104", "1")))

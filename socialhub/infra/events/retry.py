@@ -282,7 +282,7 @@ class Triage(Generic[W]):
             if is_outage(exc):
                 raise
             logger.error(
-                "consumer %s could not store event %s (%s) as a dead letter (%s); dropped",
+                "consumer %s could not store event %s (%r) as a dead letter (%s); dropped",
                 self.consumer.name,
                 envelope.event_id,
                 envelope.event_type,
