@@ -44,12 +44,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def line(d: DeadLetter) -> str:
-    e = d.envelope.event
+    e = d.envelope
     error = " ".join(d.error.split())
     if len(error) > ERROR_COLUMN:
         error = error[: ERROR_COLUMN - 1] + "…"
     return (
-        f"{d.id}  {d.status:<9}  {d.consumer:<13}  {e.type} {e.id} key={d.envelope.key}  "
+        f"{d.id}  {d.status:<9}  {d.consumer:<13}  {e.event_type} {e.event_id} key={e.key}  "
         f"tries={d.attempts}  first_failed={rfc3339(d.first_failed_at)}  dead={rfc3339(d.dead_at)}  {error}"
     )
 

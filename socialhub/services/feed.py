@@ -16,8 +16,7 @@ import time
 
 import msgspec
 
-from socialhub.domain import events
-from socialhub.domain.events import Envelope
+from socialhub.domain.events import Envelope, FollowCreated, PostCreated, PostDeleted, UnfollowCreated
 from socialhub.domain.pages import PageRequest, page_of
 from socialhub.domain.users import Principal
 from socialhub.infra.events.base import Consumer
@@ -61,19 +60,18 @@ class FeedService(Consumer):
     # -- writes (the consumer) --------------------------------------------------------
 
     async def handle(self, envelope: Envelope) -> None:
-        e = envelope.event
-        if e.type == events.POST_CREATED:
-            await self._fan_out(int(e.data["author_id"]), int(e.data["post_id"]), add=True)
-        elif e.type == events.POST_DELETED:
-            await self._fan_out(int(e.data["author_id"]), int(e.data["post_id"]), add=False)
-        elif e.type == events.FOLLOW_CREATED:
-            follower, followee = int(e.data["follower_id"]), int(e.data["followee_id"])
-            recent = await self.posts.get_recent_post_ids(followee, FOLLOW_BACKFILL, fanned_out_only=True)
-            await self.kv.timeline_add(timeline_key(follower), recent, TIMELINE_CAP)
-        elif e.type == events.UNFOLLOW_CREATED:
-            follower, followee = int(e.data["follower_id"]), int(e.data["followee_id"])
-            recent = await self.posts.get_recent_post_ids(followee, TIMELINE_CAP)
-            await self.kv.timeline_remove(timeline_key(follower), recent)
+        # Ids in events are decimal strings, checked when the event was read.
+        match envelope.event:
+            case PostCreated(data=d):
+                await self._fan_out(int(d.author_id), int(d.post_id), add=True)
+            case PostDeleted(data=d):
+                await self._fan_out(int(d.author_id), int(d.post_id), add=False)
+            case FollowCreated(data=f):
+                recent = await self.posts.get_recent_post_ids(int(f.followee_id), FOLLOW_BACKFILL, fanned_out_only=True)
+                await self.kv.timeline_add(timeline_key(int(f.follower_id)), recent, TIMELINE_CAP)
+            case UnfollowCreated(data=f):
+                recent = await self.posts.get_recent_post_ids(int(f.followee_id), TIMELINE_CAP)
+                await self.kv.timeline_remove(timeline_key(int(f.follower_id)), recent)
 
     async def _fan_out(self, author_id: int, post_id: int, *, add: bool) -> None:
         """Into the author's timeline and each active follower's (only timelines that

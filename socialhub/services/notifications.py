@@ -7,8 +7,7 @@ import logging
 
 import msgspec
 
-from socialhub.domain import events
-from socialhub.domain.events import Envelope
+from socialhub.domain.events import CommentCreated, Envelope, FollowCreated, LikeCreated, PostCreated
 from socialhub.domain.live import encode_user_event, user_channel
 from socialhub.domain.notifications import NewNotification, Notification, NotificationFrame
 from socialhub.domain.pages import Page, PageRequest, page_of
@@ -34,23 +33,23 @@ class UnreadCount(msgspec.Struct, frozen=True):
 def notification_for(envelope: Envelope) -> NewNotification | None:
     """Who an event notifies, if anyone. Nobody hears of their own action, except the
     author's `post` notification ("your post is out"), which the original system sent."""
-    e = envelope.event
-    d = e.data
-    actor = int(e.actor_id)
-    if e.type == events.POST_CREATED:
-        return NewNotification(user_id=actor, type="post", actor_id=actor, post_id=int(d["post_id"]))
-    if e.type == events.COMMENT_CREATED:
-        target = int(d["post_author_id"])
-        if target == actor:
-            return None
-        return NewNotification(
-            user_id=target, type="comment", actor_id=actor, post_id=int(d["post_id"]), comment_id=int(d["comment_id"])
-        )
-    if e.type == events.LIKE_CREATED:
-        target = int(d["post_author_id"])
-        return None if target == actor else NewNotification(target, "like", actor, post_id=int(d["post_id"]))
-    if e.type == events.FOLLOW_CREATED:
-        return NewNotification(user_id=int(d["followee_id"]), type="follow", actor_id=actor)
+    # Ids in events are decimal strings, checked when the event was read.
+    actor = int(envelope.event.actor_id)
+    match envelope.event:
+        case PostCreated(data=p):
+            return NewNotification(user_id=actor, type="post", actor_id=actor, post_id=int(p.post_id))
+        case CommentCreated(data=c):
+            target = int(c.post_author_id)
+            if target == actor:
+                return None
+            return NewNotification(
+                user_id=target, type="comment", actor_id=actor, post_id=int(c.post_id), comment_id=int(c.comment_id)
+            )
+        case LikeCreated(data=lk):
+            target = int(lk.post_author_id)
+            return None if target == actor else NewNotification(target, "like", actor, post_id=int(lk.post_id))
+        case FollowCreated(data=f):
+            return NewNotification(user_id=int(f.followee_id), type="follow", actor_id=actor)
     return None
 
 

@@ -2,6 +2,10 @@
 
 The readers insert them and replay those the CLI marked for retry; the CLI lists them
 and marks them; the metrics sampler counts those waiting.
+
+The event is stored as it was sent (the SPEC's JSON value), whether this version could
+read it or not, and read again as a typed event when it is listed or replayed: one this
+version could not read (an `Unreadable`) may well be readable by the next.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import datetime
 import asyncpg
 import msgspec
 
-from socialhub.domain.events import Envelope, Event
+from socialhub.domain.events import Envelope, Unreadable, read_event
 from socialhub.storage.database import Database
 
 # A reader that claimed a retry and died before it finished leaves the row "replaying";
@@ -26,7 +30,7 @@ WAITING = ("dead", "retry", "replaying")
 class DeadLetter(msgspec.Struct, frozen=True):
     id: int
     consumer: str
-    envelope: Envelope
+    envelope: Envelope | Unreadable
     error: str
     attempts: int
     first_failed_at: datetime.datetime
@@ -35,14 +39,14 @@ class DeadLetter(msgspec.Struct, frozen=True):
     status_at: datetime.datetime
 
 
-_COLUMNS = "id, consumer, topic, key, event, error, attempts, first_failed_at, dead_at, status, status_at"
+_COLUMNS = "id, consumer, event_id, topic, key, event, error, attempts, first_failed_at, dead_at, status, status_at"
 
 
 def _dead_letter(row: asyncpg.Record) -> DeadLetter:
     return DeadLetter(
         id=row["id"],
         consumer=row["consumer"],
-        envelope=Envelope(topic=row["topic"], key=row["key"], event=msgspec.convert(row["event"], Event)),
+        envelope=read_event(row["topic"], row["key"], row["event_id"], row["event"]),
         error=row["error"],
         attempts=row["attempts"],
         first_failed_at=row["first_failed_at"],
@@ -52,12 +56,24 @@ def _dead_letter(row: asyncpg.Record) -> DeadLetter:
     )
 
 
+def _as_sent(envelope: Envelope | Unreadable) -> object:
+    """The event's JSON value, for the jsonb column."""
+    if isinstance(envelope, Unreadable):
+        return msgspec.json.decode(envelope.value)
+    return msgspec.to_builtins(envelope.event)
+
+
 class DeadLetterStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def insert_dead_letter(
-        self, consumer: str, envelope: Envelope, error: str, attempts: int, first_failed_at: datetime.datetime
+        self,
+        consumer: str,
+        envelope: Envelope | Unreadable,
+        error: str,
+        attempts: int,
+        first_failed_at: datetime.datetime,
     ) -> int:
         """Store (or, for an event already there, update) a dead letter; its id."""
         dead_id: int = await self.db.fetchval(
@@ -68,10 +84,10 @@ class DeadLetterStore:
                     dead_at = now(), status = 'dead', status_at = now()
                 RETURNING id""",
             consumer,
-            envelope.event.event_id,
+            envelope.event_id,
             envelope.topic,
             envelope.key,
-            msgspec.to_builtins(envelope.event),
+            _as_sent(envelope),
             error,
             attempts,
             first_failed_at,

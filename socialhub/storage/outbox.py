@@ -1,10 +1,17 @@
-"""SQL for the outbox and its readers' positions."""
+"""SQL for the outbox and its readers' positions.
+
+A row holds the event's parts (topic, key, type, actor_id, data as JSON); read back, they
+are put together into the SPEC's value and read as a typed event (`events.read_event`),
+so a row this version cannot read (written by a newer one, or by hand) comes out as an
+`Unreadable` for the dead-letter machinery instead of failing the reader.
+"""
 
 from __future__ import annotations
 
 import asyncpg
+import msgspec
 
-from socialhub.domain.events import Envelope, Event, NewEvent
+from socialhub.domain.events import Envelope, NewEvent, Unreadable, read_event
 from socialhub.domain.time import rfc3339
 from socialhub.storage.database import Database
 
@@ -23,23 +30,20 @@ async def insert_event(conn: asyncpg.Connection, event: NewEvent) -> int:
         event.key,
         event.type,
         event.actor_id,
-        event.data,
+        msgspec.to_builtins(event.data),
     )
     return event_id
 
 
-def _envelope(row: asyncpg.Record) -> Envelope:
-    return Envelope(
-        topic=row["topic"],
-        key=row["key"],
-        event=Event(
-            id=str(row["id"]),
-            type=row["type"],
-            occurred_at=rfc3339(row["occurred_at"]),
-            actor_id=str(row["actor_id"]),
-            data=row["data"],
-        ),
-    )
+def _envelope(row: asyncpg.Record) -> Envelope | Unreadable:
+    value = {
+        "id": str(row["id"]),
+        "type": row["type"],
+        "occurred_at": rfc3339(row["occurred_at"]),
+        "actor_id": str(row["actor_id"]),
+        "data": row["data"],
+    }
+    return read_event(row["topic"], row["key"], row["id"], value)
 
 
 class OutboxStore:
@@ -58,9 +62,10 @@ class OutboxStore:
         assert row is not None
         return (row["xid"], row["id"])
 
-    async def get_batch(self, after: Position, limit: int) -> list[tuple[Position, Envelope]]:
+    async def get_batch(self, after: Position, limit: int) -> list[tuple[Position, Envelope | Unreadable]]:
         """Events after `after` in (xid, id) order, only from transactions older than every
-        transaction still running: nothing can later commit before them."""
+        transaction still running: nothing can later commit before them. A row that is
+        not a valid event comes as `Unreadable`, in its place."""
         rows = await self.db.fetch(
             """SELECT id, xid::text::bigint AS xid, topic, key, type, actor_id, data, occurred_at
                FROM outbox

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from socialhub.config import Settings, with_overrides
-from socialhub.domain.events import Envelope, Event
+from socialhub.domain.events import Envelope, PostCreated, PostData
 from socialhub.infra.events import retry
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.outbox import OutboxSource
@@ -265,7 +265,8 @@ class Dependent(Consumer):
         self.down: str | None = None
 
     async def handle(self, envelope: Envelope) -> None:
-        n = int(envelope.event.data["post_id"])
+        assert isinstance(envelope.event, PostCreated)
+        n = int(envelope.event.data.post_id)
         if self.down == "broken":
             raise RuntimeError("this handler fails on every event")
         if self.down == "unreachable" and n % 2 == 0:
@@ -311,6 +312,10 @@ def _true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     return run
 
 
+def post_created(n: int) -> PostCreated:
+    return PostCreated(id=str(n), occurred_at="", actor_id="1", data=PostData(post_id=str(n), author_id="1"))
+
+
 def test_the_cli_needs_numeric_ids() -> None:
     from socialhub.cli import main
 
@@ -326,10 +331,10 @@ async def test_replayed_dead_letters_are_dropped_after_the_retention_and_waiting
         store = DeadLetterStore(db)
         [first, second, third] = [
             await store.insert_dead_letter("feed", envelope, "KeyError: 'author_id'", 3, datetime.now(UTC))
-            for envelope in [Envelope("posts", str(n), Event(str(n), "post.created", "", "1", {})) for n in (1, 2, 3)]
+            for envelope in [Envelope("posts", str(n), post_created(n)) for n in (1, 2, 3)]
         ]
         # Dead-lettered again (a restart read it before its position was saved): one row.
-        again = Envelope("posts", "1", Event("1", "post.created", "", "1", {}))
+        again = Envelope("posts", "1", post_created(1))
         assert await store.insert_dead_letter("feed", again, "KeyError: 'x'", 3, datetime.now(UTC)) == first
         assert [(d.attempts, d.error) for d in await store.get_by_ids([first])] == [(6, "KeyError: 'x'")]
         assert [d.id for d in await store.update_retry_requested([first, second])] == [first, second]

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from socialhub.config import Settings
 from socialhub.domain import events
-from socialhub.domain.events import Envelope, Event
+from socialhub.domain.events import Envelope, PostCreated, PostData
 from socialhub.domain.pages import PageRequest
 from socialhub.domain.users import Principal
 from socialhub.infra.kv.memory import MemoryKV
@@ -451,8 +451,8 @@ async def test_a_rebuild_misses_no_post_committed_late_with_a_smaller_id(databas
 
             async def commit_and_consume() -> None:
                 await tx.commit()
-                data = {"post_id": str(late), "author_id": str(author)}
-                event = Event(id="1", type=events.POST_CREATED, occurred_at="", actor_id=str(author), data=data)
+                data = PostData(post_id=str(late), author_id=str(author))
+                event = PostCreated(id="1", occurred_at="", actor_id=str(author), data=data)
                 await feed.handle(Envelope(topic=events.POSTS, key=str(late), event=event))
 
             store.between = commit_and_consume

@@ -22,7 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from socialhub.domain.events import FOLLOW_CREATED, POST_CREATED, POSTS, USERS, Envelope, Event
+from socialhub.domain.events import POSTS, USERS, Envelope, FollowCreated, FollowData, PostCreated, PostData
 from socialhub.infra.events import kafka
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.kafka import KafkaPublisher, KafkaSource, PublishError
@@ -55,9 +55,13 @@ _ids = iter(range(1, 1 << 30))
 
 
 def envelope(key: str, topic: str = POSTS) -> Envelope:
-    n = next(_ids)
-    kind = POST_CREATED if topic == POSTS else FOLLOW_CREATED
-    event = Event(id=str(n), type=kind, occurred_at="2025-01-02T03:04:05.000006Z", actor_id="42", data={"k": key})
+    n = str(next(_ids))
+    when = "2025-01-02T03:04:05.000006Z"
+    event: PostCreated | FollowCreated
+    if topic == POSTS:
+        event = PostCreated(id=n, occurred_at=when, actor_id="42", data=PostData(post_id=n, author_id="42"))
+    else:
+        event = FollowCreated(id=n, occurred_at=when, actor_id="42", data=FollowData(follower_id="42", followee_id=n))
     return Envelope(topic=topic, key=key, event=event)
 
 
@@ -176,7 +180,7 @@ async def test_publish_sends_spec_value_and_key_to_the_mapped_topic(kafka_broker
         "type": "post.created",
         "occurred_at": "2025-01-02T03:04:05.000006Z",
         "actor_id": "42",
-        "data": {"k": "1001"},
+        "data": {"post_id": post.event.id, "author_id": "42"},
     }
     assert users_record.key == b"7"
     assert json.loads(users_record.value)["type"] == "follow.created"

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from socialhub.domain import events
-from socialhub.domain.events import Envelope, NewEvent
+from socialhub.domain.events import Envelope, NewEvent, PostCreated
 from socialhub.domain.pages import PageRequest
 from socialhub.domain.users import Principal
 from socialhub.infra.events.base import Consumer
@@ -226,7 +226,8 @@ class Recorder(Consumer):
         self.reached: dict[int, asyncio.Event] = {}
 
     async def handle(self, envelope: Envelope) -> None:
-        n = int(envelope.event.data["post_id"])
+        assert isinstance(envelope.event, PostCreated)
+        n = int(envelope.event.data.post_id)
         self.log.append((self.tag, n))
         if n in self.reached:
             self.reached[n].set()

@@ -11,6 +11,11 @@ feeds it. Two sources, one consumer code path:
 Delivery is at least once, in order per key; consumers make a second delivery of an
 event a no-op (unique keys, set semantics, upserts). Failures: `retry.py` (outage or poison, held
 events, dead letters and their replay).
+
+Consumers get events decoded: `envelope.event` is one of the typed events of
+`domain.events` (match on its class). A source that reads something it cannot decode
+(an unknown type, data that does not fit) hands the `Unreadable` to its `retry.Triage`,
+which dead-letters it; it never reaches a consumer.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ class Consumer(abc.ABC):
 
     @abc.abstractmethod
     async def handle(self, envelope: Envelope) -> None:
-        """Apply one event; idempotently. Raising: it is delivered again, with backoff; one
+        """Apply one (decoded) event; idempotently. Raising: it is delivered again, with backoff; one
         that keeps failing while other events pass becomes a dead letter (retry.py)."""
 
     async def handle_batch(self, batch: list[Envelope]) -> None:

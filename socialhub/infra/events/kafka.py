@@ -13,8 +13,11 @@ least once). A failing `handle` goes through a `retry.Triage`: retried in place 
 backoff; on an outage the partition is rewound to that record and read again after a
 backoff; an event that keeps failing on its own is held while the records after it go
 on, and dead-lettered once others pass (retry.py). A partition's committed offset never
-passes a held record. A record that is not a valid event is logged and skipped: it can
-never become valid, and stopping the partition for it would stop every later event with it.
+passes a held record. A record that names an event (a JSON object with a valid "id") but
+is not one this version can read (unknown type, data that does not fit) is poison: the
+triage dead-letters it at once, as it was sent. One that is not even that (not JSON, no
+id) is logged and skipped: nothing could ever read it, and stopping the partition for it
+would stop every later event with it.
 Between fetches the source replays the dead letters `socialhub events retry` asked for.
 
 Broker outages: `publish` raises (the relay keeps its outbox position and retries);
@@ -41,7 +44,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from socialhub.domain.events import Envelope, Event
+from socialhub.domain.events import Envelope, Unreadable, encode_event, event_id_of, read_event
 from socialhub.infra.events.base import Consumer, EventSource, Publisher
 from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage
 from socialhub.storage.deadletters import DeadLetterStore
@@ -68,8 +71,7 @@ MAX_BATCH = 500
 # An idle source asks the broker for metadata this often, to notice (and log) an outage.
 IDLE_CHECK_SECONDS = 5.0
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Event)
+_decoder = msgspec.json.Decoder()
 
 
 # How long the broker may hold a fetch that has no data. Apache Kafka answers as soon as
@@ -131,7 +133,7 @@ class KafkaPublisher(Publisher):
     async def publish(self, batch: list[Envelope]) -> None:
         if not batch:
             return
-        records = [(self._kafka_topic(env.topic), env.key.encode(), _encoder.encode(env.event)) for env in batch]
+        records = [(self._kafka_topic(env.topic), env.key.encode(), encode_event(env.event)) for env in batch]
         futures: list[asyncio.Future[Any]] = []
         try:
             producer = await self._connect()
@@ -417,8 +419,8 @@ class KafkaSource(EventSource):
                             logger.warning(
                                 "consumer %s failed on event %s (%s %s@%d): %r; it will be retried",
                                 self.consumer.name,
-                                envelope.event.id,
-                                envelope.event.type,
+                                envelope.event_id,
+                                envelope.event_type,
                                 tp.topic,
                                 tp.partition,
                                 exc,
@@ -467,7 +469,7 @@ class KafkaSource(EventSource):
             logger.info("kafka source %s: broker at %s reachable again", self.group_id, self.bootstrap_servers)
         self._broker_down = False
 
-    def _decode(self, record: Any) -> Envelope | None:
+    def _decode(self, record: Any) -> Envelope | Unreadable | None:
         where = f"{record.topic}[{record.partition}]@{record.offset}"
         logical = self._logical.get(record.topic)
         if logical is None:  # only subscribed topics are fetched; defensive
@@ -477,12 +479,19 @@ class KafkaSource(EventSource):
             logger.error("kafka record %s has no value; skipped", where)
             return None
         try:
-            event = _decoder.decode(record.value)
+            value = _decoder.decode(record.value)
             key = record.key.decode() if record.key is not None else ""
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             logger.error("kafka record %s is not a valid event (%s); skipped", where, exc)
             return None
-        return Envelope(topic=logical, key=key, event=event)
+        event_id = event_id_of(value)
+        if event_id is None:
+            logger.error("kafka record %s is not a valid event (no event id); skipped", where)
+            return None
+        read = read_event(logical, key, event_id, value)
+        if isinstance(read, Unreadable):
+            logger.error("kafka record %s is not a valid event (%s); poison", where, read.error)
+        return read
 
     async def _commit(self, kc: Any, offsets: dict[Any, int]) -> None:
         try:

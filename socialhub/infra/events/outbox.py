@@ -19,7 +19,7 @@ import asyncio
 import logging
 import zlib
 
-from socialhub.domain.events import Envelope
+from socialhub.domain.events import Envelope, Unreadable
 from socialhub.infra.events.base import Consumer, EventSource
 from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage, is_outage
 from socialhub.storage.database import Database
@@ -118,18 +118,19 @@ class OutboxSource(EventSource):
                 await conn.close(timeout=5)
 
     async def _deliver(
-        self, triage: Triage[Position], batch: list[tuple[Position, Envelope]], position: Position
+        self, triage: Triage[Position], batch: list[tuple[Position, Envelope | Unreadable]], position: Position
     ) -> Position:
         """Hand `batch` to the consumer; the position saved afterwards."""
-        if not triage.held:
+        envelopes = [envelope for _, envelope in batch if isinstance(envelope, Envelope)]
+        if not triage.held and len(envelopes) == len(batch):
             try:
-                await self.consumer.handle_batch([envelope for _, envelope in batch])
+                await self.consumer.handle_batch(envelopes)
             except Exception as exc:
                 triage.count_batch_failure(exc)
                 if is_outage(exc):
                     raise
             else:
-                triage.note_passed(batch[-1][1])
+                triage.note_passed(envelopes[-1])
                 await self.store.update_position(self.consumer.name, batch[-1][0])
                 return batch[-1][0]
         # Event by event (consumers are idempotent: those before the failure were

@@ -23,6 +23,12 @@ A failure is one of two things, told apart in two ways:
    the first held event and starts over after a backoff. And when such a failure ends,
    the last try of each held event passes: no dead letter either.
 
+3. **An event that cannot be read** (`Unreadable`: a type this version does not know,
+   data that does not fit its type, from the outbox or a Kafka record). It never
+   reaches the consumer and no try could change it, so it is poison at once: a dead
+   letter with one attempt, kept as it was sent. A later version that can read it
+   replays it on `socialhub events retry`; this one marks such a retry failed again.
+
 The cost: a held event's position is not saved (nor its Kafka offset committed) until
 it is settled, so after a restart it and the events after it are delivered again
 (consumers are idempotent); the check "seen working" may deliver one event twice (for
@@ -49,7 +55,7 @@ import aiokafka.errors as kafka_errors
 import asyncpg
 import redis.exceptions
 
-from socialhub.domain.events import Envelope
+from socialhub.domain.events import Envelope, Unreadable
 from socialhub.errors import Unavailable
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.metrics import DEAD_LETTERED, EVENT_ERRORS, REPLAYS
@@ -189,14 +195,17 @@ class Triage(Generic[W]):
         EVENT_ERRORS.labels(self.consumer.name, "outage" if is_outage(exc) else "event").inc()
         logger.warning("consumer %s failed on a batch: %s", self.consumer.name, describe(exc))
 
-    async def deliver(self, where: W, envelope: Envelope) -> bool:
+    async def deliver(self, where: W, envelope: Envelope | Unreadable) -> bool:
         """Handle one event. True: handled, and every event held before it settled.
-        False: it is held. Raises the consumer's error on an outage (after saying so in
-        the metrics), `ConsumerDown`, or `Stopped`."""
+        False: it is held (or events before it are). Raises the consumer's error on an
+        outage (after saying so in the metrics), `ConsumerDown`, or `Stopped`."""
+        if isinstance(envelope, Unreadable):
+            await self._unreadable(envelope)
+            return not self.held
         if self.dead_letters is None:
             failure = await self._tries(envelope, self.policy.attempts)
             if failure is not None:
-                raise RuntimeError(f"{self.consumer.name} failed on event {envelope.event.id}: {failure.error}")
+                raise RuntimeError(f"{self.consumer.name} failed on event {envelope.event_id}: {failure.error}")
             return True
         failure = await self._tries(envelope, self.policy.attempts - 1)
         if failure is None:
@@ -221,22 +230,67 @@ class Triage(Generic[W]):
                 raise
 
     async def _dead_letter(self, h: Held[W], last: Failure) -> None:
-        assert self.dead_letters is not None
         tries = h.failure.tries + last.tries
-        dead_id = await self.dead_letters.insert_dead_letter(
-            self.consumer.name, h.envelope, last.error, tries, h.failure.first_failed_at
-        )
-        DEAD_LETTERED.labels(self.consumer.name).inc()
-        e = h.envelope.event
+        dead_id = await self._store(h.envelope, last.error, tries, h.failure.first_failed_at)
+        if dead_id is None:
+            return
         logger.error(
             "consumer %s gave up on event %s (%s) after %d tries while others passed: dead letter %d (%s)",
             self.consumer.name,
-            e.id,
-            e.type,
+            h.envelope.event_id,
+            h.envelope.event_type,
             tries,
             dead_id,
             last.error,
         )
+
+    async def _unreadable(self, bad: Unreadable) -> None:
+        EVENT_ERRORS.labels(self.consumer.name, "event").inc()
+        if self.dead_letters is None:
+            logger.error(
+                "consumer %s: event %s (%r) cannot be read (%s); skipped",
+                self.consumer.name,
+                bad.event_id,
+                bad.event_type,
+                bad.error,
+            )
+            return
+        dead_id = await self._store(bad, bad.error, 1, datetime.datetime.now(datetime.UTC))
+        if dead_id is not None:
+            logger.error(
+                "consumer %s: event %s (%r) cannot be read (%s): dead letter %d",
+                self.consumer.name,
+                bad.event_id,
+                bad.event_type,
+                bad.error,
+                dead_id,
+            )
+
+    async def _store(
+        self, envelope: Envelope | Unreadable, error: str, tries: int, first_failed_at: datetime.datetime
+    ) -> int | None:
+        """Insert a dead letter; its id. None when the database refuses this one (a value
+        jsonb cannot hold, such as a U+0000 in a string of a Kafka record): it is logged
+        and dropped, since retrying could never store it and would stop the stream.
+        Raises on an outage (the reader retries)."""
+        assert self.dead_letters is not None
+        try:
+            dead_id = await self.dead_letters.insert_dead_letter(
+                self.consumer.name, envelope, error, tries, first_failed_at
+            )
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            logger.error(
+                "consumer %s could not store event %s (%r) as a dead letter (%s); dropped",
+                self.consumer.name,
+                envelope.event_id,
+                envelope.event_type,
+                describe(exc),
+            )
+            return None
+        DEAD_LETTERED.labels(self.consumer.name).inc()
+        return dead_id
 
     async def _tries(self, envelope: Envelope, count: int) -> Failure | None:
         """Up to `count` tries with backoff between them; None once one passed. An outage
@@ -248,7 +302,6 @@ class Triage(Generic[W]):
                 self.last_passed = envelope
                 return None
             except Exception as exc:
-                e = envelope.event
                 if is_outage(exc):
                     EVENT_ERRORS.labels(self.consumer.name, "outage").inc()
                     raise
@@ -258,8 +311,8 @@ class Triage(Generic[W]):
                 logger.warning(
                     "consumer %s failed on event %s (%s), try %d of %d: %s",
                     self.consumer.name,
-                    e.id,
-                    e.type,
+                    envelope.event_id,
+                    envelope.event_type,
                     n,
                     count,
                     error,
@@ -279,8 +332,17 @@ class Triage(Generic[W]):
             return
         self._replay_checked = now
         for dead in await store.claim_retries(self.consumer.name, REPLAY_BATCH):
+            if isinstance(dead.envelope, Unreadable):
+                # Still not an event this version can read: nothing to try.
+                await store.update_failed_again(dead.id, dead.envelope.error, 1)
+                REPLAYS.labels(self.consumer.name, "failed").inc()
+                logger.error(
+                    "consumer %s cannot read dead letter %d: %s", self.consumer.name, dead.id, dead.envelope.error
+                )
+                continue
+            envelope = dead.envelope
             try:
-                failure = await self._tries(dead.envelope, self.policy.attempts)
+                failure = await self._tries(envelope, self.policy.attempts)
             except BaseException as exc:
                 await _release(store, dead)
                 if isinstance(exc, Exception) and not isinstance(exc, Stopped):
