@@ -54,7 +54,7 @@ class NodeDriver:
         self._err = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([node, str(DRIVER_JS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._err)  # fmt: skip
-        self._events: queue.Queue[Event | None] = queue.Queue()
+        self._events: queue.Queue[Event | str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.send(msgspec.json.encode(job).decode())
 
@@ -62,8 +62,10 @@ class NodeDriver:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.strip():
-                with contextlib.suppress(msgspec.DecodeError):  # not one of ours: a library's warning
+                try:
                     self._events.put(decode_event(line))
+                except msgspec.DecodeError as exc:  # said when an event is awaited
+                    self._events.put(f"unreadable line ({exc}): {line[:200]!r}")
         self._events.put(None)
 
     def send(self, line: str) -> None:
@@ -80,6 +82,8 @@ class NodeDriver:
             self._err.seek(0)
             tail = self._err.read().decode(errors="replace").strip().splitlines()[-3:]
             raise RuntimeError(f"driver {self.proc.pid} ended (exit {self.proc.wait()}): {' | '.join(tail)}")
+        if isinstance(event, str):
+            raise RuntimeError(f"driver {self.proc.pid}: {event}")
         if not isinstance(event, kind):
             raise RuntimeError(f"driver {self.proc.pid}: {kind.__name__} expected, got {event}")
         return event

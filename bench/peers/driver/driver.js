@@ -27,7 +27,8 @@ const BODY = "The quick brown fox jumps over the lazy dog; a chat line of realis
 
 const nowMs = () => Number(process.hrtime.bigint()) / 1e6;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const emitLine = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+// Resolves once the line is handed to the OS: a large `done` line must not be cut off by the exit.
+const emitLine = (obj) => new Promise((resolve) => process.stdout.write(JSON.stringify(obj) + "\n", resolve));
 
 // socialhub: GET /ws, one JSON object a text frame, `type` names it, `ref` is echoed on the ack.
 class RawSocket {
@@ -240,7 +241,7 @@ async function main() {
   }
   const closed = {};
   for (const sock of sockets) if (sock.closed !== null) closed[sock.closed] = (closed[sock.closed] || 0) + 1;
-  emitLine({
+  await emitLine({
     event: "done",
     arrivals,
     sends,
