@@ -38,15 +38,16 @@ FOREIGN_CORES = 0.15
 WHAT_EACH_DOES = [
     "per message, socialhub: checks the sender is a member of the room, stores the message in PostgreSQL "
     "with a gap-free per-room seq (idempotent by client_msg_id: a repeat is acked with the stored message), "
-    "acks, publishes it to every instance through Redis, and queues a notification for members without a "
-    "socket; its sockets carry presence. Socket.IO: verifies the JWT once at `authenticate`, then per "
-    "message an RPUSH of its JSON to a Redis list and an emit to the room through the Redis adapter, and "
-    "the ack callback: no membership check, no seq, no idempotency, no notifications, nothing durable "
-    "beyond Redis",
+    "acks, publishes it to every instance through Redis, and notifies the members with no socket in the "
+    "room (none here: every member has joined); its sockets carry presence. Socket.IO: verifies the JWT "
+    "once at `authenticate`, then per message an RPUSH of its JSON to a Redis list, an emit to the room "
+    "through the Redis adapter and the ack callback: no membership check, no seq, no idempotency, no "
+    "notifications, nothing durable beyond Redis",
     "one Node driver (ws for socialhub's JSON frames, socket.io-client over the same ws package for the "
     "peer) paces, times and counts for both; a message is stamped when the driver's handler has it decoded",
-    "server CPU: utime + stime of the server process from /proc/<pid>/stat over the window, divided by the "
-    "messages sent; PostgreSQL and Redis are shown apart in each window's cores (shared services: other "
+    "server CPU: utime + stime of the server process from /proc/<pid>/stat from the first measured message "
+    "to the window's end, divided by the measured messages (the warm-up, a tenth, is left out); "
+    "PostgreSQL and Redis are shown apart in each window's cores (shared services: other "
     "people's work included)",
 ]
 
@@ -159,7 +160,7 @@ def round_section(r: RoundResult) -> Section:
         if w is None:
             continue
         figures[f"{label}: sent, measured, deliveries lost"] = f"{w.sent}, {w.measured}, {w.lost}"
-        figures[f"{label}: server CPU per message ms"] = round(w.server_cpu_s * 1000 / max(w.sent, 1), 3)
+        figures[f"{label}: server CPU per measured message ms"] = round(w.server_cpu_s * 1000 / max(w.measured, 1), 3)
         figures[f"{label}: cores over {w.wall_s:.1f} s"] = ", ".join(f"{k} {v:.2f}" for k, v in w.cores.items())
         figures[f"{label}: driver processes (share of a core)"] = ", ".join(f"{c:.0%}" for c in w.driver_cpu)
         if w.closed:

@@ -26,6 +26,10 @@ class Ready(msgspec.Struct, frozen=True, tag_field="event", tag="ready"):
     cpu_share: float
 
 
+class Warm(msgspec.Struct, frozen=True, tag_field="event", tag="warm"):
+    """The sender is past its warm-up messages: the measured part of the window begins."""
+
+
 class Sent(msgspec.Struct, frozen=True, tag_field="event", tag="sent"):
     """The sender has sent every message and has their acks (or waited long enough)."""
 
@@ -41,7 +45,7 @@ class Done(msgspec.Struct, frozen=True, tag_field="event", tag="done"):
     max_send_lag_ms: float
 
 
-Event = Ready | Sent | Done
+Event = Ready | Warm | Sent | Done
 decode_event = msgspec.json.Decoder(Event).decode
 
 
@@ -62,12 +66,12 @@ class WindowSamples(msgspec.Struct):
 
     members: int  # receivers in the room
     sent: int
-    measured: int  # sent after the warm-up
+    measured: int  # sent after the warm-up: the latencies and the CPU are of these
     latency_s: list[float]  # per measured message that every member got: send -> the last member's receipt
     each_s: list[float]  # every delivery of a measured message
     ack_s: list[float]
     lost: int  # deliveries of measured messages that never came
-    server_cpu_s: float  # the server process(es) over the window
+    server_cpu_s: float  # the server process(es) from the first measured message to the window's end
     wall_s: float
     cores: dict[str, float]  # cores used by group over the window (server, clients, postgres, redis, ...)
     driver_cpu: list[float]  # each driver process, share of one core
@@ -125,8 +129,10 @@ def idle_kib_per_socket(samples: Sequence[IdleSample]) -> float | None:
 
 
 def cpu_ms_per_message(windows: Sequence[WindowSamples]) -> float | None:
-    sent = sum(w.sent for w in windows)
-    return sum(w.server_cpu_s for w in windows) * 1000 / sent if sent else None
+    """Server CPU over the measured messages of every window (warm-up left out: a fresh
+    server compiles and fills caches on its first messages, Node's JIT most of all)."""
+    measured = sum(w.measured for w in windows)
+    return sum(w.server_cpu_s for w in windows) * 1000 / measured if measured else None
 
 
 class SideSummary(msgspec.Struct):

@@ -24,7 +24,17 @@ from typing import Any, TypeVar
 import msgspec
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from bench.peers.result import Done, Event, IdleSample, Ready, Sent, WindowSamples, decode_event, proc_cpu_seconds
+from bench.peers.result import (
+    Done,
+    Event,
+    IdleSample,
+    Ready,
+    Sent,
+    Warm,
+    WindowSamples,
+    decode_event,
+    proc_cpu_seconds,
+)
 from bench.peers.result import window_samples as samples_of
 from bench.peers.servers import DRIVER_JS, Side, rss_mib
 from bench.stats import merge_counts, percentile, split_evenly
@@ -37,7 +47,7 @@ READY_TIMEOUT_S = 300.0
 DRAIN_S = 1.0
 # Before a window: the connections settle (and the event loops go idle) first.
 SETTLE_S = 1.0
-E = TypeVar("E", Ready, Sent, Done)
+E = TypeVar("E", Ready, Warm, Sent, Done)
 
 
 class Pace(msgspec.Struct, frozen=True):
@@ -153,7 +163,8 @@ def run_messages(node: str, side: Side, tokens: list[str], members: int, pace: P
     common = {"room_id": room, "tag": tag}
     receivers = _drivers(node, side, "receiver", tokens[1 : members + 1], procs if members > 1 else 1, common)
     sender = NodeDriver(node, {"proto": side.proto, "url": side.url, "role": "sender", "tokens": tokens[:1],
-                               "messages": pace.messages, "interval_ms": pace.interval_s * 1000, **common})  # fmt: skip
+                               "messages": pace.messages, "interval_ms": pace.interval_s * 1000, "warmup": pace.warmup,
+                               **common})  # fmt: skip
     everyone = [*receivers, sender]
     try:
         _ready(receivers, members)
@@ -161,10 +172,11 @@ def run_messages(node: str, side: Side, tokens: list[str], members: int, pace: P
             raise RuntimeError(f"the sender could not connect to {side.name}")
         time.sleep(SETTLE_S)
         probe = _PidProbe({side.pid}, {d.proc.pid for d in everyone})
-        cpu0 = server_cpu_s(side.pid)
-        probe.start()
         for d in everyone:
             d.send("go")
+        sender.expect(Warm, pace.warmup * pace.interval_s + 60)
+        cpu0 = server_cpu_s(side.pid)
+        probe.start()
         sender.expect(Sent, pace.messages * pace.interval_s + 60)
         time.sleep(DRAIN_S)
         cpu = server_cpu_s(side.pid) - cpu0

@@ -12,6 +12,7 @@ from bench.peers.result import (
     Ready,
     RoundResult,
     Sent,
+    Warm,
     WindowSamples,
     comparison,
     cpu_ms_per_message,
@@ -49,6 +50,7 @@ def test_driver_lines_decode_by_event() -> None:
     ready = decode_event(b'{"event":"ready","connected":2,"errors":{},"connect_ms":[1.5,2.0],"cpu_share":0.4}')
     assert ready == Ready(2, {}, [1.5, 2.0], 0.4)
     assert isinstance(decode_event(b'{"event":"sent"}'), Sent)
+    assert isinstance(decode_event(b'{"event":"warm"}'), Warm)
     done = decode_event(
         b'{"event":"done","arrivals":{"t-0":[10.5]},"sends":{"t-0":10.0},"acks":{},'
         b'"closed":{"4401":1},"cpu_share":0.01,"max_send_lag_ms":0.2}'
@@ -74,8 +76,9 @@ def test_window_samples_in_seconds_last_member_only_when_all_got_it() -> None:
     assert lost == 1
 
 
-def _window(sent: int, cpu_s: float, latency: list[float]) -> WindowSamples:
-    return WindowSamples(members=1, sent=sent, measured=sent, latency_s=latency, each_s=latency, ack_s=[],
+def _window(sent: int, cpu_s: float, latency: list[float], measured: int | None = None) -> WindowSamples:
+    measured = sent if measured is None else measured
+    return WindowSamples(members=1, sent=sent, measured=measured, latency_s=latency, each_s=latency, ack_s=[],
                          lost=0, server_cpu_s=cpu_s, wall_s=1.0, cores={}, driver_cpu=[], closed={})  # fmt: skip
 
 
@@ -86,6 +89,8 @@ def _idle(connected: int, before: float, after: float) -> IdleSample:
 def test_cpu_and_rss_are_totals_over_rounds_not_means_of_rounds() -> None:
     assert cpu_ms_per_message([_window(100, 0.5, []), _window(300, 0.5, [])]) == pytest.approx(2.5)
     assert cpu_ms_per_message([]) is None
+    # The CPU is read from the first measured message on: it is divided by those only.
+    assert cpu_ms_per_message([_window(100, 0.9, [], measured=90)]) == pytest.approx(10.0)
     # 10 MiB over 1,000 sockets, then 10 MiB over 3,000: 20 MiB / 4,000 = 5.12 KiB a socket
     # (a mean of the rounds' ratios would say 6.83).
     assert idle_kib_per_socket([_idle(1000, 50, 60), _idle(3000, 50, 60)]) == pytest.approx(5.12)

@@ -5,10 +5,11 @@
 //
 // The Python side spawns one driver process per role and share of sockets:
 //   stdin line 1: the job, JSON {proto: "socialhub"|"socketio", url, role: "idle"|"receiver"|"sender",
-//                 tokens: [...], room_id?, tag?, messages?, interval_ms?}
+//                 tokens: [...], room_id?, tag?, messages?, interval_ms?, warmup?}
 //   stdout:       {"event": "ready", connected, errors, connect_ms, cpu_share}
 //   stdin "go":   start the window (a sender sends `messages`, one every `interval_ms`, open loop:
-//                 it never waits for acks), then {"event": "sent"} once every ack is in (or DRAIN_MS)
+//                 it never waits for acks; {"event": "warm"} just before message number `warmup`),
+//                 then {"event": "sent"} once every ack is in (or DRAIN_MS)
 //   stdin "stop": {"event": "done", arrivals, sends, acks, closed, cpu_share, max_send_lag_ms}, exit
 // Times are milliseconds of CLOCK_MONOTONIC (process.hrtime), one clock for every process of the
 // machine, so that a send stamped in the sender's process and its receipt in a receiver's compare.
@@ -184,6 +185,7 @@ async function sendPaced(sock, job, sends, acks) {
     const target = start + i * job.interval_ms;
     const delay = target - nowMs();
     if (delay > 0) await sleep(delay);
+    if (i === (job.warmup || 0)) emitLine({ event: "warm" }); // the parent's CPU window starts here
     const cmid = `${job.tag}-${i}`;
     const payload = { room_id: job.room_id, body: BODY, client_msg_id: cmid, ref: cmid };
     const t = nowMs();
