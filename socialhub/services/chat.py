@@ -89,15 +89,13 @@ class ChatService:
             raise NotFound("no such user among the members")
         direct = len(others) == 1 and not name
         key = f"{min(viewer.user_id, others[0])}:{max(viewer.user_id, others[0])}" if direct else None
-        async with self.store.db.transaction() as conn:
-            room_id, created = await self.store.insert_room(
-                conn,
-                kind="direct" if direct else "group",
-                name=name,
-                creator=viewer.user_id,
-                members=[viewer.user_id, *others],
-                direct_key=key,
-            )
+        room_id, created = await self.store.insert_room(
+            kind="direct" if direct else "group",
+            name=name,
+            creator=viewer.user_id,
+            members=[viewer.user_id, *others],
+            direct_key=key,
+        )
         room = await self.store.get_room(room_id, viewer.user_id)
         assert room is not None
         return Room.of(room), created

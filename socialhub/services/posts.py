@@ -14,18 +14,18 @@ from socialhub.errors import Forbidden, NotFound, ValidationFailed
 from socialhub.infra.media.base import MediaStore, new_media_key
 from socialhub.services.media import UploadedFile
 from socialhub.services.readcache import Invalidation, ReadCache
-from socialhub.storage.database import Database
 from socialhub.storage.outbox import insert_event
 from socialhub.storage.posts import PostStore
+from socialhub.storage.units import Units
 
 logger = logging.getLogger(__name__)
 
 
 class PostService:
     def __init__(
-        self, *, db: Database, posts: PostStore, media: MediaStore, cache: ReadCache, fanout_threshold: int
+        self, *, units: Units, posts: PostStore, media: MediaStore, cache: ReadCache, fanout_threshold: int
     ) -> None:
-        self.db = db
+        self.units = units
         self.posts = posts
         self.media = media
         self.cache = cache
@@ -67,14 +67,14 @@ class PostService:
                 key = new_media_key()
                 await self.media.commit(f.staged, key, f.content_type)
                 stored.append(NewMedia(key, f.content_type, f.size, f.width, f.height))
-            async with self.db.transaction() as conn:
+            async with self.units.begin() as uow:
                 post_id, created, fanned_out = await self.posts.insert_post(
-                    conn, viewer.user_id, content, idempotency_key, self.fanout_threshold
+                    uow, viewer.user_id, content, idempotency_key, self.fanout_threshold
                 )
                 if created:
                     if stored:
-                        await self.posts.insert_media(conn, post_id, viewer.user_id, stored)
-                    await insert_event(conn, events.post_created(viewer.user_id, post_id))
+                        await self.posts.insert_media(uow, post_id, viewer.user_id, stored)
+                    await insert_event(uow, events.post_created(viewer.user_id, post_id))
         except BaseException:
             await self._discard(files)
             await self._delete_keys([m.storage_key for m in stored])
@@ -122,10 +122,10 @@ class PostService:
         return await self._view(post_id, viewer.user_id)
 
     async def delete(self, viewer: Principal, post_id: int) -> None:
-        async with self.db.transaction() as conn:
-            keys = await self.posts.delete_post(conn, post_id, viewer.user_id)
+        async with self.units.begin() as uow:
+            keys = await self.posts.delete_post(uow, post_id, viewer.user_id)
             if keys is not None:
-                await insert_event(conn, events.post_deleted(viewer.user_id, post_id))
+                await insert_event(uow, events.post_deleted(viewer.user_id, post_id))
         if keys is None:
             if await self.posts.get_post_author(post_id) is None:
                 raise NotFound("no such post")
@@ -138,9 +138,9 @@ class PostService:
     async def comment(self, viewer: Principal, post_id: int, content: str) -> Comment:
         """A new comment (its text stripped) on the post."""
         content = content.strip()
-        async with self.db.transaction() as conn:
-            record, post_author = await self.posts.insert_comment(conn, post_id, viewer.user_id, content)
-            await insert_event(conn, events.comment_created(viewer.user_id, post_id, post_author, record.id))
+        async with self.units.begin() as uow:
+            record, post_author = await self.posts.insert_comment(uow, post_id, viewer.user_id, content)
+            await insert_event(uow, events.comment_created(viewer.user_id, post_id, post_author, record.id))
         await self.cache.changed(Invalidation(posts=[post_id]))
         return Comment.of(record)
 
@@ -175,17 +175,16 @@ class PostService:
 
     async def like(self, viewer: Principal, post_id: int) -> LikeState:
         """Idempotent; the event is written only when the like is new."""
-        async with self.db.transaction() as conn:
-            changed, count, author = await self.posts.insert_like(conn, post_id, viewer.user_id)
+        async with self.units.begin() as uow:
+            changed, count, author = await self.posts.insert_like(uow, post_id, viewer.user_id)
             if changed:
-                await insert_event(conn, events.like_created(viewer.user_id, post_id, author))
+                await insert_event(uow, events.like_created(viewer.user_id, post_id, author))
         if changed:
             await self.cache.changed(Invalidation(posts=[post_id], viewers=[viewer.user_id]))
         return LikeState(liked=True, likes_count=count)
 
     async def unlike(self, viewer: Principal, post_id: int) -> LikeState:
-        async with self.db.transaction() as conn:
-            changed, count, _ = await self.posts.delete_like(conn, post_id, viewer.user_id)
+        changed, count, _ = await self.posts.delete_like(post_id, viewer.user_id)
         if changed:
             await self.cache.changed(Invalidation(posts=[post_id], viewers=[viewer.user_id]))
         return LikeState(liked=False, likes_count=count)

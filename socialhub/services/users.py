@@ -15,8 +15,8 @@ from socialhub.infra.media.base import MediaStore, new_media_key
 from socialhub.services.media import UploadedFile
 from socialhub.services.presence import PresenceService, PresenceView
 from socialhub.services.readcache import Invalidation, ReadCache
-from socialhub.storage.database import Connection, Database
 from socialhub.storage.outbox import insert_event
+from socialhub.storage.units import UnitOfWork, Units
 from socialhub.storage.users import UserStore
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,14 @@ class UserService:
     def __init__(
         self,
         *,
-        db: Database,
+        units: Units,
         users: UserStore,
         media: MediaStore,
         media_base: str,
         cache: ReadCache,
         presence: PresenceService,
     ) -> None:
-        self.db = db
+        self.units = units
         self.users = users
         self.media = media
         self.media_base = media_base
@@ -117,11 +117,11 @@ class UserService:
         if target_id == viewer.user_id:
             raise ValidationFailed("you cannot follow yourself", fields={"id": "cannot follow yourself"})
 
-        async def follow(conn: Connection) -> None:
-            if await self.users.insert_follow(conn, viewer.user_id, target_id):
-                await insert_event(conn, events.follow_created(viewer.user_id, target_id))
+        async def follow(uow: UnitOfWork) -> None:
+            if await self.users.insert_follow(uow, viewer.user_id, target_id):
+                await insert_event(uow, events.follow_created(viewer.user_id, target_id))
 
-        await self.db.retrying(follow)
+        await self.units.retrying(follow)
         await self.cache.changed(Invalidation(viewers=[viewer.user_id]))
         return FollowState(following=True)
 
@@ -133,11 +133,11 @@ class UserService:
         if await self.users.get_user(target_id) is None:
             raise NotFound("no such user")
 
-        async def unfollow(conn: Connection) -> None:
-            if await self.users.delete_follow(conn, viewer.user_id, target_id):
-                await insert_event(conn, events.unfollow_created(viewer.user_id, target_id))
+        async def unfollow(uow: UnitOfWork) -> None:
+            if await self.users.delete_follow(uow, viewer.user_id, target_id):
+                await insert_event(uow, events.unfollow_created(viewer.user_id, target_id))
 
-        await self.db.retrying(unfollow)
+        await self.units.retrying(unfollow)
         await self.cache.changed(Invalidation(viewers=[viewer.user_id]))
         return FollowState(following=False)
 

@@ -9,6 +9,7 @@ import asyncpg
 
 from socialhub.domain.users import PasswordReset, SessionRecord
 from socialhub.storage.database import Database
+from socialhub.storage.units import UnitOfWork
 
 
 class RefreshOutcome(enum.Enum):
@@ -31,7 +32,6 @@ class AuthStore:
 
     async def insert_session(
         self,
-        conn: asyncpg.Connection,
         *,
         user_id: int,
         refresh_hash: bytes,
@@ -40,7 +40,7 @@ class AuthStore:
         ip: str,
     ) -> int:
         """A new session with its first refresh token; returns the session id."""
-        session_id: int = await conn.fetchval(
+        session_id: int = await self.db.fetchval(
             """WITH s AS (
                    INSERT INTO sessions (user_id, expires_at, user_agent, ip) VALUES ($1, $2, $3, $4)
                    RETURNING id, expires_at)
@@ -111,8 +111,8 @@ class AuthStore:
         )
         return result.endswith(" 1")
 
-    async def revoke_user_sessions(self, conn: asyncpg.Connection, user_id: int, reason: str) -> list[int]:
-        rows = await conn.fetch(
+    async def revoke_user_sessions(self, uow: UnitOfWork, user_id: int, reason: str) -> list[int]:
+        rows = await uow.fetch(
             """UPDATE sessions SET revoked_at = now(), revoke_reason = $2
                WHERE user_id = $1 AND revoked_at IS NULL RETURNING id""",
             user_id,
@@ -121,11 +121,11 @@ class AuthStore:
         return [r["id"] for r in rows]
 
     async def upsert_password_reset(
-        self, conn: asyncpg.Connection, user_id: int, otp_hash: bytes, expires_at: datetime
+        self, uow: UnitOfWork, user_id: int, otp_hash: bytes, expires_at: datetime
     ) -> None:
         """A new code replaces the user's previous one (and its try counter); the row
         stays locked until the caller's transaction ends."""
-        await conn.execute(
+        await uow.execute(
             """INSERT INTO password_resets (user_id, otp_hash, expires_at) VALUES ($1, $2, $3)
                ON CONFLICT (user_id) DO UPDATE SET otp_hash = $2, expires_at = $3, attempts = 0,
                    spent_at = NULL, created_at = now()""",
@@ -134,8 +134,8 @@ class AuthStore:
             expires_at,
         )
 
-    async def get_password_reset_for_update(self, conn: asyncpg.Connection, user_id: int) -> PasswordReset | None:
-        row = await conn.fetchrow(
+    async def get_password_reset_for_update(self, uow: UnitOfWork, user_id: int) -> PasswordReset | None:
+        row = await uow.fetchrow(
             """SELECT user_id, otp_hash, expires_at, attempts, spent_at FROM password_resets
                WHERE user_id = $1 FOR UPDATE""",
             user_id,
@@ -151,9 +151,9 @@ class AuthStore:
         )
 
     async def update_password_reset(
-        self, conn: asyncpg.Connection, user_id: int, *, attempts: int, spent: bool
+        self, uow: UnitOfWork, user_id: int, *, attempts: int, spent: bool
     ) -> None:
-        await conn.execute(
+        await uow.execute(
             """UPDATE password_resets SET attempts = $2,
                    spent_at = CASE WHEN $3 THEN now() ELSE spent_at END
                WHERE user_id = $1""",

@@ -73,28 +73,29 @@ class ChatStore:
         self.db = db
 
     async def insert_room(
-        self, conn: asyncpg.Connection, *, kind: str, name: str | None, creator: int, members: Sequence[int],
-        direct_key: str | None,
+        self, *, kind: str, name: str | None, creator: int, members: Sequence[int], direct_key: str | None
     ) -> tuple[int, bool]:
-        """(room id, created). A direct room that exists for the pair is returned instead."""
-        room_id = await conn.fetchval(
-            """INSERT INTO rooms (kind, name, direct_key, created_by) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (direct_key) DO NOTHING RETURNING id""",
-            kind,
-            name,
-            direct_key,
-            creator,
-        )
-        if room_id is None:
-            existing: int = await conn.fetchval("SELECT id FROM rooms WHERE direct_key = $1", direct_key)
-            return existing, False
-        try:
-            await conn.executemany(
-                "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)", [(room_id, m) for m in members]
+        """(room id, created), the room and its members in one transaction. A direct room
+        that exists for the pair is returned instead."""
+        async with self.db.transaction() as conn:
+            room_id = await conn.fetchval(
+                """INSERT INTO rooms (kind, name, direct_key, created_by) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (direct_key) DO NOTHING RETURNING id""",
+                kind,
+                name,
+                direct_key,
+                creator,
             )
-        except asyncpg.ForeignKeyViolationError:
-            raise NotFound("no such user among the members") from None
-        return room_id, True
+            if room_id is None:
+                existing: int = await conn.fetchval("SELECT id FROM rooms WHERE direct_key = $1", direct_key)
+                return existing, False
+            try:
+                await conn.executemany(
+                    "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)", [(room_id, m) for m in members]
+                )
+            except asyncpg.ForeignKeyViolationError:
+                raise NotFound("no such user among the members") from None
+            return room_id, True
 
     async def get_room(self, room_id: int, viewer_id: int) -> RoomRecord | None:
         row = await self.db.fetchrow(_ROOM_SELECT + " WHERE r.id = $2", viewer_id, room_id)

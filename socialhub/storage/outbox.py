@@ -14,6 +14,7 @@ import msgspec
 from socialhub.domain.events import Envelope, NewEvent, Unreadable, read_event
 from socialhub.domain.time import rfc3339
 from socialhub.storage.database import Database
+from socialhub.storage.units import UnitOfWork
 
 OUTBOX_CHANNEL = "socialhub_outbox"  # NOTIFY channel, see migrations/0002
 
@@ -22,9 +23,9 @@ Position = tuple[int, int]
 """(xid, id) of the last event a reader has handled."""
 
 
-async def insert_event(conn: asyncpg.Connection, event: NewEvent) -> int:
-    """Write `event` in the caller's transaction; it is published only if that commits."""
-    event_id: int = await conn.fetchval(
+async def insert_event(uow: UnitOfWork, event: NewEvent) -> int:
+    """Write `event` in the caller's unit of work; it is published only if that commits."""
+    event_id: int = await uow.fetchval(
         "INSERT INTO outbox (topic, key, type, actor_id, data) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         event.topic,
         event.key,

@@ -15,6 +15,7 @@ import asyncpg
 from socialhub.domain.posts import CommentRecord, MediaRecord, NewMedia, PostRecord
 from socialhub.errors import NotFound
 from socialhub.storage.database import Database
+from socialhub.storage.units import UnitOfWork
 from socialhub.storage.users import summary_from_row
 
 # Posts as anyone sees them (author, media, counters); `liked` is the viewer's and is
@@ -64,7 +65,7 @@ class PostStore:
 
     async def insert_post(
         self,
-        conn: asyncpg.Connection,
+        uow: UnitOfWork,
         author_id: int,
         content: str,
         idempotency_key: str | None,
@@ -74,7 +75,7 @@ class PostStore:
         post, False, ...). A concurrent first request with the same key makes this wait
         for its commit. The post is fanned out unless its author has `fanout_threshold`
         followers or more."""
-        row = await conn.fetchrow(
+        row = await uow.fetchrow(
             """INSERT INTO posts (author_id, content, idempotency_key, fanned_out)
                VALUES ($1, $2, $3, (SELECT followers_count < $4 FROM users WHERE id = $1))
                ON CONFLICT (author_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -85,13 +86,14 @@ class PostStore:
             fanout_threshold,
         )
         if row is not None:
-            await conn.execute("UPDATE users SET posts_count = posts_count + 1 WHERE id = $1", author_id)
+            await uow.execute("UPDATE users SET posts_count = posts_count + 1 WHERE id = $1", author_id)
             return row["id"], True, row["fanned_out"]
-        existing = await conn.fetchrow(
+        existing = await uow.fetchrow(
             "SELECT id, fanned_out FROM posts WHERE author_id = $1 AND idempotency_key = $2",
             author_id,
             idempotency_key,
         )
+        assert existing is not None  # the row the insert conflicted with
         return existing["id"], False, existing["fanned_out"]
 
     async def get_post_by_key(self, author_id: int, idempotency_key: str) -> int | None:
@@ -101,9 +103,9 @@ class PostStore:
         return found
 
     async def insert_media(
-        self, conn: asyncpg.Connection, post_id: int, owner_id: int, files: Sequence[NewMedia]
+        self, uow: UnitOfWork, post_id: int, owner_id: int, files: Sequence[NewMedia]
     ) -> None:
-        await conn.executemany(
+        await uow.executemany(
             """INSERT INTO media (post_id, owner_id, storage_key, content_type, size, width, height, position)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
             [
@@ -233,10 +235,10 @@ class PostStore:
         )
         return result.endswith(" 1")
 
-    async def delete_post(self, conn: asyncpg.Connection, post_id: int, author_id: int) -> list[str] | None:
+    async def delete_post(self, uow: UnitOfWork, post_id: int, author_id: int) -> list[str] | None:
         """Delete the author's post; the storage keys of its media, or None when there was no such post."""
-        keys = await conn.fetch("SELECT storage_key FROM media WHERE post_id = $1", post_id)
-        deleted = await conn.fetchval(
+        keys = await uow.fetch("SELECT storage_key FROM media WHERE post_id = $1", post_id)
+        deleted = await uow.fetchval(
             """WITH d AS (DELETE FROM posts WHERE id = $1 AND author_id = $2 RETURNING author_id)
                UPDATE users SET posts_count = posts_count - 1 WHERE id = (SELECT author_id FROM d) RETURNING 1""",
             post_id,
@@ -264,11 +266,11 @@ class PostStore:
     # -- comments ---------------------------------------------------------------
 
     async def insert_comment(
-        self, conn: asyncpg.Connection, post_id: int, author_id: int, content: str
+        self, uow: UnitOfWork, post_id: int, author_id: int, content: str
     ) -> tuple[CommentRecord, int]:
         """The comment and the post's author; NotFound when the post is gone."""
         try:
-            row = await conn.fetchrow(
+            row = await uow.fetchrow(
                 """WITH p AS (UPDATE posts SET comments_count = comments_count + 1 WHERE id = $1
                               RETURNING author_id AS post_author_id),
                         c AS (INSERT INTO comments (post_id, author_id, content)
@@ -335,14 +337,17 @@ class PostStore:
 
     # -- likes ------------------------------------------------------------------
 
-    async def insert_like(self, conn: asyncpg.Connection, post_id: int, user_id: int) -> tuple[bool, int, int]:
+    async def insert_like(self, uow: UnitOfWork, post_id: int, user_id: int) -> tuple[bool, int, int]:
         """(changed, likes_count, post author); NotFound when the post is gone."""
-        return await self._like(conn, post_id, user_id, like=True)
+        return await self._like(uow, post_id, user_id, like=True)
 
-    async def delete_like(self, conn: asyncpg.Connection, post_id: int, user_id: int) -> tuple[bool, int, int]:
-        return await self._like(conn, post_id, user_id, like=False)
+    async def delete_like(self, post_id: int, user_id: int) -> tuple[bool, int, int]:
+        """As `insert_like`, in a statement of its own: an unlike writes no event."""
+        return await self._like(self.db, post_id, user_id, like=False)
 
-    async def _like(self, conn: asyncpg.Connection, post_id: int, user_id: int, *, like: bool) -> tuple[bool, int, int]:
+    async def _like(
+        self, on: Database | UnitOfWork, post_id: int, user_id: int, *, like: bool
+    ) -> tuple[bool, int, int]:
         change = (
             """INSERT INTO likes (post_id, user_id) SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM posts WHERE id = $1)
                ON CONFLICT DO NOTHING RETURNING 1"""
@@ -351,7 +356,7 @@ class PostStore:
         )
         sign = "+" if like else "-"
         try:
-            row: Any = await conn.fetchrow(
+            row: Any = await on.fetchrow(
                 f"""WITH l AS ({change}),
                         p AS (UPDATE posts SET likes_count = likes_count {sign} (SELECT count(*) FROM l)::int
                               WHERE id = $1 RETURNING likes_count, author_id)

@@ -11,6 +11,7 @@ import asyncpg
 from socialhub.domain.users import FollowEntry, Relation, UserRecord, UserSummary
 from socialhub.errors import Conflict, NotFound
 from socialhub.storage.database import Database
+from socialhub.storage.units import UnitOfWork
 
 USER_COLUMNS = (
     "u.id, u.username, u.email, u.name, u.bio, u.avatar_url, u.password_hash, "
@@ -128,12 +129,12 @@ class UserStore:
         )
         return (user_from_row(row), row["replaced_key"]) if row else None
 
-    async def update_password(self, conn: asyncpg.Connection, user_id: int, password_hash: str) -> None:
-        await conn.execute(
+    async def update_password(self, uow: UnitOfWork, user_id: int, password_hash: str) -> None:
+        await uow.execute(
             "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", user_id, password_hash
         )
 
-    async def insert_follow(self, conn: asyncpg.Connection, follower_id: int, followee_id: int) -> bool:
+    async def insert_follow(self, uow: UnitOfWork, follower_id: int, followee_id: int) -> bool:
         """Follow (or revive a soft-deleted follow). True when the state changed; NotFound
         when either user does not exist.
 
@@ -145,13 +146,13 @@ class UserStore:
         follows row's foreign keys hold in the other transaction, and deadlock there.
         """
         try:
-            changed = await self._insert_follow(conn, follower_id, followee_id)
+            changed = await self._insert_follow(uow, follower_id, followee_id)
         except asyncpg.ForeignKeyViolationError:
             raise NotFound("no such user") from None
         return bool(changed)
 
-    async def _insert_follow(self, conn: asyncpg.Connection, follower_id: int, followee_id: int) -> Any:
-        return await conn.fetchval(
+    async def _insert_follow(self, uow: UnitOfWork, follower_id: int, followee_id: int) -> Any:
+        return await uow.fetchval(
             """WITH f AS (
                    INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2)
                    ON CONFLICT (follower_id, followee_id) DO UPDATE
@@ -172,9 +173,9 @@ class UserStore:
             followee_id,
         )
 
-    async def delete_follow(self, conn: asyncpg.Connection, follower_id: int, followee_id: int) -> bool:
+    async def delete_follow(self, uow: UnitOfWork, follower_id: int, followee_id: int) -> bool:
         """Unfollow (a soft delete). True when the state changed."""
-        changed = await conn.fetchval(
+        changed = await uow.fetchval(
             """WITH f AS (
                    UPDATE follows SET deleted_at = now()
                    WHERE follower_id = $1 AND followee_id = $2 AND deleted_at IS NULL

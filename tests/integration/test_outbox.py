@@ -35,6 +35,7 @@ from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
 from socialhub.storage.outbox import OutboxStore, Position, insert_event
 from socialhub.storage.posts import PostStore
+from socialhub.storage.units import UnitOfWork, Units
 from tests.conftest import REDIS_URL, fresh_database, signup
 
 DEADLINE = 10.0
@@ -174,16 +175,16 @@ def synthetic(n: int) -> NewEvent:
 
 async def emit(db: Database, *ns: int) -> list[int]:
     """Commit one transaction writing these events; their ids."""
-    async with db.transaction() as conn:
-        return [await insert_event(conn, synthetic(n)) for n in ns]
+    async with Units(db).begin() as uow:
+        return [await insert_event(uow, synthetic(n)) for n in ns]
 
 
 async def test_a_rolled_back_transaction_leaves_no_event(db: Database) -> None:
     store = OutboxStore(db)
     start = await outbox_head(db)
     with pytest.raises(RuntimeError):
-        async with db.transaction() as conn:
-            await insert_event(conn, synthetic(1))
+        async with Units(db).begin() as uow:
+            await insert_event(uow, synthetic(1))
             raise RuntimeError("the change failed after its event was written")
     (kept,) = await emit(db, 2)
     got = await read_all(store, start, 1)
@@ -200,7 +201,7 @@ async def test_an_event_committed_late_by_an_older_transaction_is_not_skipped(db
         try:
             await t1.fetchval("SELECT pg_current_xact_id()")  # T1 gets the older xid
             (second,) = await emit(db, 2)  # T2 commits first
-            (first,) = [await insert_event(t1, synthetic(1))]  # ... and has the smaller id
+            (first,) = [await insert_event(UnitOfWork(t1), synthetic(1))]  # ... and has the smaller id
             assert first > second
             await asyncio.sleep(0.05)
             # A reader that took T2's event now would move past T1's xid and skip T1's.
@@ -372,9 +373,9 @@ async def make_user(db: Database, name: str) -> int:
 
 async def envelopes_of(db: Database, *new: NewEvent) -> list[Envelope]:
     start = await outbox_head(db)
-    async with db.transaction() as conn:
+    async with Units(db).begin() as uow:
         for e in new:
-            await insert_event(conn, e)
+            await insert_event(uow, e)
     return [env for _, env in await read_all(OutboxStore(db), start, len(new))]
 
 
@@ -388,7 +389,7 @@ async def test_an_event_delivered_twice_makes_one_notification(db: Database) -> 
         pushed.append(payload)
 
     sub = await pubsub.subscribe(f"user:{author}", got)
-    service = NotificationService(db=db, store=NotificationStore(db), pubsub=pubsub)
+    service = NotificationService(store=NotificationStore(db), pubsub=pubsub)
     try:
         post_id = await db.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'x') RETURNING id", author)
         follow, like = await envelopes_of(
