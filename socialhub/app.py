@@ -264,7 +264,12 @@ def create_app(settings: Settings) -> Starlette:
         max_viewers=settings.feed.cache_viewers,
     )
     posts = PostService(
-        units=Units(db), posts=post_store, media=media, cache=cache, fanout_threshold=settings.feed.fanout_threshold
+        units=Units(db),
+        posts=post_store,
+        users=user_store,
+        media=media,
+        cache=cache,
+        fanout_threshold=settings.feed.fanout_threshold,
     )
     feed = FeedService(posts=post_store, kv=kv, cache=cache)
     notifications = NotificationService(store=NotificationStore(db), pubsub=pubsub)
@@ -280,7 +285,11 @@ def create_app(settings: Settings) -> Starlette:
         units=Units(db), users=user_store, media=media, media_base=media_base, cache=cache, presence=presence
     )
     chat = ChatService(
-        store=ChatStore(db), pubsub=pubsub, notify=notifications.notify, joined_users=presence.joined_users
+        store=ChatStore(db),
+        users=user_store,
+        pubsub=pubsub,
+        notify=notifications.notify,
+        joined_users=presence.joined_users,
     )
 
     async def online(user_ids: Sequence[int]) -> dict[int, bool]:
@@ -291,7 +300,7 @@ def create_app(settings: Settings) -> Starlette:
         publish=pubsub.publish,
         notify=notifications.notify,
         online=online,
-        user_exists=user_store.user_exists,
+        existing_users=user_store.get_existing_user_ids,
         ring_timeout=settings.calls.ring_timeout,
         stun_urls=settings.calls.stun_urls,
         turn_urls=settings.calls.turn_urls,

@@ -144,9 +144,10 @@ class AccountService:
         if not refresh_token or len(refresh_token) > 256:
             raise Unauthenticated("invalid refresh token")
         new = secrets.token_urlsafe(32)
-        outcome, session = await self.auth.rotate_refresh(
+        rotation = await self.auth.update_refresh_token(
             _hash_refresh(refresh_token), _hash_refresh(new), utcnow() + timedelta(seconds=self.refresh_ttl)
         )
+        outcome, session = rotation.outcome, rotation.session
         if outcome is RefreshOutcome.REPLAYED and session is not None:
             logger.warning("refresh token replayed; session %s revoked", session.id)
             await self.guard.revoked(session.user_id, [session.id])
@@ -155,7 +156,7 @@ class AccountService:
         return TokenPair(token=self.tokens.issue(session.user_id, session.id), refresh_token=new)
 
     async def logout(self, principal: Principal) -> None:
-        await self.auth.revoke_session(principal.session_id, "logout")
+        await self.auth.update_session_revoked(principal.session_id, "logout")
         await self.guard.revoked(principal.user_id, [principal.session_id])
 
     async def me(self, principal: Principal) -> User:
@@ -231,7 +232,7 @@ class AccountService:
                 await self.auth.update_password_reset(uow, user.id, attempts=attempts, spent=spent)
                 if ok:
                     await self.users.update_password(uow, user.id, new_hash)
-                    revoked = await self.auth.revoke_user_sessions(uow, user.id, "password_reset")
+                    revoked = await self.auth.update_user_sessions_revoked(uow, user.id, "password_reset")
         if not ok:
             raise BadRequest(BAD_CODE)
         await self.guard.revoked(user.id, revoked)

@@ -90,4 +90,4 @@ class NotificationService(Consumer):
 
     async def mark_read(self, viewer: Principal, ids: list[int] | None) -> None:
         """Mark the viewer's notifications among `ids` read; all of them when `ids` is None."""
-        await self.store.mark_read(viewer.user_id, ids)
+        await self.store.update_read(viewer.user_id, ids)

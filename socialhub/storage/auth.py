@@ -6,6 +6,7 @@ import enum
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
 from socialhub.domain.users import PasswordReset, SessionRecord
 from socialhub.storage.database import Database
@@ -16,6 +17,12 @@ class RefreshOutcome(enum.Enum):
     ROTATED = "rotated"
     REPLAYED = "replayed"  # a spent token came back: the session is now revoked
     INVALID = "invalid"  # unknown, expired, or its session is revoked or expired
+
+
+class Rotation(msgspec.Struct, frozen=True):
+    outcome: RefreshOutcome
+    session: SessionRecord | None
+    """The token's session, when the token was found."""
 
 
 def _session(row: asyncpg.Record) -> SessionRecord:
@@ -60,9 +67,9 @@ class AuthStore:
         )
         return _session(row) if row else None
 
-    async def rotate_refresh(
+    async def update_refresh_token(
         self, old_hash: bytes, new_hash: bytes, expires_at: datetime
-    ) -> tuple[RefreshOutcome, SessionRecord | None]:
+    ) -> Rotation:
         """Spend `old_hash` and issue `new_hash` in one transaction.
 
         A token already spent is a replay: whoever holds it may be a thief, so the
@@ -71,25 +78,25 @@ class AuthStore:
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(
                 """SELECT t.used_at, t.expires_at AS token_expires_at,
-                          s.id, s.user_id, s.expires_at, s.revoked_at
+                          s.id, s.user_id, s.expires_at, s.revoked_at, now() AS now
                    FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
                    WHERE t.token_hash = $1 FOR UPDATE OF t, s""",
                 old_hash,
             )
             if row is None:
-                return RefreshOutcome.INVALID, None
+                return Rotation(RefreshOutcome.INVALID, None)
             session = _session(row)
-            now = await conn.fetchval("SELECT now()")
+            now = row["now"]  # the transaction's time, as now() in the statements below
             if session.revoked_at is not None or session.expires_at <= now:
-                return RefreshOutcome.INVALID, session
+                return Rotation(RefreshOutcome.INVALID, session)
             if row["used_at"] is not None:
                 await conn.execute(
                     "UPDATE sessions SET revoked_at = now(), revoke_reason = 'refresh_replay' WHERE id = $1",
                     session.id,
                 )
-                return RefreshOutcome.REPLAYED, session
+                return Rotation(RefreshOutcome.REPLAYED, session)
             if row["token_expires_at"] <= now:
-                return RefreshOutcome.INVALID, session
+                return Rotation(RefreshOutcome.INVALID, session)
             await conn.execute("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1", old_hash)
             await conn.execute(
                 "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES ($1, $2, $3)",
@@ -101,9 +108,10 @@ class AuthStore:
             await conn.execute(
                 "UPDATE sessions SET expires_at = $2, last_used_at = now() WHERE id = $1", session.id, expires_at
             )
-            return RefreshOutcome.ROTATED, session
+            return Rotation(RefreshOutcome.ROTATED, session)
 
-    async def revoke_session(self, session_id: int, reason: str) -> bool:
+    async def update_session_revoked(self, session_id: int, reason: str) -> bool:
+        """Whether it was live until now."""
         result = await self.db.execute(
             "UPDATE sessions SET revoked_at = now(), revoke_reason = $2 WHERE id = $1 AND revoked_at IS NULL",
             session_id,
@@ -111,7 +119,8 @@ class AuthStore:
         )
         return result.endswith(" 1")
 
-    async def revoke_user_sessions(self, uow: UnitOfWork, user_id: int, reason: str) -> list[int]:
+    async def update_user_sessions_revoked(self, uow: UnitOfWork, user_id: int, reason: str) -> list[int]:
+        """The ids of the sessions this ended."""
         rows = await uow.fetch(
             """UPDATE sessions SET revoked_at = now(), revoke_reason = $2
                WHERE user_id = $1 AND revoked_at IS NULL RETURNING id""",
@@ -123,8 +132,8 @@ class AuthStore:
     async def upsert_password_reset(
         self, uow: UnitOfWork, user_id: int, otp_hash: bytes, expires_at: datetime
     ) -> None:
-        """A new code replaces the user's previous one (and its try counter); the row
-        stays locked until the caller's transaction ends."""
+        """A new code replaces the user's previous one (and its try counter): an upsert,
+        the table holds one row per user. The row stays locked until the unit ends."""
         await uow.execute(
             """INSERT INTO password_resets (user_id, otp_hash, expires_at) VALUES ($1, $2, $3)
                ON CONFLICT (user_id) DO UPDATE SET otp_hash = $2, expires_at = $3, attempts = 0,

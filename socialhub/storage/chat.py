@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
 from socialhub.domain.chat import MessageRecord, RoomRecord
 from socialhub.domain.users import UserSummary
@@ -29,6 +30,18 @@ _ROOM_SELECT = """
             WHERE m.room_id = r.id AND m.seq = r.last_seq) AS last_message
     FROM rooms r JOIN room_members me ON me.room_id = r.id AND me.user_id = $1
 """
+
+
+class InsertedRoom(msgspec.Struct, frozen=True):
+    id: int
+    created: bool
+    """False for the direct room the pair already had."""
+
+
+class InsertedMessage(msgspec.Struct, frozen=True):
+    message: MessageRecord
+    created: bool
+    """False for a resend: `message` is the first one with its client_msg_id."""
 
 
 def message_from_row(row: asyncpg.Record) -> MessageRecord:
@@ -74,9 +87,9 @@ class ChatStore:
 
     async def insert_room(
         self, *, kind: str, name: str | None, creator: int, members: Sequence[int], direct_key: str | None
-    ) -> tuple[int, bool]:
-        """(room id, created), the room and its members in one transaction. A direct room
-        that exists for the pair is returned instead."""
+    ) -> InsertedRoom:
+        """The room and its members, in one transaction; a direct room that exists for the
+        pair is returned instead."""
         async with self.db.transaction() as conn:
             room_id = await conn.fetchval(
                 """INSERT INTO rooms (kind, name, direct_key, created_by) VALUES ($1, $2, $3, $4)
@@ -88,14 +101,14 @@ class ChatStore:
             )
             if room_id is None:
                 existing: int = await conn.fetchval("SELECT id FROM rooms WHERE direct_key = $1", direct_key)
-                return existing, False
+                return InsertedRoom(existing, False)
             try:
                 await conn.executemany(
                     "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)", [(room_id, m) for m in members]
                 )
             except asyncpg.ForeignKeyViolationError:
                 raise NotFound("no such user among the members") from None
-            return room_id, True
+            return InsertedRoom(room_id, True)
 
     async def get_room(self, room_id: int, viewer_id: int) -> RoomRecord | None:
         row = await self.db.fetchrow(_ROOM_SELECT + " WHERE r.id = $2", viewer_id, room_id)
@@ -118,7 +131,7 @@ class ChatStore:
         value = await self.db.fetchval("SELECT extract(epoch FROM last_activity_at) FROM rooms WHERE id = $1", room_id)
         return float(value) if value is not None else None
 
-    async def is_member(self, room_id: int, user_id: int) -> bool:
+    async def get_is_member(self, room_id: int, user_id: int) -> bool:
         return bool(
             await self.db.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)", room_id, user_id
@@ -131,8 +144,8 @@ class ChatStore:
 
     async def insert_message(
         self, room_id: int, sender_id: int, body: str, client_msg_id: str
-    ) -> tuple[MessageRecord, bool] | None:
-        """(message, created), or None when the sender is not a member.
+    ) -> InsertedMessage | None:
+        """None when the sender is not a member.
 
         One autocommit statement: `socialhub_send_message` (migrations/0006) locks the
         room row, so sends in one room are serialised and seq has no gap, and a resend
@@ -143,7 +156,7 @@ class ChatStore:
         )
         if row is None:
             return None
-        return message_from_row(row), bool(row["created"])
+        return InsertedMessage(message_from_row(row), bool(row["created"]))
 
     async def get_messages_after(self, room_id: int, after_seq: int, limit: int) -> list[MessageRecord]:
         """Messages with seq > after_seq, oldest first (replay)."""
@@ -183,7 +196,3 @@ class ChatStore:
             seq,
         )
         return value
-
-    async def users_exist(self, ids: Sequence[int]) -> set[int]:
-        rows = await self.db.fetch("SELECT id FROM users WHERE id = ANY($1::bigint[])", list(ids))
-        return {r["id"] for r in rows}

@@ -117,7 +117,7 @@ class DeadLetterStore:
         )
         return sorted((_dead_letter(r) for r in rows), key=lambda d: d.id)
 
-    async def claim_retries(self, consumer: str, limit: int) -> list[DeadLetter]:
+    async def update_claimed_retries(self, consumer: str, limit: int) -> list[DeadLetter]:
         """Take up to `limit` of `consumer`'s retry requests for this reader (one reader
         each, across instances), oldest first."""
         rows = await self.db.fetch(

@@ -75,7 +75,7 @@ class NotificationStore:
         )
         return count
 
-    async def mark_read(self, user_id: int, ids: list[int] | None) -> None:
+    async def update_read(self, user_id: int, ids: list[int] | None) -> None:
         """Mark these (or, with None, all) of the user's notifications read."""
         await self.db.execute(
             """UPDATE notifications SET read_at = now()

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from socialhub.domain.users import FollowEntry, Relation, UserRecord, UserSummary
 from socialhub.errors import Conflict, NotFound
@@ -24,6 +25,24 @@ RELATION_COLUMNS = (
     "EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = u.id AND f.followee_id = $2"
     " AND f.deleted_at IS NULL) AS rel_followed_by"
 )
+
+
+class Profile(msgspec.Struct, frozen=True):
+    """A user and how the viewer relates to them."""
+
+    user: UserRecord
+    relation: Relation
+
+
+class NewAvatar(msgspec.Struct, frozen=True):
+    url: str
+    media_key: str
+
+
+class ProfileUpdate(msgspec.Struct, frozen=True):
+    user: UserRecord
+    replaced_avatar_key: str | None
+    """The media key of the avatar a new one replaced (the caller deletes that file)."""
 
 
 def user_from_row(row: asyncpg.Record) -> UserRecord:
@@ -94,14 +113,14 @@ class UserStore:
 
     async def get_profile(
         self, viewer_id: int, *, user_id: int | None = None, username: str | None = None
-    ) -> tuple[UserRecord, Relation] | None:
+    ) -> Profile | None:
         """A user by id or username, with the viewer's relation to them, in one round trip."""
         where = "u.id = $1" if user_id is not None else "lower(u.username) = lower($1)"
         key: Any = user_id if user_id is not None else username
         row = await self.db.fetchrow(
             f"SELECT {USER_COLUMNS}, {RELATION_COLUMNS} FROM users u WHERE {where}", key, viewer_id
         )
-        return (user_from_row(row), _relation(row)) if row else None
+        return Profile(user_from_row(row), _relation(row)) if row else None
 
     async def update_profile(
         self,
@@ -109,11 +128,9 @@ class UserStore:
         *,
         name: str | None,
         bio: str | None,
-        avatar: tuple[str, str] | None = None,
-    ) -> tuple[UserRecord, str | None] | None:
-        """Change what is given; `avatar` is (url, media key). Returns the user and the
-        media key of the avatar this replaced, if any (the caller deletes that file)."""
-        avatar_url, avatar_key = avatar if avatar else (None, None)
+        avatar: NewAvatar | None = None,
+    ) -> ProfileUpdate | None:
+        """Change what is given; None when there is no such user."""
         row = await self.db.fetchrow(
             f"""WITH old AS (SELECT avatar_key FROM users WHERE id = $1 FOR UPDATE)
                 UPDATE users u SET name = coalesce($2, u.name), bio = coalesce($3, u.bio),
@@ -124,10 +141,10 @@ class UserStore:
             user_id,
             name,
             bio,
-            avatar_url,
-            avatar_key,
+            avatar.url if avatar else None,
+            avatar.media_key if avatar else None,
         )
-        return (user_from_row(row), row["replaced_key"]) if row else None
+        return ProfileUpdate(user_from_row(row), row["replaced_key"]) if row else None
 
     async def update_password(self, uow: UnitOfWork, user_id: int, password_hash: str) -> None:
         await uow.execute(
@@ -222,5 +239,7 @@ class UserStore:
         )
         return {r["id"]: r["last_seen_at"] for r in rows}
 
-    async def user_exists(self, user_id: int) -> bool:
-        return bool(await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))
+    async def get_existing_user_ids(self, user_ids: Sequence[int]) -> set[int]:
+        """Those of `user_ids` that are users."""
+        rows = await self.db.fetch("SELECT id FROM users WHERE id = ANY($1::bigint[])", list(user_ids))
+        return {r["id"] for r in rows}
