@@ -105,13 +105,7 @@ class ChatService:
         return Room.of(room), inserted.created
 
     async def rooms(self, viewer: Principal, page: PageRequest) -> Page[Room]:
-        before = None
-        if page.before is not None:
-            activity = await self.store.get_activity(page.before)
-            if activity is None:
-                return Page(items=[], next=None)
-            before = (activity, page.before)
-        records = await self.store.get_rooms(viewer.user_id, before, page.limit)
+        records = await self.store.get_rooms(viewer.user_id, page.before, page.limit)
         return page_of([Room.of(r) for r in records], [r.id for r in records], page.limit)
 
     async def check_member(self, viewer_id: int, room_id: int) -> None:

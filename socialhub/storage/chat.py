@@ -114,15 +114,16 @@ class ChatStore:
         row = await self.db.fetchrow(_ROOM_SELECT + " WHERE r.id = $2", viewer_id, room_id)
         return _room(row) if row else None
 
-    async def get_rooms(self, viewer_id: int, before: tuple[float, int] | None, limit: int) -> list[RoomRecord]:
-        """The viewer's rooms, most recent activity first."""
+    async def get_rooms(self, viewer_id: int, before: int | None, limit: int) -> list[RoomRecord]:
+        """The viewer's rooms, most recent activity first, from the one after room `before`
+        (none when that room is gone)."""
         rows = await self.db.fetch(
             _ROOM_SELECT
-            + """ WHERE ($2::float8 IS NULL OR (extract(epoch FROM r.last_activity_at), r.id) < ($2, $3))
-                  ORDER BY r.last_activity_at DESC, r.id DESC LIMIT $4""",
+            + """ WHERE ($2::bigint IS NULL
+                         OR (r.last_activity_at, r.id) < ((SELECT b.last_activity_at FROM rooms b WHERE b.id = $2), $2))
+                  ORDER BY r.last_activity_at DESC, r.id DESC LIMIT $3""",
             viewer_id,
-            before[0] if before else None,
-            before[1] if before else 0,
+            before,
             limit,
         )
         return [_room(r) for r in rows]
