@@ -23,9 +23,6 @@ from socialhub.storage.database import Database
 # backoffs of seconds each), so a live reader is never raced.
 CLAIM_TIMEOUT_SECONDS = 600.0
 
-# Statuses that still wait for something (everything but "replayed").
-WAITING = ("dead", "retry", "replaying")
-
 
 class DeadLetter(msgspec.Struct, frozen=True):
     id: int
