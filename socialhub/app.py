@@ -81,6 +81,7 @@ from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
 from socialhub.storage.outbox import OutboxStore
 from socialhub.storage.posts import PostStore
+from socialhub.storage.units import Units
 from socialhub.storage.users import UserStore
 from socialhub.supervisor import Supervisor
 
@@ -241,7 +242,7 @@ def create_app(settings: Settings) -> Starlette:
         parallelism=settings.auth.argon2_parallelism,
     )
     accounts = AccountService(
-        db=db,
+        units=Units(db),
         users=user_store,
         auth=auth_store,
         passwords=passwords,
@@ -263,10 +264,15 @@ def create_app(settings: Settings) -> Starlette:
         max_viewers=settings.feed.cache_viewers,
     )
     posts = PostService(
-        db=db, posts=post_store, media=media, cache=cache, fanout_threshold=settings.feed.fanout_threshold
+        units=Units(db),
+        posts=post_store,
+        users=user_store,
+        media=media,
+        cache=cache,
+        fanout_threshold=settings.feed.fanout_threshold,
     )
     feed = FeedService(posts=post_store, kv=kv, cache=cache)
-    notifications = NotificationService(db=db, store=NotificationStore(db), pubsub=pubsub)
+    notifications = NotificationService(store=NotificationStore(db), pubsub=pubsub)
     sources, publisher = make_event_sources(settings, db, [feed, notifications])
     presence = PresenceService(
         kv,
@@ -275,9 +281,15 @@ def create_app(settings: Settings) -> Starlette:
         save_last_seen=user_store.update_last_seen,
         load_last_seen=user_store.get_last_seen,
     )
-    users = UserService(db=db, users=user_store, media=media, media_base=media_base, cache=cache, presence=presence)
+    users = UserService(
+        units=Units(db), users=user_store, media=media, media_base=media_base, cache=cache, presence=presence
+    )
     chat = ChatService(
-        store=ChatStore(db), pubsub=pubsub, notify=notifications.notify, joined_users=presence.joined_users
+        store=ChatStore(db),
+        users=user_store,
+        pubsub=pubsub,
+        notify=notifications.notify,
+        joined_users=presence.joined_users,
     )
 
     async def online(user_ids: Sequence[int]) -> dict[int, bool]:
@@ -288,7 +300,7 @@ def create_app(settings: Settings) -> Starlette:
         publish=pubsub.publish,
         notify=notifications.notify,
         online=online,
-        user_exists=user_store.user_exists,
+        existing_users=user_store.get_existing_user_ids,
         ring_timeout=settings.calls.ring_timeout,
         stun_urls=settings.calls.stun_urls,
         turn_urls=settings.calls.turn_urls,

@@ -167,7 +167,7 @@ class FeedService(Consumer):
         if marked is not None and now - marked < ACTIVITY_WRITE_EVERY:
             return
         if await self.kv.set_if_absent(f"active:{user_id}", b"1", ACTIVITY_WRITE_EVERY):
-            await self.posts.touch_active(user_id)
+            await self.posts.update_last_active(user_id)
             await self.kv.timeline_touch(timeline_key(user_id), ACTIVE_WINDOW)
         # Only once it is done: a store that failed is asked again on the next read.
         self._marked[user_id] = now

@@ -276,10 +276,11 @@ class ReadCache:
         fills = self._fills
         since = fills.begin()
         try:
-            followees, liked = await self.store.get_viewer_state(user_id, LIKED_WINDOW)
+            viewer = await self.store.get_viewer(user_id, LIKED_WINDOW)
+            liked = viewer.liked_post_ids
             # `liked` is newest first: with a full window, older likes are not known here.
             floor = liked[-1] if len(liked) >= LIKED_WINDOW else 0
-            state = ViewerState(user_id, frozenset(followees), frozenset(liked), floor, now + TTL)
+            state = ViewerState(user_id, frozenset(viewer.followee_ids), frozenset(liked), floor, now + TTL)
             if usable and self.max_viewers and fills.fresh(since, ("viewer", user_id)):
                 self._viewers[user_id] = state
                 self._viewers.move_to_end(user_id)

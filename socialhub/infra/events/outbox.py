@@ -19,12 +19,12 @@ import asyncio
 import logging
 import zlib
 
-from socialhub.domain.events import Envelope, Unreadable
+from socialhub.domain.events import Envelope
 from socialhub.infra.events.base import Consumer, EventSource
 from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage, is_outage
 from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.outbox import OUTBOX_CHANNEL, OutboxStore, Position
+from socialhub.storage.outbox import OUTBOX_CHANNEL, OutboxEntry, OutboxStore, Position
 from socialhub.supervisor import OutageLog
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class OutboxSource(EventSource):
                 batch = await self.store.get_batch(cursor, BATCH_SIZE)
                 if batch:
                     position = await self._deliver(triage, batch, position)
-                    cursor = batch[-1][0]
+                    cursor = batch[-1].position
                     if len(batch) == BATCH_SIZE:
                         continue
                 woken = await self._wait(stop, POLL_SECONDS)
@@ -118,10 +118,10 @@ class OutboxSource(EventSource):
                 await conn.close(timeout=5)
 
     async def _deliver(
-        self, triage: Triage[Position], batch: list[tuple[Position, Envelope | Unreadable]], position: Position
+        self, triage: Triage[Position], batch: list[OutboxEntry], position: Position
     ) -> Position:
         """Hand `batch` to the consumer; the position saved afterwards."""
-        envelopes = [envelope for _, envelope in batch if isinstance(envelope, Envelope)]
+        envelopes = [e.envelope for e in batch if isinstance(e.envelope, Envelope)]
         if not triage.held and len(envelopes) == len(batch):
             try:
                 await self.consumer.handle_batch(envelopes)
@@ -131,18 +131,18 @@ class OutboxSource(EventSource):
                     raise
             else:
                 triage.note_passed(envelopes[-1])
-                await self.store.update_position(self.consumer.name, batch[-1][0])
-                return batch[-1][0]
+                await self.store.update_position(self.consumer.name, batch[-1].position)
+                return batch[-1].position
         # Event by event (consumers are idempotent: those before the failure were
         # handled already, and are again).
         saved = position
-        for where, envelope in batch:
-            if await triage.deliver(where, envelope):
-                position = where
+        for entry in batch:
+            if await triage.deliver(entry.position, entry.envelope):
+                position = entry.position
         if triage.held:
             await triage.check_held()
             if not triage.held:
-                position = batch[-1][0]
+                position = batch[-1].position
         if position != saved:
             await self.store.update_position(self.consumer.name, position)
         return position

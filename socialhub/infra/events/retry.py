@@ -331,7 +331,7 @@ class Triage(Generic[W]):
         if store is None or now - self._replay_checked < self.policy.replay_poll:
             return
         self._replay_checked = now
-        for dead in await store.claim_retries(self.consumer.name, REPLAY_BATCH):
+        for dead in await store.update_claimed_retries(self.consumer.name, REPLAY_BATCH):
             if isinstance(dead.envelope, Unreadable):
                 # Still not an event this version can read: nothing to try.
                 await store.update_failed_again(dead.id, dead.envelope.error, 1)
