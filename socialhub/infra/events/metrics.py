@@ -13,8 +13,7 @@ import logging
 
 from prometheus_client import Counter, Gauge
 
-from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.outbox import OutboxStore
+from socialhub.infra.events.stores import DeadLetterCounts, OutboxLags
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +55,8 @@ class PipelineMonitor:
 
     def __init__(
         self,
-        outbox: OutboxStore,
-        dead_letters: DeadLetterStore,
+        outbox: OutboxLags,
+        dead_letters: DeadLetterCounts,
         *,
         readers: list[str],
         consumers: list[str],
