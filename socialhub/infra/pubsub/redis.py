@@ -36,9 +36,9 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from socialhub.errors import Unavailable
-from socialhub.infra.kv.redis import check_binary, client_from_url
 from socialhub.infra.pubsub.base import Handler, PubSub, ResetCallback, Subscription
 from socialhub.infra.pubsub.fanout import INBOX_LIMIT, Fanout, cancel_and_wait
+from socialhub.infra.redis_client import check_binary, client_from_url
 
 logger = logging.getLogger(__name__)
 
