@@ -109,26 +109,19 @@ class FeedService(Consumer):
         state = await self.cache.viewer(uid)
         # Posts of the accounts too big to fan out, merged in at read time.
         big = await self.cache.big_followees(state)
-        first = page.before is None and not big
-        if first:
+
+        async def make() -> tuple[bytes, list[int] | None]:
+            return await self._page(uid, ids, state, big, page, want)
+
+        if page.before is None and not big:
             # The first page, most read, is kept whole while nothing it shows changes.
-            kept = self.cache.page(uid, page.limit, ids, state)
-            if kept is not None:
-                return kept
-        since = self.cache.begin_page()
-        try:
-            items, ordered, from_timeline_only = await self._page(uid, ids, state, big, page, want)
-            encoded = msgspec.json.encode(page_of(items, ordered, page.limit))
-            if first and from_timeline_only:
-                self.cache.keep_page(since, uid, page.limit, ids, state, ordered, encoded)
-        finally:
-            self.cache.end_page()
-        return msgspec.Raw(encoded)
+            return await self.cache.first_page(uid, page.limit, ids, state, make)
+        return msgspec.Raw((await make())[0])
 
     async def _page(
         self, uid: int, ids: list[int], state: ViewerState, big: list[int], page: PageRequest, want: int
-    ) -> tuple[list[msgspec.Raw], list[int], bool]:
-        """(the page's posts, their ids, whether it was made of the timeline alone)."""
+    ) -> tuple[bytes, list[int] | None]:
+        """(the page encoded, the ids of its posts when it was made of the timeline alone)."""
         merged = await self.posts.get_not_fanned_out_ids(big, page.before, page.limit) if big else []
         # Filtered by the follow graph as it is now: unfollowed authors drop out at once.
         # Without posts to merge, the timeline's newest ids that make a page are enough.
@@ -146,7 +139,8 @@ class FeedService(Consumer):
             for pid, post in (await self.cache.rendered(graph, state)).items():
                 found.setdefault(pid, post)
         ordered = sorted(found, reverse=True)[: page.limit]
-        return [found[i] for i in ordered], ordered, not merged and from_timeline >= page.limit
+        encoded = msgspec.json.encode(page_of([found[i] for i in ordered], ordered, page.limit))
+        return encoded, ordered if not merged and from_timeline >= page.limit else None
 
     async def _rebuild(self, user_id: int) -> None:
         """Fill a missing timeline from PostgreSQL. It is created empty first: from then on
