@@ -25,7 +25,7 @@ from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Tri
 from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.outbox import OUTBOX_CHANNEL, OutboxEntry, OutboxStore, Position
-from socialhub.supervisor import OutageLog
+from socialhub.supervisor import OutageLog, sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class OutboxSource(EventSource):
                 else:
                     logger.exception("outbox reader %s failed; retrying", self.consumer.name)
             self.active = False
-            await _sleep_unless(stop, backoff)
+            await sleep_unless(stop, backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def _run_locked(self, stop: asyncio.Event, triage: Triage[Position], outage: OutageLog) -> None:
@@ -89,7 +89,7 @@ class OutboxSource(EventSource):
         try:
             lock_key = zlib.crc32(self.consumer.name.encode()) & 0x7FFFFFFF
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, lock_key):
-                if await _sleep_unless(stop, STANDBY_SECONDS):
+                if await sleep_unless(stop, STANDBY_SECONDS):
                     return
             self.active = True
             await conn.add_listener(OUTBOX_CHANNEL, self._notified)
@@ -111,7 +111,7 @@ class OutboxSource(EventSource):
                         continue
                 woken = await self._wait(stop, POLL_SECONDS)
                 if woken:
-                    await _sleep_unless(stop, REPOLL_SECONDS)
+                    await sleep_unless(stop, REPOLL_SECONDS)
         finally:
             self.active = False
             if not conn.is_closed():
@@ -160,12 +160,3 @@ class OutboxSource(EventSource):
             for w in waiters:
                 w.cancel()
         return self._wake.is_set()
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` or until `stop`; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
