@@ -5,10 +5,10 @@ and the Starlette app, and returns it with an ordered lifespan: dependencies sta
 the order below and stop in reverse.
 
     start: embedded PostgreSQL (if no database.url) -> migrations -> pool
-           -> key-value store -> pub/sub -> session guard -> read cache -> background workers
+           -> pub/sub -> session guard -> read cache -> background workers
     stop:  sockets (closed with 1012) -> chat timers -> presence -> workers (event
            readers, presence, janitor) -> session guard -> background mail -> read cache
-           -> Kafka producer -> media -> pub/sub -> key-value -> Redis -> pool
+           -> Kafka producer -> media -> pub/sub -> Redis -> pool
            -> embedded PostgreSQL
 """
 
@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -52,7 +53,7 @@ from socialhub.infra.events.metrics import PipelineMonitor
 from socialhub.infra.events.outbox import OutboxSource
 from socialhub.infra.events.relay import KafkaRelay
 from socialhub.infra.events.retry import RetryPolicy
-from socialhub.infra.kv.base import KeyValue
+from socialhub.infra.kv.base import Counters, RateLimiter, Timelines, Values
 from socialhub.infra.mail.base import Mailer
 from socialhub.infra.media.base import MediaStore
 from socialhub.infra.pubsub.base import PubSub
@@ -88,23 +89,57 @@ from socialhub.supervisor import Supervisor
 logger = logging.getLogger(__name__)
 
 
-def make_kv_pubsub(settings: Settings) -> tuple[KeyValue, PubSub, Callable[[], Awaitable[None]]]:
-    """The key-value store and pub/sub: in process, or Redis (one client shared by both)."""
+@dataclass(frozen=True)
+class SharedState:
+    """The ports on state shared between instances, and how to check and close what is
+    behind them."""
+
+    limiter: RateLimiter
+    values: Values
+    timelines: Timelines
+    counters: Counters
+    pubsub: PubSub
+    ping: Check | None  # for /readyz; None in process (nothing can be down)
+    close: Callable[[], Awaitable[None]]
+
+
+def make_shared_state(settings: Settings) -> SharedState:
+    """In process, or Redis: one client shared by every port and pub/sub, closed last."""
     if settings.redis.url:
-        from socialhub.infra.kv.redis import RedisKV, client_from_url
+        from socialhub.infra.kv.redis import RedisCounters, RedisRateLimiter, RedisTimelines, RedisValues
         from socialhub.infra.pubsub.redis import RedisPubSub
+        from socialhub.infra.redis_client import client_from_url, ping
 
         client = client_from_url(settings.redis.url)
-        kv = RedisKV(client, settings.redis.key_prefix)
-        pubsub = RedisPubSub(client, settings.redis.key_prefix)
-        return kv, pubsub, client.aclose
-    from socialhub.infra.kv.memory import MemoryKV
+        prefix = settings.redis.key_prefix
+
+        async def redis_ok() -> bool:
+            return await ping(client)
+
+        return SharedState(
+            limiter=RedisRateLimiter(client, prefix),
+            values=RedisValues(client, prefix),
+            timelines=RedisTimelines(client, prefix),
+            counters=RedisCounters(client, prefix),
+            pubsub=RedisPubSub(client, prefix),
+            ping=redis_ok,
+            close=client.aclose,
+        )
+    from socialhub.infra.kv.memory import MemoryCounters, MemoryRateLimiter, MemoryTimelines, MemoryValues
     from socialhub.infra.pubsub.memory import MemoryPubSub
 
     async def nothing() -> None:
         return None
 
-    return MemoryKV(), MemoryPubSub(), nothing
+    return SharedState(
+        limiter=MemoryRateLimiter(),
+        values=MemoryValues(),
+        timelines=MemoryTimelines(),
+        counters=MemoryCounters(),
+        pubsub=MemoryPubSub(),
+        ping=None,
+        close=nothing,
+    )
 
 
 def make_media(settings: Settings) -> MediaStore:
@@ -228,7 +263,8 @@ def create_app(settings: Settings) -> Starlette:
         )
 
     db = Database()
-    kv, pubsub, close_redis = make_kv_pubsub(settings)
+    shared = make_shared_state(settings)
+    pubsub = shared.pubsub
     mailer = make_mailer(settings)
     media = make_media(settings)
     media_base = settings.server.public_url.rstrip("/")
@@ -249,7 +285,7 @@ def create_app(settings: Settings) -> Starlette:
         tokens=tokens,
         guard=guard,
         mailer=mailer,
-        throttle=LoginThrottle(kv=kv, rate=settings.ratelimit.rule("login_account"), secret=secret),
+        throttle=LoginThrottle(limiter=shared.limiter, rate=settings.ratelimit.rule("login_account"), secret=secret),
         secret=secret,
         refresh_ttl=settings.auth.refresh_ttl,
         otp_ttl=settings.auth.otp_ttl,
@@ -271,11 +307,12 @@ def create_app(settings: Settings) -> Starlette:
         cache=cache,
         fanout_threshold=settings.feed.fanout_threshold,
     )
-    feed = FeedService(posts=post_store, kv=kv, cache=cache)
+    feed = FeedService(posts=post_store, timelines=shared.timelines, values=shared.values, cache=cache)
     notifications = NotificationService(store=NotificationStore(db), pubsub=pubsub)
     sources, publisher = make_event_sources(settings, db, [feed, notifications])
     presence = PresenceService(
-        kv,
+        shared.counters,
+        shared.values,
         pubsub,
         instance_id=f"{socket.gethostname()}-{os.getpid()}",
         save_last_seen=user_store.update_last_seen,
@@ -339,8 +376,8 @@ def create_app(settings: Settings) -> Starlette:
         return pubsub.healthy
 
     checks: dict[str, Check] = {"database": db.ping}
-    if settings.redis.url:
-        checks["redis"] = kv.ping
+    if shared.ping is not None:
+        checks["redis"] = shared.ping
         checks["pubsub"] = pubsub_ok
     if publisher is not None:
         checks["kafka"] = publisher.ping
@@ -391,8 +428,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await open_database(settings, db, stack)
-            stack.push_async_callback(close_redis)
-            stack.push_async_callback(kv.close)
+            stack.push_async_callback(shared.close)
             await pubsub.start()
             stack.push_async_callback(pubsub.close)
             stack.push_async_callback(media.close)
@@ -420,7 +456,11 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(AccessLog),
             Middleware(StorableText),
             Middleware(
-                RateLimitMiddleware, kv=kv, settings=settings.ratelimit, tokens=tokens, by_ip=ip_limits(operations)
+                RateLimitMiddleware,
+                limiter=shared.limiter,
+                settings=settings.ratelimit,
+                tokens=tokens,
+                by_ip=ip_limits(operations),
             ),
         ],
         exception_handlers={

@@ -44,7 +44,7 @@ from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.users import Principal
 from socialhub.errors import BadRequest, Conflict, Forbidden, NotFound, SocialhubError, Unavailable, ValidationFailed
 from socialhub.storage.calls import CallStore
-from socialhub.supervisor import OutageLog
+from socialhub.supervisor import OutageLog, sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -244,10 +244,7 @@ class CallService:
                 outage.failed(exc)  # overdue rings end at the first sweep after it is back
             except Exception:
                 logger.exception("call sweep failed")
-            try:
-                await asyncio.wait_for(stop.wait(), SWEEP_SECONDS)
-            except TimeoutError:
-                pass
+            await sleep_unless(stop, SWEEP_SECONDS)
 
     async def sweep_once(self) -> None:
         for call_id in await self.store.get_overdue_rings():

@@ -11,8 +11,7 @@ from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.posts import Comment, LikeState, NewMedia, Post
 from socialhub.domain.users import Principal
 from socialhub.errors import Forbidden, NotFound, ValidationFailed
-from socialhub.infra.media.base import MediaStore, new_media_key
-from socialhub.services.media import UploadedFile
+from socialhub.infra.media.base import MediaStore, UploadedFile, new_media_key
 from socialhub.services.readcache import Invalidation, ReadCache
 from socialhub.storage.outbox import insert_event
 from socialhub.storage.posts import PostStore

@@ -1,11 +1,12 @@
 """Presence: who is online, across every instance, and who has a socket in which room.
 
 A user is online while any socket of theirs is open on a live instance. Each instance
-counts its own sockets in shared counters (the `KeyValue` hashes) and proves it is
+counts its own sockets in shared counters (the `Counters` port) and proves it is
 alive with a heartbeat key that expires; counts of an instance whose heartbeat is gone
 do not count, so an instance killed with SIGKILL cannot leave its users online.
 
-Key layout (KeyValue keys; RedisKV puts hashes under `<prefix>h:`, values under `<prefix>kv:`):
+Key layout (hashes are `Counters` keys, values `Values` keys; in Redis under `<prefix>h:`
+and `<prefix>kv:`):
 
 - `presence:u:<user>`   hash  `<iid>` -> the user's open sockets on instance `iid`
 - `presence:r:<room>`   hash  `<user>@<iid>` -> the user's sockets joined to the room there
@@ -43,7 +44,7 @@ import msgspec
 
 from socialhub.domain.time import rfc3339, utcnow
 from socialhub.errors import Unavailable
-from socialhub.infra.kv.base import KeyValue
+from socialhub.infra.kv.base import Counters, Values
 from socialhub.infra.pubsub.base import PubSub
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ class PresenceService:
 
     def __init__(
         self,
-        kv: KeyValue,
+        counters: Counters,
+        values: Values,
         pubsub: PubSub,
         *,
         instance_id: str,
@@ -138,7 +140,8 @@ class PresenceService:
     ) -> None:
         if grace <= 0 or heartbeat <= 0:
             raise ValueError("grace and heartbeat must be more than zero")
-        self._kv = kv
+        self._counters = counters
+        self._values = values
         self._pubsub = pubsub
         self._instance_id = instance_id
         self._save_last_seen = save_last_seen
@@ -223,7 +226,7 @@ class PresenceService:
 
     async def joined_users(self, room_id: int) -> set[int]:
         """Users with at least one socket joined to `room_id` on a live instance."""
-        counts = await self._kv.hash_get_all(_room_key(room_id))
+        counts = await self._counters.hash_get_all(_room_key(room_id))
         entries: list[tuple[int, str]] = []
         for field, count in counts.items():
             user, _, iid = field.partition("@")
@@ -242,10 +245,10 @@ class PresenceService:
         `load_last_seen` for the offline ones."""
         if not user_ids:
             return []
-        counts = await self._kv.hash_get_many([_user_key(u) for u in user_ids])
+        counts = await self._counters.hash_get_many([_user_key(u) for u in user_ids])
         iids = sorted({iid for c in counts for iid, n in c.items() if n > 0})
         # One read for the liveness of every instance involved and every online flag.
-        values = await self._kv.get_many([_heartbeat_key(i) for i in iids] + [_online_key(u) for u in user_ids])
+        values = await self._values.get_many([_heartbeat_key(i) for i in iids] + [_online_key(u) for u in user_ids])
         alive = {iid for iid, beat in zip(iids, values, strict=False) if beat is not None}
         flags = values[len(iids) :]
         online = [
@@ -308,7 +311,7 @@ class PresenceService:
         self._pending.clear()
         try:
             for batch in _chunks(changes):
-                await self._kv.hash_incr_many(batch)
+                await self._counters.hash_incr_many(batch)
             users = list(closed)
             online = await self._online(users)
             await asyncio.gather(
@@ -316,7 +319,7 @@ class PresenceService:
             )
             if self._registered:
                 # Our index stays: whoever sweeps us once this expires announces offline.
-                await self._kv.set(_heartbeat_key(iid), b"1", ttl=self.grace)
+                await self._values.set(_heartbeat_key(iid), b"1", ttl=self.grace)
         except Unavailable as exc:
             logger.warning("presence: could not remove this instance's entries (%s)", exc)
 
@@ -334,7 +337,7 @@ class PresenceService:
 
     async def _write(self, changes: list[tuple[str, str, int]]) -> bool:
         try:
-            await self._kv.hash_incr_many(changes)
+            await self._counters.hash_incr_many(changes)
         except Unavailable as exc:
             # Memory holds the truth; the next beat writes it all again under a fresh id.
             logger.warning("presence: store unavailable (%s); entries rebuilt at the next heartbeat", exc)
@@ -344,17 +347,17 @@ class PresenceService:
 
     async def _beat(self) -> None:
         if not self._registered:
-            await self._kv.set(_heartbeat_key(self._iid), b"1", ttl=self._ttl)
-            await self._kv.hash_incr(REGISTRY, self._iid, 1)
+            await self._values.set(_heartbeat_key(self._iid), b"1", ttl=self._ttl)
+            await self._counters.hash_incr(REGISTRY, self._iid, 1)
             self._registered = True
             logger.info("presence: instance %s registered", self._iid)
         elif self._dirty:
             await self._rebuild("a write failed")
-        elif await self._kv.set_if_absent(_heartbeat_key(self._iid), b"1", ttl=self._ttl):
+        elif await self._values.set_if_absent(_heartbeat_key(self._iid), b"1", ttl=self._ttl):
             # Our heartbeat had expired: others may have swept our entries already.
             await self._rebuild("the heartbeat lapsed")
         else:
-            await self._kv.set(_heartbeat_key(self._iid), b"1", ttl=self._ttl)
+            await self._values.set(_heartbeat_key(self._iid), b"1", ttl=self._ttl)
 
     async def _rebuild(self, why: str) -> None:
         """Write this instance's entries again, from memory, under a fresh id."""
@@ -370,12 +373,12 @@ class PresenceService:
             changes += self._room_changes(iid, room, user, n)
         logger.warning("presence: %s; instance %s continues as %s", why, old, iid)
         try:
-            await self._kv.set(_heartbeat_key(iid), b"1", ttl=self._ttl)
-            await self._kv.hash_incr(REGISTRY, iid, 1)
+            await self._values.set(_heartbeat_key(iid), b"1", ttl=self._ttl)
+            await self._counters.hash_incr(REGISTRY, iid, 1)
             for batch in _chunks(changes):
-                await self._kv.hash_incr_many(batch)
+                await self._counters.hash_incr_many(batch)
             # The old id is now dead; any sweep (ours included) removes what is left of it.
-            await self._kv.delete(_heartbeat_key(old))
+            await self._values.delete(_heartbeat_key(old))
         except BaseException:
             self._dirty = True
             raise
@@ -383,7 +386,7 @@ class PresenceService:
     # -- internals: announcing ----------------------------------------------------------------
 
     async def _announce_online(self, user_id: int) -> None:
-        if await self._kv.set_if_absent(_online_key(user_id), _ONLINE_FLAG):
+        if await self._values.set_if_absent(_online_key(user_id), _ONLINE_FLAG):
             await self._publish(_view(user_id, "online", None))
 
     async def _publish(self, view: PresenceView) -> None:
@@ -407,7 +410,7 @@ class PresenceService:
         candidates = [u for u, on in zip(users, await self._online(users), strict=True) if not on]
         # Whoever deletes the flag announces: another instance settling the same user
         # at the same moment finds it gone.
-        took = await asyncio.gather(*(self._kv.delete(_online_key(u)) for u in candidates))
+        took = await asyncio.gather(*(self._values.delete(_online_key(u)) for u in candidates))
         taken = [u for u, ok in zip(candidates, took, strict=True) if ok]
         if not taken:
             return
@@ -415,7 +418,7 @@ class PresenceService:
         online = await self._online(taken)
         back = [u for u, on in zip(taken, online, strict=True) if on]
         gone = [u for u, on in zip(taken, online, strict=True) if not on]
-        await asyncio.gather(*(self._kv.set_if_absent(_online_key(u), _ONLINE_FLAG) for u in back))
+        await asyncio.gather(*(self._values.set_if_absent(_online_key(u), _ONLINE_FLAG) for u in back))
         await asyncio.gather(*(self._save(u, closed[u]) for u in gone))
         await asyncio.gather(*(self._publish(_view(u, "offline", closed[u])) for u in gone))
         # A socket opened elsewhere after that second read may have published `online`
@@ -423,7 +426,7 @@ class PresenceService:
         # and publishing `online` again if so, makes `online` the last word either way.
         for u, on in zip(gone, await self._online(gone), strict=True):
             if on:
-                await self._kv.set_if_absent(_online_key(u), _ONLINE_FLAG)
+                await self._values.set_if_absent(_online_key(u), _ONLINE_FLAG)
                 await self._publish(_view(u, "online", None))
 
     async def _run_due_checks(self) -> None:
@@ -460,23 +463,23 @@ class PresenceService:
         instance's offline check, a rebuild, a Redis restart that emptied the store)."""
         users = list(self._local)
         for batch in _chunks(users):
-            flags = await self._kv.get_many([_online_key(u) for u in batch])
+            flags = await self._values.get_many([_online_key(u) for u in batch])
             missing = [u for u, flag in zip(batch, flags, strict=True) if flag is None and u in self._local]
             await asyncio.gather(*(self._announce_online(u) for u in missing))
 
     # -- internals: dead instances ------------------------------------------------------------
 
     async def _sweep(self) -> None:
-        registered = await self._kv.hash_get_all(REGISTRY)
+        registered = await self._counters.hash_get_all(REGISTRY)
         others = {iid for iid in registered if iid != self._iid}
         alive = await self._alive(others)
         for dead in sorted(others - alive):
-            if await self._kv.set_if_absent(_sweep_key(dead), b"1", ttl=SWEEP_CLAIM_SECONDS):
+            if await self._values.set_if_absent(_sweep_key(dead), b"1", ttl=SWEEP_CLAIM_SECONDS):
                 await self._sweep_instance(dead)
 
     async def _sweep_instance(self, dead: str) -> None:
         """Remove a dead instance's entries, announce offline whoever has no socket left."""
-        index = await self._kv.hash_get_all(_index_key(dead))
+        index = await self._counters.hash_get_all(_index_key(dead))
         users: list[int] = []
         entries: list[tuple[str, str]] = []
         for field in index:
@@ -489,13 +492,13 @@ class PresenceService:
                 if room.isdigit() and user.isdigit():
                     entries.append((_room_key(int(room)), f"{user}@{dead}"))
         for batch in _chunks(entries):
-            await self._kv.hash_delete_many(batch)
+            await self._counters.hash_delete_many(batch)
         now = utcnow()
         for user_batch in _chunks(users):
             await self._settle(dict.fromkeys(user_batch, now))
         for fields in _chunks(list(index)):
-            await self._kv.hash_delete(_index_key(dead), fields)
-        await self._kv.hash_delete(REGISTRY, [dead])
+            await self._counters.hash_delete(_index_key(dead), fields)
+        await self._counters.hash_delete(REGISTRY, [dead])
         logger.info("presence: swept dead instance %s (%d users, %d entries)", dead, len(users), len(entries))
 
     # -- internals: reads -------------------------------------------------------------------
@@ -504,7 +507,7 @@ class PresenceService:
         """Whether each user has a socket open on a live instance (the counts alone)."""
         if not user_ids:
             return []
-        counts = await self._kv.hash_get_many([_user_key(u) for u in user_ids])
+        counts = await self._counters.hash_get_many([_user_key(u) for u in user_ids])
         alive = await self._alive({iid for c in counts for iid, n in c.items() if n > 0})
         return [any(n > 0 and iid in alive for iid, n in c.items()) for c in counts]
 
@@ -512,7 +515,7 @@ class PresenceService:
         if not iids:
             return set()
         ordered = sorted(iids)
-        beats = await self._kv.get_many([_heartbeat_key(i) for i in ordered])
+        beats = await self._values.get_many([_heartbeat_key(i) for i in ordered])
         return {iid for iid, beat in zip(ordered, beats, strict=True) if beat is not None}
 
     async def _guard(self, what: str, step: Awaitable[None]) -> None:

@@ -11,8 +11,7 @@ from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.users import Principal, User, at_username
 from socialhub.errors import NotFound, ValidationFailed
 from socialhub.ids import parse_id
-from socialhub.infra.media.base import MediaStore, new_media_key
-from socialhub.services.media import UploadedFile
+from socialhub.infra.media.base import MediaStore, UploadedFile, new_media_key
 from socialhub.services.presence import PresenceService, PresenceView
 from socialhub.services.readcache import Invalidation, ReadCache
 from socialhub.storage.outbox import insert_event

@@ -25,9 +25,11 @@ from socialhub.domain.pages import PageRequest
 from socialhub.domain.users import Principal
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.outbox import POLL_SECONDS, OutboxSource
-from socialhub.infra.kv.memory import MemoryKV
-from socialhub.infra.kv.redis import RedisKV
+from socialhub.infra.kv.base import Timelines
+from socialhub.infra.kv.memory import MemoryTimelines, MemoryValues
+from socialhub.infra.kv.redis import RedisTimelines, RedisValues
 from socialhub.infra.pubsub.memory import MemoryPubSub
+from socialhub.infra.redis_client import client_from_url
 from socialhub.services.feed import TIMELINE_CAP, FeedService, timeline_key
 from socialhub.services.notifications import NotificationService
 from socialhub.services.readcache import ReadCache
@@ -423,15 +425,22 @@ async def test_an_event_delivered_twice_makes_one_notification(db: Database) -> 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_an_event_delivered_twice_makes_one_timeline_entry(db: Database, backend: str) -> None:
-    kv = MemoryKV() if backend == "memory" else RedisKV.from_url(REDIS_URL, f"shtest:{secrets.token_hex(4)}:")
+    prefix = f"shtest:{secrets.token_hex(4)}:"
+    client = client_from_url(REDIS_URL) if backend == "redis" else None
+    timelines: Timelines = MemoryTimelines() if client is None else RedisTimelines(client, prefix)
     try:
         author, fan = await make_user(db, "au"), await make_user(db, "fan")
         async with db.transaction() as conn:
             await conn.execute("INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2)", fan, author)
         posts = PostStore(db)
         cache = ReadCache(posts, MemoryPubSub(), "", max_posts=100, max_viewers=100)
-        feed = FeedService(posts=posts, kv=kv, cache=cache)
-        await kv.timeline_create(timeline_key(fan), [], TIMELINE_CAP, 3600)
+        feed = FeedService(
+            posts=posts,
+            timelines=timelines,
+            values=MemoryValues() if client is None else RedisValues(client, prefix),
+            cache=cache,
+        )
+        await timelines.create(timeline_key(fan), [], TIMELINE_CAP, 3600)
         p1 = await db.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'x') RETURNING id", author)
         p2 = await db.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'y') RETURNING id", author)
         c1, c2, d1 = await envelopes_of(
@@ -439,8 +448,9 @@ async def test_an_event_delivered_twice_makes_one_timeline_entry(db: Database, b
         )
         for envelope in (c1, c2, c1, c2):
             await feed.handle(envelope)
-        assert await kv.timeline_range(timeline_key(fan), None, 10) == [p2, p1]
+        assert await timelines.range(timeline_key(fan), None, 10) == [p2, p1]
         await feed.handle_batch([d1, d1])
-        assert await kv.timeline_range(timeline_key(fan), None, 10) == [p2]
+        assert await timelines.range(timeline_key(fan), None, 10) == [p2]
     finally:
-        await kv.close()
+        if client is not None:
+            await client.aclose()

@@ -24,7 +24,7 @@ from socialhub.domain.events import Envelope
 from socialhub.infra.events.base import Consumer, EventSource
 from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage, is_outage
 from socialhub.infra.events.stores import DeadLetterBook, OutboxLog, ReaderSession
-from socialhub.supervisor import OutageLog
+from socialhub.supervisor import OutageLog, sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class OutboxSource(EventSource):
                 else:
                     logger.exception("outbox reader %s failed; retrying", self.consumer.name)
             self.active = False
-            await _sleep_unless(stop, backoff)
+            await sleep_unless(stop, backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def _run_session(self, stop: asyncio.Event, triage: Triage[Position], outage: OutageLog) -> None:
@@ -89,7 +89,7 @@ class OutboxSource(EventSource):
 
     async def _read(self, stop: asyncio.Event, triage: Triage[Position], session: ReaderSession) -> None:
         while not await session.try_lock():
-            if await _sleep_unless(stop, STANDBY_SECONDS):
+            if await sleep_unless(stop, STANDBY_SECONDS):
                 return
         self.active = True
         await session.listen(self._wake.set)
@@ -111,7 +111,7 @@ class OutboxSource(EventSource):
                     continue
             woken = await self._wait(stop, POLL_SECONDS)
             if woken:
-                await _sleep_unless(stop, REPOLL_SECONDS)
+                await sleep_unless(stop, REPOLL_SECONDS)
 
     async def _deliver(
         self, triage: Triage[Position], batch: list[OutboxEntry], position: Position
@@ -153,12 +153,3 @@ class OutboxSource(EventSource):
             for w in waiters:
                 w.cancel()
         return self._wake.is_set()
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` or until `stop`; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True

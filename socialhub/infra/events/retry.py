@@ -62,6 +62,7 @@ from socialhub.errors import Unavailable
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.metrics import DEAD_LETTERED, EVENT_ERRORS, REPLAYS
 from socialhub.infra.events.stores import DeadLetterBook
+from socialhub.supervisor import sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ class Triage(Generic[W]):
                     error,
                     exc_info=n == count,
                 )
-            if n < count and await _sleep_unless(self.stop, self.policy.delay(n)):
+            if n < count and await sleep_unless(self.stop, self.policy.delay(n)):
                 raise Stopped
         assert first is not None
         return Failure(count, first, error)
@@ -366,12 +367,3 @@ async def _release(store: DeadLetterBook, dead: DeadLetter) -> None:
         await store.update_released(dead.id)
     except Exception as exc:  # the database is away: the claim times out instead
         logger.debug("could not release dead letter %d: %r", dead.id, exc)
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` or until `stop`; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
