@@ -163,7 +163,7 @@ def make_event_sources(
         replay_poll=ev.replay_poll,
     )
     if not settings.kafka.bootstrap_servers:
-        return {c.name: OutboxSource(db, outbox, c, dead_letters=dead, policy=policy) for c in consumers}, None
+        return {c.name: OutboxSource(outbox, c, dead_letters=dead, policy=policy) for c in consumers}, None
     from socialhub.infra.events.kafka import KafkaPublisher, KafkaSource
 
     topics = {events.POSTS: settings.kafka.posts_topic, events.USERS: settings.kafka.users_topic}
@@ -174,7 +174,7 @@ def make_event_sources(
         replication_factor=settings.kafka.replication_factor,
     )
     relay = KafkaRelay(publisher)
-    sources: dict[str, EventSource] = {relay.name: OutboxSource(db, outbox, relay, dead_letters=dead, policy=policy)}
+    sources: dict[str, EventSource] = {relay.name: OutboxSource(outbox, relay, dead_letters=dead, policy=policy)}
     for c in consumers:
         sources[c.name] = KafkaSource(
             settings.kafka.bootstrap_servers,

@@ -15,6 +15,7 @@ import datetime
 import asyncpg
 import msgspec
 
+from socialhub.domain.delivery import DeadLetter
 from socialhub.domain.events import Envelope, Unreadable, read_event
 from socialhub.storage.database import Database
 
@@ -22,18 +23,6 @@ from socialhub.storage.database import Database
 # after this long another reader may claim it. Far above one replay's retries (a few
 # backoffs of seconds each), so a live reader is never raced.
 CLAIM_TIMEOUT_SECONDS = 600.0
-
-
-class DeadLetter(msgspec.Struct, frozen=True):
-    id: int
-    consumer: str
-    envelope: Envelope | Unreadable
-    error: str
-    attempts: int
-    first_failed_at: datetime.datetime
-    dead_at: datetime.datetime
-    status: str
-    status_at: datetime.datetime
 
 
 _COLUMNS = "id, consumer, event_id, topic, key, event, error, attempts, first_failed_at, dead_at, status, status_at"

@@ -286,7 +286,7 @@ async def test_an_outage_delays_events_and_dead_letters_none(
     await db.open(own_db_url, min_size=1, max_size=4)
     consumer = Dependent("dep-" + secrets.token_hex(4))
     policy = RetryPolicy(attempts=3, backoff=0.01, backoff_max=0.02, replay_poll=0.1)
-    source = OutboxSource(db, OutboxStore(db), consumer, policy=policy)
+    source = OutboxSource(OutboxStore(db), consumer, dead_letters=DeadLetterStore(db), policy=policy)
     stop, task = await run_source(source)
     try:
         await emit(db, 1)

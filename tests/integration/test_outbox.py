@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 from socialhub.domain import events
+from socialhub.domain.delivery import OutboxEntry, Position
 from socialhub.domain.events import Envelope, NewEvent, PostCreated
 from socialhub.domain.pages import PageRequest
 from socialhub.domain.users import Principal
@@ -33,9 +34,10 @@ from socialhub.services.feed import TIMELINE_CAP, FeedService, timeline_key
 from socialhub.services.notifications import NotificationService
 from socialhub.services.readcache import ReadCache
 from socialhub.storage.database import Database
+from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
-from socialhub.storage.outbox import OutboxEntry, OutboxStore, Position, insert_event
+from socialhub.storage.outbox import OutboxStore, insert_event
 from socialhub.storage.posts import PostStore
 from socialhub.storage.units import UnitOfWork, Units
 from tests.conftest import REDIS_URL, fresh_database, signup
@@ -274,8 +276,8 @@ async def test_two_readers_of_one_consumer_handle_each_event_once(db: Database, 
     other_db = Database()  # a second instance: its own pool
     await other_db.open(outbox_url, min_size=1, max_size=4)
     log: list[tuple[str, int]] = []
-    s1 = OutboxSource(db, OutboxStore(db), Recorder(name, log, "one"))
-    s2 = OutboxSource(other_db, OutboxStore(other_db), Recorder(name, log, "two"))
+    s1 = OutboxSource(OutboxStore(db), Recorder(name, log, "one"), dead_letters=DeadLetterStore(db))
+    s2 = OutboxSource(OutboxStore(other_db), Recorder(name, log, "two"), dead_letters=DeadLetterStore(other_db))
     base = secrets.randbelow(10**9) * 1000
     try:
         r1 = await run_source(s1)
@@ -316,7 +318,7 @@ async def test_a_consumer_that_raises_gets_the_batch_again(db: Database) -> None
     name = "rec-" + secrets.token_hex(4)
     log: list[tuple[str, int]] = []
     consumer = Recorder(name, log)
-    source = OutboxSource(db, OutboxStore(db), consumer)
+    source = OutboxSource(OutboxStore(db), consumer, dead_letters=DeadLetterStore(db))
     base = secrets.randbelow(10**9) * 1000
     ns = [base + 1, base + 2, base + 3]
     consumer.fail_once = {ns[1]}
@@ -342,7 +344,7 @@ async def test_a_notify_during_a_batch_is_not_lost(db: Database) -> None:
     name = "rec-" + secrets.token_hex(4)
     log: list[tuple[str, int]] = []
     consumer = Recorder(name, log)
-    source = OutboxSource(db, OutboxStore(db), consumer)
+    source = OutboxSource(OutboxStore(db), consumer, dead_letters=DeadLetterStore(db))
     base = secrets.randbelow(10**9) * 1000
     first, second = base + 1, base + 2
     consumer.hold[first] = asyncio.Event()

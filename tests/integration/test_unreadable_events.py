@@ -242,7 +242,7 @@ async def test_the_relay_dead_letters_an_unreadable_row_and_publishes_the_rest(
     publisher = KafkaPublisher(kafka_broker.bootstrap, topics, partitions=3)
     await publisher.ensure_topics()  # before read_all subscribes, which would make the broker create them
     relay = KafkaRelay(publisher)
-    source = OutboxSource(db, OutboxStore(db), relay, dead_letters=DeadLetterStore(db), policy=POLICY)
+    source = OutboxSource(OutboxStore(db), relay, dead_letters=DeadLetterStore(db), policy=POLICY)
     stop, task = await run_source(source)
     try:
 

@@ -47,7 +47,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from socialhub.domain.events import Envelope, Unreadable, encode_event, event_id_of, read_event
 from socialhub.infra.events.base import Consumer, EventSource, Publisher
 from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage
-from socialhub.storage.deadletters import DeadLetterStore
+from socialhub.infra.events.stores import DeadLetterBook
 from socialhub.supervisor import sleep_unless
 
 logger = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ class KafkaSource(EventSource):
         client_id: str = "socialhub",
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
         prepare: Callable[[], Awaitable[None]] | None = None,
-        dead_letters: DeadLetterStore | None = None,
+        dead_letters: DeadLetterBook | None = None,
         policy: RetryPolicy | None = None,
     ) -> None:
         if not topics:

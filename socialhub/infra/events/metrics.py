@@ -13,8 +13,7 @@ import logging
 
 from prometheus_client import Counter, Gauge
 
-from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.outbox import OutboxStore
+from socialhub.infra.events.stores import DeadLetterCounts, OutboxLags
 from socialhub.supervisor import sleep_unless
 
 logger = logging.getLogger(__name__)
@@ -57,8 +56,8 @@ class PipelineMonitor:
 
     def __init__(
         self,
-        outbox: OutboxStore,
-        dead_letters: DeadLetterStore,
+        outbox: OutboxLags,
+        dead_letters: DeadLetterCounts,
         *,
         readers: list[str],
         consumers: list[str],

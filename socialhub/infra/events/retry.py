@@ -35,10 +35,11 @@ it is settled, so after a restart it and the events after it are delivered again
 the relay: publish it twice). A run of more than `MAX_HELD` poison events with nothing
 good between them is indistinguishable from a broken consumer and holds the stream.
 
-Dead letters go to `DeadLetterStore`; `socialhub events retry` marks them, and the
-running reader of that consumer (`replay_requested`, polled every `replay_poll` seconds)
-claims and handles them again. Without a store (`dead_letters=None`, tests of a source
-alone) a failing event is retried until it passes, as before dead letters existed.
+Dead letters go to a `stores.DeadLetterBook` (storage's `DeadLetterStore`, handed in by
+app.py); `socialhub events retry` marks them, and the running reader of that consumer
+(`replay_requested`, polled every `replay_poll` seconds) claims and handles them again.
+Without a store (`dead_letters=None`, tests of a source alone) a failing event is
+retried until it passes, as before dead letters existed.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ import aiokafka.errors as kafka_errors
 import asyncpg
 import redis.exceptions
 
+from socialhub.domain.delivery import DeadLetter
 from socialhub.domain.events import Envelope, Unreadable
 from socialhub.errors import Unavailable
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.metrics import DEAD_LETTERED, EVENT_ERRORS, REPLAYS
-from socialhub.storage.deadletters import DeadLetter, DeadLetterStore
+from socialhub.infra.events.stores import DeadLetterBook
 from socialhub.supervisor import sleep_unless
 
 logger = logging.getLogger(__name__)
@@ -164,7 +166,7 @@ class Triage(Generic[W]):
     """One reader's retries, held events and dead letters (see the module docstring)."""
 
     def __init__(
-        self, consumer: Consumer, dead_letters: DeadLetterStore | None, policy: RetryPolicy, stop: asyncio.Event
+        self, consumer: Consumer, dead_letters: DeadLetterBook | None, policy: RetryPolicy, stop: asyncio.Event
     ) -> None:
         self.consumer = consumer
         self.dead_letters = dead_letters
@@ -360,7 +362,7 @@ class Triage(Generic[W]):
                 logger.error("consumer %s failed dead letter %d again: %s", self.consumer.name, dead.id, failure.error)
 
 
-async def _release(store: DeadLetterStore, dead: DeadLetter) -> None:
+async def _release(store: DeadLetterBook, dead: DeadLetter) -> None:
     try:
         await store.update_released(dead.id)
     except Exception as exc:  # the database is away: the claim times out instead
