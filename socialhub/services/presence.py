@@ -37,10 +37,12 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import msgspec
 
+from socialhub.domain.live import presence_channel
+from socialhub.domain.protocol import PresenceStatus, PresenceView
 from socialhub.domain.time import rfc3339, utcnow
 from socialhub.errors import Unavailable
 from socialhub.infra.kv.base import KeyValue
@@ -69,22 +71,7 @@ SaveLastSeen = Callable[[int, datetime], Awaitable[None]]
 LoadLastSeen = Callable[[Sequence[int]], Awaitable[dict[int, datetime]]]
 """Read `last_seen` for these users; users never seen are left out."""
 
-Status = Literal["online", "offline"]
-
-
-class PresenceView(msgspec.Struct, frozen=True, tag_field="type", tag="presence"):
-    """One user's presence; encoded, it is SPEC's `presence` frame (and the REST body)."""
-
-    user_id: str
-    status: Status
-    last_seen: str | None  # RFC 3339 ms; null while online or when never seen
-
-
 _encoder = msgspec.json.Encoder()
-
-
-def presence_channel(user_id: int) -> str:
-    return f"presence:{user_id}"
 
 
 def _user_key(user_id: int) -> str:
@@ -525,7 +512,7 @@ class PresenceService:
             logger.exception("presence %s failed", what)
 
 
-def _view(user_id: int, status: Status, last_seen: datetime | None) -> PresenceView:
+def _view(user_id: int, status: PresenceStatus, last_seen: datetime | None) -> PresenceView:
     return PresenceView(
         user_id=str(user_id), status=status, last_seen=rfc3339(last_seen) if last_seen is not None else None
     )

@@ -8,12 +8,13 @@ import msgspec
 
 from socialhub.domain import events
 from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.protocol import PresenceView
 from socialhub.domain.users import Principal, Relation, User, UserRecord, at_username
 from socialhub.errors import NotFound, ValidationFailed
 from socialhub.ids import parse_id
 from socialhub.infra.media.base import MediaStore, new_media_key
 from socialhub.services.media import UploadedFile
-from socialhub.services.presence import PresenceService, PresenceView
+from socialhub.services.presence import PresenceService
 from socialhub.services.readcache import Invalidation, ReadCache
 from socialhub.storage.database import Connection, Database
 from socialhub.storage.outbox import insert_event

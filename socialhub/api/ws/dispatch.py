@@ -4,12 +4,13 @@ or raises a SocialhubError, which the endpoint turns into an `error` frame."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
 from socialhub.api.ws.hub import Hub
-from socialhub.api.ws.protocol import (
+from socialhub.api.ws.session import Session
+from socialhub.domain.protocol import (
     MAX_PRESENCE_IDS,
     Ack,
     CallAnswer,
@@ -27,7 +28,6 @@ from socialhub.api.ws.protocol import (
     SubscribePresence,
     Typing,
 )
-from socialhub.api.ws.session import Session
 from socialhub.domain.users import Principal
 from socialhub.errors import BadRequest, NotFound, invalid
 from socialhub.ids import parse_id
@@ -57,26 +57,12 @@ class Dispatcher:
         self.chat = chat
         self.presence_status = presence_status
         self.calls = calls
-        self._handlers: dict[type[Frame], Callable[[Session, Any], Awaitable[None]]] = {
-            JoinRoom: self.join_room,
-            LeaveRoom: self.leave_room,
-            SendMessage: self.send_message,
-            Typing: self.typing,
-            Read: self.read,
-            SubscribePresence: self.subscribe_presence,
-            Ping: self.ping,
-            CallInvite: self.call_invite,
-            CallAnswer: self.call_answer,
-            CallCandidate: self.call_candidate,
-            CallReject: self.call_reject,
-            CallHangup: self.call_hangup,
-        }
 
     async def dispatch(self, session: Session, frame: Frame) -> None:
-        handler = self._handlers.get(type(frame))
+        handler = self.HANDLERS.get(type(frame))
         if handler is None:
             raise BadRequest("this frame is only valid as the first frame")
-        await handler(session, frame)
+        await handler(self, session, frame)
 
     @staticmethod
     def _principal(session: Session) -> Principal:
@@ -146,3 +132,19 @@ class Dispatcher:
     async def call_hangup(self, session: Session, frame: CallHangup) -> None:
         call = await self.calls.hangup(self._principal(session), _id(frame.call_id, "call"))
         session.send(_encoder.encode(Ack(ref=frame.ref, call=call)))
+
+    # Every client frame but `authenticate` (the endpoint's, and only as the first frame).
+    HANDLERS: ClassVar[dict[type[Frame], Callable[[Dispatcher, Session, Any], Awaitable[None]]]] = {
+        JoinRoom: join_room,
+        LeaveRoom: leave_room,
+        SendMessage: send_message,
+        Typing: typing,
+        Read: read,
+        SubscribePresence: subscribe_presence,
+        Ping: ping,
+        CallInvite: call_invite,
+        CallAnswer: call_answer,
+        CallCandidate: call_candidate,
+        CallReject: call_reject,
+        CallHangup: call_hangup,
+    }

@@ -30,14 +30,13 @@ from typing import Protocol
 import msgspec
 from prometheus_client import Gauge
 
-from socialhub.api.ws.protocol import CLOSE_RESTART, CLOSE_UNAUTHENTICATED, Joined
 from socialhub.api.ws.session import Session
 from socialhub.domain.chat import Message
-from socialhub.domain.live import RoomEvent, UserEvent, room_channel, user_channel
+from socialhub.domain.live import RoomEvent, UserEvent, presence_channel, room_channel, user_channel
+from socialhub.domain.protocol import CLOSE_RESTART, CLOSE_UNAUTHENTICATED, Joined, NewMessageFrame
 from socialhub.errors import SocialhubError
 from socialhub.infra.pubsub.base import PubSub, Subscription
-from socialhub.services.chat import ChatService, NewMessageFrame
-from socialhub.services.presence import presence_channel
+from socialhub.services.chat import ChatService
 
 logger = logging.getLogger(__name__)
 
