@@ -67,6 +67,7 @@ from socialhub.services.passwords import Passwords
 from socialhub.services.posts import PostService
 from socialhub.services.presence import PresenceService
 from socialhub.services.readcache import ReadCache
+from socialhub.services.roomstream import RoomStream
 from socialhub.services.sessions import SessionGuard
 from socialhub.services.throttle import LoginThrottle
 from socialhub.services.tokens import TokenCodec
@@ -295,13 +296,14 @@ def create_app(settings: Settings) -> Starlette:
         turn_secret=settings.calls.turn_secret,
         turn_ttl=settings.calls.turn_ttl,
     )
-    hub = Hub(pubsub=pubsub, chat=chat, presence=presence)
+    rooms = RoomStream(pubsub=pubsub, chat=chat, joins=presence)
+    hub = Hub(pubsub=pubsub, rooms=rooms, presence=presence)
     guard.add_listener(hub.on_revoked)
     pubsub.on_reset(hub.on_broker_reset)
     sockets = SocketEndpoint(
         guard=guard,
         hub=hub,
-        dispatcher=Dispatcher(hub=hub, chat=chat, presence_status=presence.status, calls=calls),
+        dispatcher=Dispatcher(hub=hub, rooms=rooms, chat=chat, presence_status=presence.status, calls=calls),
         rate=settings.ratelimit.rule("ws_frames"),
     )
     supervisor = Supervisor()

@@ -33,6 +33,7 @@ from socialhub.errors import BadRequest, NotFound, invalid
 from socialhub.ids import parse_id
 from socialhub.services.calls import CallService
 from socialhub.services.chat import ChatService
+from socialhub.services.roomstream import RoomStream
 
 _encoder = msgspec.json.Encoder()
 
@@ -49,11 +50,13 @@ class Dispatcher:
         self,
         *,
         hub: Hub,
+        rooms: RoomStream,
         chat: ChatService,
         presence_status: Callable[[list[int]], Awaitable[list[Any]]],
         calls: CallService,
     ) -> None:
         self.hub = hub
+        self.rooms = rooms
         self.chat = chat
         self.presence_status = presence_status
         self.calls = calls
@@ -74,12 +77,10 @@ class Dispatcher:
             session.send(_encoder.encode(Ack(ref=frame.ref)))
 
     async def join_room(self, session: Session, frame: JoinRoom) -> None:
-        room_id = _id(frame.room_id, "room")
-        await self.chat.check_member(session.user_id, room_id)
-        await self.hub.join(session, room_id, frame.since_seq, frame.ref)
+        await self.rooms.join(session, _id(frame.room_id, "room"), frame.since_seq, frame.ref)
 
     async def leave_room(self, session: Session, frame: LeaveRoom) -> None:
-        await self.hub.leave(session, _id(frame.room_id, "room"))
+        await self.rooms.leave(session, _id(frame.room_id, "room"))
         self._ack(session, frame)
 
     async def send_message(self, session: Session, frame: SendMessage) -> None:
@@ -97,7 +98,7 @@ class Dispatcher:
 
     async def subscribe_presence(self, session: Session, frame: SubscribePresence) -> None:
         ids = sorted({_id(u, "user") for u in frame.user_ids})
-        if len(session.watching.union(ids)) > MAX_PRESENCE_IDS:
+        if len(self.hub.watching(session).union(ids)) > MAX_PRESENCE_IDS:
             raise invalid("user_ids", f"a socket follows the presence of at most {MAX_PRESENCE_IDS} users")
         for user_id in ids:
             await self.hub.watch(session, user_id)

@@ -59,9 +59,6 @@ class Session:
         # Tells this socket from the other sockets of the same session (two tabs, one token).
         self.socket_id = secrets.randbits(62) + 1
         self.budget = FrameBudget(rate)
-        self.rooms: dict[int, int] = {}  # room id -> highest seq sent to this socket
-        self.joining: dict[int, list[tuple[int, bytes]]] = {}  # room id -> live frames held during replay
-        self.watching: set[int] = set()  # users whose presence this socket follows
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_FRAMES)
         self._writer: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()  # set when the queue is below REPLAY_HIGH_WATER, or closing
