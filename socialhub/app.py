@@ -61,12 +61,14 @@ from socialhub.services.accounts import AccountService
 from socialhub.services.calls import CallService
 from socialhub.services.chat import ChatService
 from socialhub.services.feed import FeedService
+from socialhub.services.instances import InstanceLedger
 from socialhub.services.janitor import Janitor
 from socialhub.services.notifications import NotificationService
 from socialhub.services.passwords import Passwords
 from socialhub.services.posts import PostService
 from socialhub.services.presence import PresenceService
 from socialhub.services.readcache import ReadCache
+from socialhub.services.roomjoins import RoomJoins
 from socialhub.services.roomstream import RoomStream
 from socialhub.services.sessions import SessionGuard
 from socialhub.services.throttle import LoginThrottle
@@ -269,16 +271,14 @@ def create_app(settings: Settings) -> Starlette:
     feed = FeedService(posts=post_store, kv=kv, cache=cache)
     notifications = NotificationService(db=db, store=NotificationStore(db), pubsub=pubsub)
     sources, publisher = make_event_sources(settings, db, [feed, notifications])
+    ledger = InstanceLedger(kv, instance_id=f"{socket.gethostname()}-{os.getpid()}")
     presence = PresenceService(
-        kv,
-        pubsub,
-        instance_id=f"{socket.gethostname()}-{os.getpid()}",
-        save_last_seen=user_store.update_last_seen,
-        load_last_seen=user_store.get_last_seen,
+        ledger, kv, pubsub, save_last_seen=user_store.update_last_seen, load_last_seen=user_store.get_last_seen
     )
+    joins = RoomJoins(ledger, kv)
     users = UserService(db=db, users=user_store, media=media, media_base=media_base, cache=cache, presence=presence)
     chat = ChatService(
-        store=ChatStore(db), pubsub=pubsub, notify=notifications.notify, joined_users=presence.joined_users
+        store=ChatStore(db), pubsub=pubsub, notify=notifications.notify, joined_users=joins.joined_users
     )
 
     async def online(user_ids: Sequence[int]) -> dict[int, bool]:
@@ -296,7 +296,7 @@ def create_app(settings: Settings) -> Starlette:
         turn_secret=settings.calls.turn_secret,
         turn_ttl=settings.calls.turn_ttl,
     )
-    rooms = RoomStream(pubsub=pubsub, chat=chat, joins=presence)
+    rooms = RoomStream(pubsub=pubsub, chat=chat, joins=joins)
     hub = Hub(pubsub=pubsub, rooms=rooms, presence=presence)
     guard.add_listener(hub.on_revoked)
     pubsub.on_reset(hub.on_broker_reset)
