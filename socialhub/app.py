@@ -5,10 +5,10 @@ and the Starlette app, and returns it with an ordered lifespan: dependencies sta
 the order below and stop in reverse.
 
     start: embedded PostgreSQL (if no database.url) -> migrations -> pool
-           -> key-value store -> pub/sub -> session guard -> read cache -> background workers
+           -> pub/sub -> session guard -> read cache -> background workers
     stop:  sockets (closed with 1012) -> chat timers -> presence -> workers (event
            readers, presence, janitor) -> session guard -> background mail -> read cache
-           -> Kafka producer -> media -> pub/sub -> key-value -> Redis -> pool
+           -> Kafka producer -> media -> pub/sub -> Redis -> pool
            -> embedded PostgreSQL
 """
 
@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -52,7 +53,7 @@ from socialhub.infra.events.metrics import PipelineMonitor
 from socialhub.infra.events.outbox import OutboxSource
 from socialhub.infra.events.relay import KafkaRelay
 from socialhub.infra.events.retry import RetryPolicy
-from socialhub.infra.kv.base import KeyValue
+from socialhub.infra.kv.base import Counters, RateLimiter, Timelines, Values
 from socialhub.infra.mail.base import Mailer
 from socialhub.infra.media.base import MediaStore
 from socialhub.infra.pubsub.base import PubSub
@@ -84,29 +85,64 @@ from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
 from socialhub.storage.outbox import OutboxStore
 from socialhub.storage.posts import PostStore
+from socialhub.storage.units import Units
 from socialhub.storage.users import UserStore
 from socialhub.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
 
-def make_kv_pubsub(settings: Settings) -> tuple[KeyValue, PubSub, Callable[[], Awaitable[None]]]:
-    """The key-value store and pub/sub: in process, or Redis (one client shared by both)."""
+@dataclass(frozen=True)
+class SharedState:
+    """The ports on state shared between instances, and how to check and close what is
+    behind them."""
+
+    limiter: RateLimiter
+    values: Values
+    timelines: Timelines
+    counters: Counters
+    pubsub: PubSub
+    ping: Check | None  # for /readyz; None in process (nothing can be down)
+    close: Callable[[], Awaitable[None]]
+
+
+def make_shared_state(settings: Settings) -> SharedState:
+    """In process, or Redis: one client shared by every port and pub/sub, closed last."""
     if settings.redis.url:
-        from socialhub.infra.kv.redis import RedisKV, client_from_url
+        from socialhub.infra.kv.redis import RedisCounters, RedisRateLimiter, RedisTimelines, RedisValues
         from socialhub.infra.pubsub.redis import RedisPubSub
+        from socialhub.infra.redis_client import client_from_url, ping
 
         client = client_from_url(settings.redis.url)
-        kv = RedisKV(client, settings.redis.key_prefix)
-        pubsub = RedisPubSub(client, settings.redis.key_prefix)
-        return kv, pubsub, client.aclose
-    from socialhub.infra.kv.memory import MemoryKV
+        prefix = settings.redis.key_prefix
+
+        async def redis_ok() -> bool:
+            return await ping(client)
+
+        return SharedState(
+            limiter=RedisRateLimiter(client, prefix),
+            values=RedisValues(client, prefix),
+            timelines=RedisTimelines(client, prefix),
+            counters=RedisCounters(client, prefix),
+            pubsub=RedisPubSub(client, prefix),
+            ping=redis_ok,
+            close=client.aclose,
+        )
+    from socialhub.infra.kv.memory import MemoryCounters, MemoryRateLimiter, MemoryTimelines, MemoryValues
     from socialhub.infra.pubsub.memory import MemoryPubSub
 
     async def nothing() -> None:
         return None
 
-    return MemoryKV(), MemoryPubSub(), nothing
+    return SharedState(
+        limiter=MemoryRateLimiter(),
+        values=MemoryValues(),
+        timelines=MemoryTimelines(),
+        counters=MemoryCounters(),
+        pubsub=MemoryPubSub(),
+        ping=None,
+        close=nothing,
+    )
 
 
 def make_media(settings: Settings) -> MediaStore:
@@ -230,7 +266,8 @@ def create_app(settings: Settings) -> Starlette:
         )
 
     db = Database()
-    kv, pubsub, close_redis = make_kv_pubsub(settings)
+    shared = make_shared_state(settings)
+    pubsub = shared.pubsub
     mailer = make_mailer(settings)
     media = make_media(settings)
     media_base = settings.server.public_url.rstrip("/")
@@ -244,14 +281,14 @@ def create_app(settings: Settings) -> Starlette:
         parallelism=settings.auth.argon2_parallelism,
     )
     accounts = AccountService(
-        db=db,
+        units=Units(db),
         users=user_store,
         auth=auth_store,
         passwords=passwords,
         tokens=tokens,
         guard=guard,
         mailer=mailer,
-        throttle=LoginThrottle(kv=kv, rate=settings.ratelimit.rule("login_account"), secret=secret),
+        throttle=LoginThrottle(limiter=shared.limiter, rate=settings.ratelimit.rule("login_account"), secret=secret),
         secret=secret,
         refresh_ttl=settings.auth.refresh_ttl,
         otp_ttl=settings.auth.otp_ttl,
@@ -266,19 +303,31 @@ def create_app(settings: Settings) -> Starlette:
         max_viewers=settings.feed.cache_viewers,
     )
     posts = PostService(
-        db=db, posts=post_store, media=media, cache=cache, fanout_threshold=settings.feed.fanout_threshold
+        units=Units(db),
+        posts=post_store,
+        users=user_store,
+        media=media,
+        cache=cache,
+        fanout_threshold=settings.feed.fanout_threshold,
     )
-    feed = FeedService(posts=post_store, kv=kv, cache=cache)
-    notifications = NotificationService(db=db, store=NotificationStore(db), pubsub=pubsub)
+    feed = FeedService(posts=post_store, timelines=shared.timelines, values=shared.values, cache=cache)
+    notifications = NotificationService(store=NotificationStore(db), pubsub=pubsub)
     sources, publisher = make_event_sources(settings, db, [feed, notifications])
-    ledger = InstanceLedger(kv, instance_id=f"{socket.gethostname()}-{os.getpid()}")
+    ledger = InstanceLedger(shared.counters, shared.values, instance_id=f"{socket.gethostname()}-{os.getpid()}")
     presence = PresenceService(
-        ledger, kv, pubsub, save_last_seen=user_store.update_last_seen, load_last_seen=user_store.get_last_seen
+        ledger, shared.counters, shared.values, pubsub,
+        save_last_seen=user_store.update_last_seen, load_last_seen=user_store.get_last_seen,
+    )  # fmt: skip
+    joins = RoomJoins(ledger, shared.counters)
+    users = UserService(
+        units=Units(db), users=user_store, media=media, media_base=media_base, cache=cache, presence=presence
     )
-    joins = RoomJoins(ledger, kv)
-    users = UserService(db=db, users=user_store, media=media, media_base=media_base, cache=cache, presence=presence)
     chat = ChatService(
-        store=ChatStore(db), pubsub=pubsub, notify=notifications.notify, joined_users=joins.joined_users
+        store=ChatStore(db),
+        users=user_store,
+        pubsub=pubsub,
+        notify=notifications.notify,
+        joined_users=joins.joined_users,
     )
 
     async def online(user_ids: Sequence[int]) -> dict[int, bool]:
@@ -289,7 +338,7 @@ def create_app(settings: Settings) -> Starlette:
         publish=pubsub.publish,
         notify=notifications.notify,
         online=online,
-        user_exists=user_store.user_exists,
+        existing_users=user_store.get_existing_user_ids,
         ring_timeout=settings.calls.ring_timeout,
         stun_urls=settings.calls.stun_urls,
         turn_urls=settings.calls.turn_urls,
@@ -329,8 +378,8 @@ def create_app(settings: Settings) -> Starlette:
         return pubsub.healthy
 
     checks: dict[str, Check] = {"database": db.ping}
-    if settings.redis.url:
-        checks["redis"] = kv.ping
+    if shared.ping is not None:
+        checks["redis"] = shared.ping
         checks["pubsub"] = pubsub_ok
     if publisher is not None:
         checks["kafka"] = publisher.ping
@@ -381,8 +430,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             await open_database(settings, db, stack)
-            stack.push_async_callback(close_redis)
-            stack.push_async_callback(kv.close)
+            stack.push_async_callback(shared.close)
             await pubsub.start()
             stack.push_async_callback(pubsub.close)
             stack.push_async_callback(media.close)
@@ -410,7 +458,11 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(AccessLog),
             Middleware(StorableText),
             Middleware(
-                RateLimitMiddleware, kv=kv, settings=settings.ratelimit, tokens=tokens, by_ip=ip_limits(operations)
+                RateLimitMiddleware,
+                limiter=shared.limiter,
+                settings=settings.ratelimit,
+                tokens=tokens,
+                by_ip=ip_limits(operations),
             ),
         ],
         exception_handlers={

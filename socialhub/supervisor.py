@@ -28,6 +28,18 @@ MAX_BACKOFF_SECONDS = 10.0
 OUTAGE_REMINDER_SECONDS = 60.0
 
 
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep `seconds` or until `stop` is set, whichever comes first; True when stopped.
+
+    The one wait of every `run(stop)` worker between two rounds, so that shutdown never
+    waits out a backoff."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
 class OutageLog:
     """The log of one worker's view of a dependency that is down. `failed` on each
     Unavailable (or other outage), `ok` after each success; only the changes (and a reminder each
@@ -103,12 +115,8 @@ class Supervisor:
                 outage.failed(failure)
             elif failure is not None:
                 logger.exception("worker %s crashed; restarting in %.1fs", name, backoff, exc_info=failure)
-            if stop.is_set():
+            if stop.is_set() or await sleep_unless(stop, backoff):
                 return
-            try:
-                await asyncio.wait_for(stop.wait(), backoff)
-            except TimeoutError:
-                pass
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def stop(self, grace: float = 10.0) -> None:

@@ -22,6 +22,7 @@ from socialhub.domain.users import Principal
 from socialhub.errors import Forbidden, NotFound, SocialhubError, ValidationFailed
 from socialhub.infra.pubsub.base import PubSub
 from socialhub.storage.chat import ChatStore
+from socialhub.storage.users import UserStore
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,11 @@ JoinedUsers = Callable[[int], Awaitable[set[int]]]
 
 
 class ChatService:
-    def __init__(self, *, store: ChatStore, pubsub: PubSub, notify: Notifier, joined_users: JoinedUsers) -> None:
+    def __init__(
+        self, *, store: ChatStore, users: UserStore, pubsub: PubSub, notify: Notifier, joined_users: JoinedUsers
+    ) -> None:
         self.store = store
+        self.users = users
         self.pubsub = pubsub
         self.notify = notify
         self.joined_users = joined_users
@@ -62,32 +66,24 @@ class ChatService:
             raise ValidationFailed(
                 f"at most {MAX_ROOM_MEMBERS} members", fields={"members": f"at most {MAX_ROOM_MEMBERS}"}
             )
-        found = await self.store.users_exist(others)
+        found = await self.users.get_existing_user_ids(others)
         if len(found) != len(others):
             raise NotFound("no such user among the members")
         direct = len(others) == 1 and not name
         key = f"{min(viewer.user_id, others[0])}:{max(viewer.user_id, others[0])}" if direct else None
-        async with self.store.db.transaction() as conn:
-            room_id, created = await self.store.insert_room(
-                conn,
-                kind="direct" if direct else "group",
-                name=name,
-                creator=viewer.user_id,
-                members=[viewer.user_id, *others],
-                direct_key=key,
-            )
-        room = await self.store.get_room(room_id, viewer.user_id)
+        inserted = await self.store.insert_room(
+            kind="direct" if direct else "group",
+            name=name,
+            creator=viewer.user_id,
+            members=[viewer.user_id, *others],
+            direct_key=key,
+        )
+        room = await self.store.get_room(inserted.id, viewer.user_id)
         assert room is not None
-        return Room.of(room), created
+        return Room.of(room), inserted.created
 
     async def rooms(self, viewer: Principal, page: PageRequest) -> Page[Room]:
-        before = None
-        if page.before is not None:
-            activity = await self.store.get_activity(page.before)
-            if activity is None:
-                return Page(items=[], next=None)
-            before = (activity, page.before)
-        records = await self.store.get_rooms(viewer.user_id, before, page.limit)
+        records = await self.store.get_rooms(viewer.user_id, page.before, page.limit)
         return page_of([Room.of(r) for r in records], [r.id for r in records], page.limit)
 
     async def check_member(self, viewer_id: int, room_id: int) -> None:
@@ -97,7 +93,7 @@ class ChatService:
         now = time.monotonic()
         if seen is not None and now - seen < MEMBER_CACHE_TTL:
             return
-        if not await self.store.is_member(room_id, viewer_id):
+        if not await self.store.get_is_member(room_id, viewer_id):
             if await self.store.get_activity(room_id) is None:
                 raise NotFound("no such room")
             raise Forbidden("only the room's members may do that")
@@ -120,13 +116,13 @@ class ChatService:
         if result is None:
             await self.check_member(viewer.user_id, room_id)  # raises NotFound or Forbidden
             raise Forbidden("only the room's members may do that")
-        record, created = result
+        record = result.message
         message = Message.of(record)
         # A resend is relayed too: the first try may have committed and died (SIGKILL,
         # a lost Redis) before relaying, and the ack it never got is why it is resent.
         # Sockets drop a seq they already have, so a relayed duplicate is harmless.
         await self._publish(room_id, encode_room_event(NewMessageFrame(message), seq=record.seq))
-        if created:
+        if result.created:
             await self._notify_absent(record)
         return message
 

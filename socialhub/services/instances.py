@@ -7,7 +7,8 @@ id and proves it is alive with a heartbeat key that expires; counts of an instan
 whose heartbeat is gone do not count, and the survivors sweep them away, so an instance
 killed with SIGKILL leaves nothing behind for long.
 
-Key layout (KeyValue keys; RedisKV puts hashes under `<prefix>h:`, values under `<prefix>kv:`):
+Key layout (hashes are `Counters` keys, values `Values` keys; in Redis under `<prefix>h:`
+and `<prefix>kv:`):
 
 - `presence:instances`   hash  `<iid>` -> 1 for every registered instance
 - `presence:hb:<iid>`    value the heartbeat, expiring after `HEARTBEAT_TTL_FACTOR` beats
@@ -35,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol, TypeVar
 
 from socialhub.errors import Unavailable
-from socialhub.infra.kv.base import KeyValue
+from socialhub.infra.kv.base import Counters, Values
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +100,13 @@ class InstanceLedger:
     """This instance's id, heartbeat and index in the shared store, and the sweep of the
     dead ones, for every tally added to it."""
 
-    def __init__(self, kv: KeyValue, *, instance_id: str, heartbeat: float = DEFAULT_HEARTBEAT) -> None:
+    def __init__(
+        self, counters: Counters, values: Values, *, instance_id: str, heartbeat: float = DEFAULT_HEARTBEAT
+    ) -> None:
         if heartbeat <= 0:
             raise ValueError("heartbeat must be more than zero")
-        self._kv = kv
+        self._counters = counters
+        self._values = values
         self._instance_id = instance_id
         self.heartbeat = heartbeat
         self._ttl = heartbeat * HEARTBEAT_TTL_FACTOR
@@ -132,7 +136,7 @@ class InstanceLedger:
     async def write(self, changes: list[Change]) -> bool:
         """Apply `changes`; False (and a rebuild at the next beat) when the store failed."""
         try:
-            await self._kv.hash_incr_many(changes)
+            await self._counters.hash_incr_many(changes)
         except Unavailable as exc:
             # Memory holds the truth; the next beat writes it all again under a fresh id.
             logger.warning("presence: store unavailable (%s); entries rebuilt at the next heartbeat", exc)
@@ -145,7 +149,7 @@ class InstanceLedger:
         if not iids:
             return set()
         ordered = sorted(iids)
-        beats = await self._kv.get_many([heartbeat_key(i) for i in ordered])
+        beats = await self._values.get_many([heartbeat_key(i) for i in ordered])
         return {iid for iid, beat in zip(ordered, beats, strict=True) if beat is not None}
 
     # -- the worker's steps ---------------------------------------------------------------
@@ -153,25 +157,25 @@ class InstanceLedger:
     async def beat(self) -> None:
         """Register, renew the heartbeat, or rebuild when it lapsed or a write failed."""
         if not self._registered:
-            await self._kv.set(heartbeat_key(self._iid), b"1", ttl=self._ttl)
-            await self._kv.hash_incr(REGISTRY, self._iid, 1)
+            await self._values.set(heartbeat_key(self._iid), b"1", ttl=self._ttl)
+            await self._counters.hash_incr(REGISTRY, self._iid, 1)
             self._registered = True
             logger.info("presence: instance %s registered", self._iid)
         elif self._dirty:
             await self._rebuild("a write failed")
-        elif await self._kv.set_if_absent(heartbeat_key(self._iid), b"1", ttl=self._ttl):
+        elif await self._values.set_if_absent(heartbeat_key(self._iid), b"1", ttl=self._ttl):
             # Our heartbeat had expired: others may have swept our entries already.
             await self._rebuild("the heartbeat lapsed")
         else:
-            await self._kv.set(heartbeat_key(self._iid), b"1", ttl=self._ttl)
+            await self._values.set(heartbeat_key(self._iid), b"1", ttl=self._ttl)
 
     async def sweep(self) -> None:
         """Sweep every registered instance whose heartbeat is gone (one sweeper each)."""
-        registered = await self._kv.hash_get_all(REGISTRY)
+        registered = await self._counters.hash_get_all(REGISTRY)
         others = {iid for iid in registered if iid != self._iid}
         alive = await self.alive(others)
         for dead in sorted(others - alive):
-            if await self._kv.set_if_absent(_sweep_key(dead), b"1", ttl=SWEEP_CLAIM_SECONDS):
+            if await self._values.set_if_absent(_sweep_key(dead), b"1", ttl=SWEEP_CLAIM_SECONDS):
                 await self._sweep_instance(dead)
 
     async def release(self) -> None:
@@ -180,13 +184,13 @@ class InstanceLedger:
         iid = self._iid
         changes = [change for tally in self._tallies for change in tally.release(iid)]
         for batch in chunks(changes):
-            await self._kv.hash_incr_many(batch)
+            await self._counters.hash_incr_many(batch)
 
     async def retire(self, ttl: float) -> None:
         """Let the heartbeat expire after `ttl`: our index stays, and whoever sweeps it
         then finishes what the tallies left for the sweep."""
         if self._registered:
-            await self._kv.set(heartbeat_key(self._iid), b"1", ttl=ttl)
+            await self._values.set(heartbeat_key(self._iid), b"1", ttl=ttl)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -203,22 +207,22 @@ class InstanceLedger:
         changes = [change for tally in self._tallies for change in tally.entries(iid)]
         logger.warning("presence: %s; instance %s continues as %s", why, old, iid)
         try:
-            await self._kv.set(heartbeat_key(iid), b"1", ttl=self._ttl)
-            await self._kv.hash_incr(REGISTRY, iid, 1)
+            await self._values.set(heartbeat_key(iid), b"1", ttl=self._ttl)
+            await self._counters.hash_incr(REGISTRY, iid, 1)
             for batch in chunks(changes):
-                await self._kv.hash_incr_many(batch)
+                await self._counters.hash_incr_many(batch)
             # The old id is now dead; any sweep (ours included) removes what is left of it.
-            await self._kv.delete(heartbeat_key(old))
+            await self._values.delete(heartbeat_key(old))
         except BaseException:
             self._dirty = True
             raise
 
     async def _sweep_instance(self, dead: str) -> None:
         """Remove a dead instance's entries (each tally its own), then its index."""
-        index = list(await self._kv.hash_get_all(index_key(dead)))
+        index = list(await self._counters.hash_get_all(index_key(dead)))
         for tally in self._tallies:
             await tally.sweep(dead, index)
         for fields in chunks(index):
-            await self._kv.hash_delete(index_key(dead), fields)
-        await self._kv.hash_delete(REGISTRY, [dead])
+            await self._counters.hash_delete(index_key(dead), fields)
+        await self._counters.hash_delete(REGISTRY, [dead])
         logger.info("presence: swept dead instance %s (%d index entries)", dead, len(index))

@@ -6,7 +6,8 @@ under the instance's id, which stop counting when its heartbeat is gone), so an
 instance killed with SIGKILL cannot leave its users online. Its worker keeps the
 ledger's heartbeat and sweeps dead instances.
 
-Key layout (KeyValue keys, beside the ledger's own):
+Key layout (hashes are `Counters` keys, values `Values` keys; in Redis under `<prefix>h:`
+and `<prefix>kv:`; beside the ledger's own):
 
 - `presence:u:<user>`   hash  `<iid>` -> the user's open sockets on instance `iid`
 - `presence:i:<iid>`    (the ledger's index) `u:<user>` -> 1 while the user has sockets
@@ -33,7 +34,7 @@ from socialhub.domain.live import presence_channel
 from socialhub.domain.protocol import PresenceStatus, PresenceView
 from socialhub.domain.time import rfc3339, utcnow
 from socialhub.errors import Unavailable
-from socialhub.infra.kv.base import KeyValue
+from socialhub.infra.kv.base import Counters, Values
 from socialhub.infra.pubsub.base import PubSub
 from socialhub.services.instances import Change, InstanceLedger, chunks, heartbeat_key, index_key
 
@@ -68,7 +69,8 @@ class PresenceService:
     def __init__(
         self,
         ledger: InstanceLedger,
-        kv: KeyValue,
+        counters: Counters,
+        values: Values,
         pubsub: PubSub,
         *,
         save_last_seen: SaveLastSeen,
@@ -78,7 +80,8 @@ class PresenceService:
         if grace <= 0:
             raise ValueError("grace must be more than zero")
         self._ledger = ledger
-        self._kv = kv
+        self._counters = counters
+        self._values = values
         self._pubsub = pubsub
         self._save_last_seen = save_last_seen
         self._load_last_seen = load_last_seen
@@ -143,10 +146,10 @@ class PresenceService:
         `load_last_seen` for the offline ones."""
         if not user_ids:
             return []
-        counts = await self._kv.hash_get_many([_user_key(u) for u in user_ids])
+        counts = await self._counters.hash_get_many([_user_key(u) for u in user_ids])
         iids = sorted({iid for c in counts for iid, n in c.items() if n > 0})
         # One read for the liveness of every instance involved and every online flag.
-        values = await self._kv.get_many([heartbeat_key(i) for i in iids] + [_online_key(u) for u in user_ids])
+        values = await self._values.get_many([heartbeat_key(i) for i in iids] + [_online_key(u) for u in user_ids])
         alive = {iid for iid, beat in zip(iids, values, strict=False) if beat is not None}
         flags = values[len(iids) :]
         online = [
@@ -231,7 +234,7 @@ class PresenceService:
         """Remove the dead instance's socket counts; announce offline whoever has none left."""
         users = [int(rest) for kind, _, rest in (f.partition(":") for f in index) if kind == "u" and rest.isdigit()]
         for batch in chunks([(_user_key(u), dead) for u in users]):
-            await self._kv.hash_delete_many(batch)
+            await self._counters.hash_delete_many(batch)
         now = utcnow()
         for user_batch in chunks(users):
             await self._settle(dict.fromkeys(user_batch, now))
@@ -239,7 +242,7 @@ class PresenceService:
     # -- internals: announcing ----------------------------------------------------------------
 
     async def _announce_online(self, user_id: int) -> None:
-        if await self._kv.set_if_absent(_online_key(user_id), _ONLINE_FLAG):
+        if await self._values.set_if_absent(_online_key(user_id), _ONLINE_FLAG):
             await self._publish(_view(user_id, "online", None))
 
     async def _publish(self, view: PresenceView) -> None:
@@ -263,7 +266,7 @@ class PresenceService:
         candidates = [u for u, on in zip(users, await self._online(users), strict=True) if not on]
         # Whoever deletes the flag announces: another instance settling the same user
         # at the same moment finds it gone.
-        took = await asyncio.gather(*(self._kv.delete(_online_key(u)) for u in candidates))
+        took = await asyncio.gather(*(self._values.delete(_online_key(u)) for u in candidates))
         taken = [u for u, ok in zip(candidates, took, strict=True) if ok]
         if not taken:
             return
@@ -271,7 +274,7 @@ class PresenceService:
         online = await self._online(taken)
         back = [u for u, on in zip(taken, online, strict=True) if on]
         gone = [u for u, on in zip(taken, online, strict=True) if not on]
-        await asyncio.gather(*(self._kv.set_if_absent(_online_key(u), _ONLINE_FLAG) for u in back))
+        await asyncio.gather(*(self._values.set_if_absent(_online_key(u), _ONLINE_FLAG) for u in back))
         await asyncio.gather(*(self._save(u, closed[u]) for u in gone))
         await asyncio.gather(*(self._publish(_view(u, "offline", closed[u])) for u in gone))
         # A socket opened elsewhere after that second read may have published `online`
@@ -279,7 +282,7 @@ class PresenceService:
         # and publishing `online` again if so, makes `online` the last word either way.
         for u, on in zip(gone, await self._online(gone), strict=True):
             if on:
-                await self._kv.set_if_absent(_online_key(u), _ONLINE_FLAG)
+                await self._values.set_if_absent(_online_key(u), _ONLINE_FLAG)
                 await self._publish(_view(u, "online", None))
 
     async def _run_due_checks(self) -> None:
@@ -316,7 +319,7 @@ class PresenceService:
         instance's offline check, a rebuild, a Redis restart that emptied the store)."""
         users = list(self._local)
         for batch in chunks(users):
-            flags = await self._kv.get_many([_online_key(u) for u in batch])
+            flags = await self._values.get_many([_online_key(u) for u in batch])
             missing = [u for u, flag in zip(batch, flags, strict=True) if flag is None and u in self._local]
             await asyncio.gather(*(self._announce_online(u) for u in missing))
 
@@ -326,7 +329,7 @@ class PresenceService:
         """Whether each user has a socket open on a live instance (the counts alone)."""
         if not user_ids:
             return []
-        counts = await self._kv.hash_get_many([_user_key(u) for u in user_ids])
+        counts = await self._counters.hash_get_many([_user_key(u) for u in user_ids])
         alive = await self._ledger.alive({iid for c in counts for iid, n in c.items() if n > 0})
         return [any(n > 0 and iid in alive for iid, n in c.items()) for c in counts]
 

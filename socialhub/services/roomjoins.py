@@ -5,7 +5,7 @@ room sees the message arrive and is not notified. Each instance counts its own j
 sockets on the instance ledger (services/instances.py), so the joins of an instance
 that dies stop counting once its heartbeat is gone, and are swept.
 
-Key layout (KeyValue hashes, beside the ledger's own keys):
+Key layout (`Counters` hashes, beside the ledger's own keys):
 
 - `presence:r:<room>`  `<user>@<iid>` -> the user's sockets joined to the room on `iid`
 - `presence:i:<iid>`   (the ledger's index) `r:<room>:<user>` -> the same count
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from socialhub.infra.kv.base import KeyValue
+from socialhub.infra.kv.base import Counters
 from socialhub.services.instances import Change, InstanceLedger, chunks, index_key
 
 
@@ -33,9 +33,9 @@ def _changes(iid: str, room_id: int, user_id: int, delta: int) -> list[Change]:
 class RoomJoins:
     """Counts room joins per instance on `ledger` (a Tally of it)."""
 
-    def __init__(self, ledger: InstanceLedger, kv: KeyValue) -> None:
+    def __init__(self, ledger: InstanceLedger, counters: Counters) -> None:
         self._ledger = ledger
-        self._kv = kv
+        self._counters = counters
         # (room, user) -> joined sockets here. Every change happens with no await in
         # between, so the increments sent to the store always add up to it.
         self._rooms: dict[tuple[int, int], int] = {}
@@ -63,7 +63,7 @@ class RoomJoins:
 
     async def joined_users(self, room_id: int) -> set[int]:
         """Users with at least one socket joined to `room_id` on a live instance."""
-        counts = await self._kv.hash_get_all(_room_key(room_id))
+        counts = await self._counters.hash_get_all(_room_key(room_id))
         entries: list[tuple[int, str]] = []
         for field, count in counts.items():
             user, _, iid = field.partition("@")
@@ -96,4 +96,4 @@ class RoomJoins:
                 if room.isdigit() and user.isdigit():
                     entries.append((_room_key(int(room)), f"{user}@{dead}"))
         for batch in chunks(entries):
-            await self._kv.hash_delete_many(batch)
+            await self._counters.hash_delete_many(batch)

@@ -23,9 +23,6 @@ from socialhub.storage.database import Database
 # backoffs of seconds each), so a live reader is never raced.
 CLAIM_TIMEOUT_SECONDS = 600.0
 
-# Statuses that still wait for something (everything but "replayed").
-WAITING = ("dead", "retry", "replaying")
-
 
 class DeadLetter(msgspec.Struct, frozen=True):
     id: int
@@ -117,7 +114,7 @@ class DeadLetterStore:
         )
         return sorted((_dead_letter(r) for r in rows), key=lambda d: d.id)
 
-    async def claim_retries(self, consumer: str, limit: int) -> list[DeadLetter]:
+    async def update_claimed_retries(self, consumer: str, limit: int) -> list[DeadLetter]:
         """Take up to `limit` of `consumer`'s retry requests for this reader (one reader
         each, across instances), oldest first."""
         rows = await self.db.fetch(

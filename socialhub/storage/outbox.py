@@ -14,17 +14,27 @@ import msgspec
 from socialhub.domain.events import Envelope, NewEvent, Unreadable, read_event
 from socialhub.domain.time import rfc3339
 from socialhub.storage.database import Database
+from socialhub.storage.units import UnitOfWork
 
 OUTBOX_CHANNEL = "socialhub_outbox"  # NOTIFY channel, see migrations/0002
 
 
-Position = tuple[int, int]
-"""(xid, id) of the last event a reader has handled."""
+class Position(msgspec.Struct, frozen=True, order=True):
+    """Where a reader is: the last event it has handled. Ordered as the outbox is read,
+    by transaction id, then event id."""
+
+    xid: int
+    id: int
 
 
-async def insert_event(conn: asyncpg.Connection, event: NewEvent) -> int:
-    """Write `event` in the caller's transaction; it is published only if that commits."""
-    event_id: int = await conn.fetchval(
+class OutboxEntry(msgspec.Struct, frozen=True):
+    position: Position
+    envelope: Envelope | Unreadable
+
+
+async def insert_event(uow: UnitOfWork, event: NewEvent) -> int:
+    """Write `event` in the caller's unit of work; it is published only if that commits."""
+    event_id: int = await uow.fetchval(
         "INSERT INTO outbox (topic, key, type, actor_id, data) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         event.topic,
         event.key,
@@ -60,9 +70,9 @@ class OutboxStore:
             name,
         )
         assert row is not None
-        return (row["xid"], row["id"])
+        return Position(row["xid"], row["id"])
 
-    async def get_batch(self, after: Position, limit: int) -> list[tuple[Position, Envelope | Unreadable]]:
+    async def get_batch(self, after: Position, limit: int) -> list[OutboxEntry]:
         """Events after `after` in (xid, id) order, only from transactions older than every
         transaction still running: nothing can later commit before them. A row that is
         not a valid event comes as `Unreadable`, in its place."""
@@ -73,18 +83,18 @@ class OutboxStore:
                  AND xid < pg_snapshot_xmin(pg_current_snapshot())
                ORDER BY xid, id
                LIMIT $3""",
-            str(after[0]),
-            after[1],
+            str(after.xid),
+            after.id,
             limit,
         )
-        return [((r["xid"], r["id"]), _envelope(r)) for r in rows]
+        return [OutboxEntry(Position(r["xid"], r["id"]), _envelope(r)) for r in rows]
 
     async def update_position(self, name: str, position: Position) -> None:
         await self.db.execute(
             "UPDATE outbox_positions SET xid = $2::text::xid8, id = $3, updated_at = now() WHERE name = $1",
             name,
-            str(position[0]),
-            position[1],
+            str(position.xid),
+            position.id,
         )
 
     async def delete_consumed(self, keep_seconds: float) -> int:

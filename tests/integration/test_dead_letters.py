@@ -338,8 +338,8 @@ async def test_replayed_dead_letters_are_dropped_after_the_retention_and_waiting
         assert await store.insert_dead_letter("feed", again, "KeyError: 'x'", 3, datetime.now(UTC)) == first
         assert [(d.attempts, d.error) for d in await store.get_by_ids([first])] == [(6, "KeyError: 'x'")]
         assert [d.id for d in await store.update_retry_requested([first, second])] == [first, second]
-        assert [d.id for d in await store.claim_retries("feed", 10)] == [first, second]
-        assert await store.claim_retries("feed", 10) == []  # claimed once
+        assert [d.id for d in await store.update_claimed_retries("feed", 10)] == [first, second]
+        assert await store.update_claimed_retries("feed", 10) == []  # claimed once
         await store.update_replayed(first)
         await store.update_failed_again(second, "KeyError: 'y'", 3)
         await db.execute("UPDATE dead_letters SET status_at = now() - interval '8 days'")

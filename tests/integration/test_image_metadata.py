@@ -18,7 +18,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from socialhub.config import Settings
-from socialhub.services.media import image_size
+from socialhub.domain.filetypes import image_size
 from socialhub.services.scrubber import MAX_IMAGE_PIXELS
 from tests import media_samples as s
 from tests.conftest import error_code, signup

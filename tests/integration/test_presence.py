@@ -1,4 +1,4 @@
-"""Presence over both back ends: one process (MemoryKV + MemoryPubSub, shared by the
+"""Presence over both back ends: one process (memory counters, values and pub/sub, shared by the
 services of a test as if they were instances in one process) and real Redis (each
 instance with its own clients and pub/sub, like separate processes).
 
@@ -20,12 +20,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from socialhub.domain.protocol import PresenceView
-from socialhub.infra.kv.base import KeyValue
-from socialhub.infra.kv.memory import MemoryKV
-from socialhub.infra.kv.redis import RedisKV
+from socialhub.infra.kv.base import Counters, Values
+from socialhub.infra.kv.memory import MemoryCounters, MemoryValues
+from socialhub.infra.kv.redis import RedisCounters, RedisValues
 from socialhub.infra.pubsub.base import PubSub
 from socialhub.infra.pubsub.memory import MemoryPubSub
 from socialhub.infra.pubsub.redis import RedisPubSub
+from socialhub.infra.redis_client import client_from_url
 from socialhub.services.instances import REGISTRY, InstanceLedger
 from socialhub.services.presence import PresenceService
 from socialhub.services.roomjoins import RoomJoins
@@ -62,25 +63,24 @@ class Env:
         self.prefix = prefix
         self.last_seen: dict[int, datetime] = {}  # stands in for users.last_seen_at
         self.nodes: list[Node] = []
-        self._kvs: list[KeyValue] = []
+        self._clients: list[aioredis.Redis] = []
         self._pubsubs: list[PubSub] = []
-        self._shared: tuple[KeyValue, PubSub] | None = None
+        self._shared: tuple[Counters, Values, PubSub] | None = None
         self._frames: dict[int, list[dict[str, Any]]] = {}
         self._listener: PubSub | None = None
 
-    async def _backends(self) -> tuple[KeyValue, PubSub]:
+    async def _backends(self) -> tuple[Counters, Values, PubSub]:
         if self.kind == "memory":
             if self._shared is None:
-                self._shared = (MemoryKV(), MemoryPubSub())
-                self._kvs.append(self._shared[0])
-                self._pubsubs.append(self._shared[1])
+                self._shared = (MemoryCounters(), MemoryValues(), MemoryPubSub())
+                self._pubsubs.append(self._shared[2])
             return self._shared
-        kv = RedisKV.from_url(REDIS_URL, self.prefix)
+        client = client_from_url(REDIS_URL)
         pubsub = RedisPubSub(REDIS_URL, self.prefix)
         await pubsub.start()
-        self._kvs.append(kv)
+        self._clients.append(client)
         self._pubsubs.append(pubsub)
-        return kv, pubsub
+        return RedisCounters(client, self.prefix), RedisValues(client, self.prefix), pubsub
 
     async def save(self, user_id: int, when: datetime) -> None:
         self.last_seen[user_id] = when
@@ -89,24 +89,28 @@ class Env:
         return {u: self.last_seen[u] for u in user_ids if u in self.last_seen}
 
     async def node(self, name: str) -> Node:
-        kv, pubsub = await self._backends()
-        ledger = InstanceLedger(kv, instance_id=name, heartbeat=HEARTBEAT)
+        counters, values, pubsub = await self._backends()
+        ledger = InstanceLedger(counters, values, instance_id=name, heartbeat=HEARTBEAT)
         service = PresenceService(
-            ledger, kv, pubsub, save_last_seen=self.save, load_last_seen=self.load, grace=GRACE
+            ledger, counters, values, pubsub, save_last_seen=self.save, load_last_seen=self.load, grace=GRACE
         )
-        node = Node(service, RoomJoins(ledger, kv))
+        node = Node(service, RoomJoins(ledger, counters))
         self.nodes.append(node)
         await eventually(lambda: ledger.registered, within=2)
         return node
 
-    async def kv(self) -> KeyValue:
-        """A store to inspect the shared state with."""
+    async def counters(self) -> Counters:
+        """The shared counters, to inspect."""
         return (await self._backends())[0]
+
+    async def values(self) -> Values:
+        """The shared values, to inspect (and to lose one, as Redis might)."""
+        return (await self._backends())[1]
 
     async def watch(self, *user_ids: int) -> None:
         """Collect every presence frame published for `user_ids`, as decoded JSON."""
         if self._listener is None:
-            self._listener = (await self._backends())[1]
+            self._listener = (await self._backends())[2]
 
         async def collect(channel: str, payload: bytes) -> None:
             self._frames[int(channel.rsplit(":", 1)[1])].append(msgspec.json.decode(payload))
@@ -126,8 +130,8 @@ class Env:
             await node.crash()
         for pubsub in self._pubsubs:
             await pubsub.close()
-        for kv in self._kvs:
-            await kv.close()
+        for client in self._clients:
+            await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -234,12 +238,12 @@ async def test_a_lapsed_heartbeat_rebuilds_the_entries_without_flapping(env: Env
     await a.rooms.joined(7, 1)
     await eventually(lambda: env.statuses(1) == ["online"])
     old = a.service.instance
-    kv = await env.kv()
-    await kv.delete(f"presence:hb:{old}")  # as if Redis lost it, or we stalled too long
+    counters = await env.counters()
+    await (await env.values()).delete(f"presence:hb:{old}")  # as if Redis lost it, or we stalled too long
     await eventually(lambda: a.service.instance != old, within=2)
     # The old id is swept like any dead instance (here by the instance itself).
-    await eventually(lambda: _registry_lacks(kv, old), within=2)
-    assert a.service.instance in await kv.hash_get_all(REGISTRY)
+    await eventually(lambda: _registry_lacks(counters, old), within=2)
+    assert a.service.instance in await counters.hash_get_all(REGISTRY)
     assert await a.rooms.joined_users(7) == {1}
     assert (await status_of(a, 1)).status == "online"
     await asyncio.sleep(QUIET)
@@ -252,12 +256,12 @@ async def test_a_lost_online_flag_is_announced_again(env: Env) -> None:
     await env.watch(1)
     await a.service.connected(1)
     await eventually(lambda: env.statuses(1) == ["online"])
-    assert await (await env.kv()).delete("presence:on:1")
+    assert await (await env.values()).delete("presence:on:1")
     await eventually(lambda: env.statuses(1) == ["online", "online"], within=2)
 
 
-async def _registry_lacks(kv: KeyValue, iid: str) -> bool:
-    return iid not in await kv.hash_get_all(REGISTRY)
+async def _registry_lacks(counters: Counters, iid: str) -> bool:
+    return iid not in await counters.hash_get_all(REGISTRY)
 
 
 # -- rooms -----------------------------------------------------------------------------------
@@ -347,9 +351,9 @@ async def test_a_crashed_instance_does_not_leave_its_users_online(env: Env) -> N
     assert (await status_of(b, 1)).status == "offline"
     assert (await status_of(b, 2)).status == "online"
     # The dead instance's entries are gone, not just ignored.
-    kv = await env.kv()
-    assert dead not in await kv.hash_get_all(REGISTRY)
-    assert await kv.hash_get_many(["presence:u:1", f"presence:i:{dead}", "presence:r:7"]) == [
+    counters = await env.counters()
+    assert dead not in await counters.hash_get_all(REGISTRY)
+    assert await counters.hash_get_many(["presence:u:1", f"presence:i:{dead}", "presence:r:7"]) == [
         {},
         {},
         {f"2@{b.service.instance}": 1},

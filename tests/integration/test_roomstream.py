@@ -18,7 +18,7 @@ import pytest
 from socialhub.domain.notifications import NewNotification
 from socialhub.domain.users import Principal
 from socialhub.errors import Forbidden
-from socialhub.infra.kv.memory import MemoryKV
+from socialhub.infra.kv.memory import MemoryCounters, MemoryValues
 from socialhub.infra.pubsub.memory import MemoryPubSub
 from socialhub.services import chat as chat_module
 from socialhub.services.chat import ChatService
@@ -28,6 +28,7 @@ from socialhub.services.roomstream import RoomStream
 from socialhub.storage.chat import ChatStore
 from socialhub.storage.database import Database
 from socialhub.storage.migrate import migrate
+from socialhub.storage.users import UserStore
 from tests.conftest import fresh_database
 from tests.contract.conftest import eventually
 
@@ -64,11 +65,15 @@ class Env:
         self.db = db
         self.pubsub = MemoryPubSub()
         self.notified: list[NewNotification] = []
-        kv = MemoryKV()
-        self.ledger = InstanceLedger(kv, instance_id="test")
-        self.joins = RoomJoins(self.ledger, kv)
+        counters = MemoryCounters()
+        self.ledger = InstanceLedger(counters, MemoryValues(), instance_id="test")
+        self.joins = RoomJoins(self.ledger, counters)
         self.chat = ChatService(
-            store=ChatStore(db), pubsub=self.pubsub, notify=self.notify, joined_users=self.joins.joined_users
+            store=ChatStore(db),
+            users=UserStore(db),
+            pubsub=self.pubsub,
+            notify=self.notify,
+            joined_users=self.joins.joined_users,
         )
         self.stream = RoomStream(pubsub=self.pubsub, chat=self.chat, joins=self.joins)
 

@@ -33,6 +33,7 @@ from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.migrate import migrate
 from socialhub.storage.outbox import OutboxStore, insert_event
+from socialhub.storage.units import Units
 from tests.conftest import fresh_database, running_app
 from tests.integration.test_dead_letters import FAST, _true, cli, post_notified
 from tests.integration.test_kafka import FAST_GROUP, Recorder, group_prefix, publisher, read_all, running, topic_names
@@ -233,11 +234,11 @@ async def test_the_relay_dead_letters_an_unreadable_row_and_publishes_the_rest(
     kafka_broker: TansuBroker, db: Database, conn: asyncpg.Connection
 ) -> None:
     topics = topic_names()
-    async with db.transaction() as c:
-        before = await insert_event(c, events.post_created(1, 11))
+    async with Units(db).begin() as uow:
+        before = await insert_event(uow, events.post_created(1, 11))
     bad = await write_row(conn, "post.exploded", 1, {"post_id": "12"})
-    async with db.transaction() as c:
-        after = await insert_event(c, events.post_created(1, 13))
+    async with Units(db).begin() as uow:
+        after = await insert_event(uow, events.post_created(1, 13))
     publisher = KafkaPublisher(kafka_broker.bootstrap, topics, partitions=3)
     await publisher.ensure_topics()  # before read_all subscribes, which would make the broker create them
     relay = KafkaRelay(publisher)

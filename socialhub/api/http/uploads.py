@@ -54,17 +54,9 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from socialhub.domain.filetypes import ALL_KINDS, IMAGE_HEAD_BYTES, SNIFF_BYTES, Kind, image_size, sniff
 from socialhub.errors import BadRequest, TooLarge, UnsupportedMediaType, invalid
-from socialhub.infra.media.base import MediaStore, StagedFile
-from socialhub.services.media import (
-    ALL_KINDS,
-    IMAGE_HEAD_BYTES,
-    SNIFF_BYTES,
-    Kind,
-    UploadedFile,
-    image_size,
-    sniff,
-)
+from socialhub.infra.media.base import MediaStore, StagedFile, UploadedFile
 from socialhub.services.scrubber import MAX_IMAGE_PIXELS, scrub_image
 
 if TYPE_CHECKING:

@@ -48,6 +48,7 @@ from socialhub.domain.events import Envelope, Unreadable, encode_event, event_id
 from socialhub.infra.events.base import Consumer, EventSource, Publisher
 from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage
 from socialhub.storage.deadletters import DeadLetterStore
+from socialhub.supervisor import sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ class KafkaSource(EventSource):
             finally:
                 self._kafka = None
                 await _close_consumer(kc)
-            if await _sleep_unless(stop, delay):
+            if await sleep_unless(stop, delay):
                 break
             delay = min(delay * 2, RETRY_MAX)
 
@@ -380,7 +381,7 @@ class KafkaSource(EventSource):
             if not failed:
                 retry = RETRY_MIN
                 continue
-            if await _sleep_unless(stop, retry):
+            if await sleep_unless(stop, retry):
                 return
             retry = min(retry * 2, RETRY_MAX)
 
@@ -541,12 +542,3 @@ async def _until(stop: asyncio.Event, aw: Awaitable[T]) -> T:
     if not task.cancelled():
         task.exception()  # seen: we are stopping, whatever it was
     raise _Stopped
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` or until `stop`; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True

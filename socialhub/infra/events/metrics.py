@@ -15,6 +15,7 @@ from prometheus_client import Counter, Gauge
 
 from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.outbox import OutboxStore
+from socialhub.supervisor import sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,4 @@ class PipelineMonitor:
                 # The database being away is reported by /readyz and the readers' own
                 # errors; the gauges keep their last values meanwhile.
                 logger.debug("event pipeline metrics not sampled: %r", exc)
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                pass
+            await sleep_unless(stop, self.interval)

@@ -19,13 +19,13 @@ import asyncio
 import logging
 import zlib
 
-from socialhub.domain.events import Envelope, Unreadable
+from socialhub.domain.events import Envelope
 from socialhub.infra.events.base import Consumer, EventSource
 from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage, is_outage
 from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.outbox import OUTBOX_CHANNEL, OutboxStore, Position
-from socialhub.supervisor import OutageLog
+from socialhub.storage.outbox import OUTBOX_CHANNEL, OutboxEntry, OutboxStore, Position
+from socialhub.supervisor import OutageLog, sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class OutboxSource(EventSource):
                 else:
                     logger.exception("outbox reader %s failed; retrying", self.consumer.name)
             self.active = False
-            await _sleep_unless(stop, backoff)
+            await sleep_unless(stop, backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def _run_locked(self, stop: asyncio.Event, triage: Triage[Position], outage: OutageLog) -> None:
@@ -89,7 +89,7 @@ class OutboxSource(EventSource):
         try:
             lock_key = zlib.crc32(self.consumer.name.encode()) & 0x7FFFFFFF
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, lock_key):
-                if await _sleep_unless(stop, STANDBY_SECONDS):
+                if await sleep_unless(stop, STANDBY_SECONDS):
                     return
             self.active = True
             await conn.add_listener(OUTBOX_CHANNEL, self._notified)
@@ -106,22 +106,22 @@ class OutboxSource(EventSource):
                 batch = await self.store.get_batch(cursor, BATCH_SIZE)
                 if batch:
                     position = await self._deliver(triage, batch, position)
-                    cursor = batch[-1][0]
+                    cursor = batch[-1].position
                     if len(batch) == BATCH_SIZE:
                         continue
                 woken = await self._wait(stop, POLL_SECONDS)
                 if woken:
-                    await _sleep_unless(stop, REPOLL_SECONDS)
+                    await sleep_unless(stop, REPOLL_SECONDS)
         finally:
             self.active = False
             if not conn.is_closed():
                 await conn.close(timeout=5)
 
     async def _deliver(
-        self, triage: Triage[Position], batch: list[tuple[Position, Envelope | Unreadable]], position: Position
+        self, triage: Triage[Position], batch: list[OutboxEntry], position: Position
     ) -> Position:
         """Hand `batch` to the consumer; the position saved afterwards."""
-        envelopes = [envelope for _, envelope in batch if isinstance(envelope, Envelope)]
+        envelopes = [e.envelope for e in batch if isinstance(e.envelope, Envelope)]
         if not triage.held and len(envelopes) == len(batch):
             try:
                 await self.consumer.handle_batch(envelopes)
@@ -131,18 +131,18 @@ class OutboxSource(EventSource):
                     raise
             else:
                 triage.note_passed(envelopes[-1])
-                await self.store.update_position(self.consumer.name, batch[-1][0])
-                return batch[-1][0]
+                await self.store.update_position(self.consumer.name, batch[-1].position)
+                return batch[-1].position
         # Event by event (consumers are idempotent: those before the failure were
         # handled already, and are again).
         saved = position
-        for where, envelope in batch:
-            if await triage.deliver(where, envelope):
-                position = where
+        for entry in batch:
+            if await triage.deliver(entry.position, entry.envelope):
+                position = entry.position
         if triage.held:
             await triage.check_held()
             if not triage.held:
-                position = batch[-1][0]
+                position = batch[-1].position
         if position != saved:
             await self.store.update_position(self.consumer.name, position)
         return position
@@ -160,12 +160,3 @@ class OutboxSource(EventSource):
             for w in waiters:
                 w.cancel()
         return self._wake.is_set()
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` or until `stop`; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True

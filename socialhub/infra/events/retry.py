@@ -60,6 +60,7 @@ from socialhub.errors import Unavailable
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.metrics import DEAD_LETTERED, EVENT_ERRORS, REPLAYS
 from socialhub.storage.deadletters import DeadLetter, DeadLetterStore
+from socialhub.supervisor import sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ class Triage(Generic[W]):
                     error,
                     exc_info=n == count,
                 )
-            if n < count and await _sleep_unless(self.stop, self.policy.delay(n)):
+            if n < count and await sleep_unless(self.stop, self.policy.delay(n)):
                 raise Stopped
         assert first is not None
         return Failure(count, first, error)
@@ -331,7 +332,7 @@ class Triage(Generic[W]):
         if store is None or now - self._replay_checked < self.policy.replay_poll:
             return
         self._replay_checked = now
-        for dead in await store.claim_retries(self.consumer.name, REPLAY_BATCH):
+        for dead in await store.update_claimed_retries(self.consumer.name, REPLAY_BATCH):
             if isinstance(dead.envelope, Unreadable):
                 # Still not an event this version can read: nothing to try.
                 await store.update_failed_again(dead.id, dead.envelope.error, 1)
@@ -364,12 +365,3 @@ async def _release(store: DeadLetterStore, dead: DeadLetter) -> None:
         await store.update_released(dead.id)
     except Exception as exc:  # the database is away: the claim times out instead
         logger.debug("could not release dead letter %d: %r", dead.id, exc)
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` or until `stop`; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
