@@ -62,12 +62,15 @@ from socialhub.services.accounts import AccountService
 from socialhub.services.calls import CallService
 from socialhub.services.chat import ChatService
 from socialhub.services.feed import FeedService
+from socialhub.services.instances import InstanceLedger
 from socialhub.services.janitor import Janitor
 from socialhub.services.notifications import NotificationService
 from socialhub.services.passwords import Passwords
 from socialhub.services.posts import PostService
 from socialhub.services.presence import PresenceService
 from socialhub.services.readcache import ReadCache
+from socialhub.services.roomjoins import RoomJoins
+from socialhub.services.roomstream import RoomStream
 from socialhub.services.sessions import SessionGuard
 from socialhub.services.throttle import LoginThrottle
 from socialhub.services.tokens import TokenCodec
@@ -310,14 +313,12 @@ def create_app(settings: Settings) -> Starlette:
     feed = FeedService(posts=post_store, timelines=shared.timelines, values=shared.values, cache=cache)
     notifications = NotificationService(store=NotificationStore(db), pubsub=pubsub)
     sources, publisher = make_event_sources(settings, db, [feed, notifications])
+    ledger = InstanceLedger(shared.counters, shared.values, instance_id=f"{socket.gethostname()}-{os.getpid()}")
     presence = PresenceService(
-        shared.counters,
-        shared.values,
-        pubsub,
-        instance_id=f"{socket.gethostname()}-{os.getpid()}",
-        save_last_seen=user_store.update_last_seen,
-        load_last_seen=user_store.get_last_seen,
-    )
+        ledger, shared.counters, shared.values, pubsub,
+        save_last_seen=user_store.update_last_seen, load_last_seen=user_store.get_last_seen,
+    )  # fmt: skip
+    joins = RoomJoins(ledger, shared.counters)
     users = UserService(
         units=Units(db), users=user_store, media=media, media_base=media_base, cache=cache, presence=presence
     )
@@ -326,7 +327,7 @@ def create_app(settings: Settings) -> Starlette:
         users=user_store,
         pubsub=pubsub,
         notify=notifications.notify,
-        joined_users=presence.joined_users,
+        joined_users=joins.joined_users,
     )
 
     async def online(user_ids: Sequence[int]) -> dict[int, bool]:
@@ -344,13 +345,14 @@ def create_app(settings: Settings) -> Starlette:
         turn_secret=settings.calls.turn_secret,
         turn_ttl=settings.calls.turn_ttl,
     )
-    hub = Hub(pubsub=pubsub, chat=chat, presence=presence)
+    rooms = RoomStream(pubsub=pubsub, chat=chat, joins=joins)
+    hub = Hub(pubsub=pubsub, rooms=rooms, presence=presence)
     guard.add_listener(hub.on_revoked)
     pubsub.on_reset(hub.on_broker_reset)
     sockets = SocketEndpoint(
         guard=guard,
         hub=hub,
-        dispatcher=Dispatcher(hub=hub, chat=chat, presence_status=presence.status, calls=calls),
+        dispatcher=Dispatcher(hub=hub, rooms=rooms, chat=chat, presence_status=presence.status, calls=calls),
         rate=settings.ratelimit.rule("ws_frames"),
     )
     supervisor = Supervisor()

@@ -32,15 +32,12 @@ from socialhub.domain.calls import (
     REJECTED,
     RINGING,
     Call,
-    CallAnswered,
-    CallCandidateFrame,
-    CallEnded,
-    CallIncoming,
     CallRecord,
 )
 from socialhub.domain.live import encode_user_event, user_channel
-from socialhub.domain.notifications import NewNotification
+from socialhub.domain.notifications import NewNotification, Notifier
 from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.protocol import CallAnswered, CallCandidateFrame, CallEnded, CallIncoming
 from socialhub.domain.users import Principal
 from socialhub.errors import BadRequest, Conflict, Forbidden, NotFound, SocialhubError, Unavailable, ValidationFailed
 from socialhub.storage.calls import CallStore
@@ -56,7 +53,6 @@ SWEEP_SECONDS = 1.0
 # the call: a phone switching networks reconnects well within it.
 DISCONNECT_GRACE = 10.0
 
-Notifier = Callable[[NewNotification], Awaitable[object]]
 OnlineCheck = Callable[[Sequence[int]], Awaitable[dict[int, bool]]]
 ExistingUsers = Callable[[Sequence[int]], Awaitable[set[int]]]
 

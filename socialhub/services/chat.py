@@ -13,12 +13,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-import msgspec
-
 from socialhub.domain.chat import Message, MessageRecord, Room
 from socialhub.domain.live import encode_room_event, room_channel
-from socialhub.domain.notifications import NewNotification
+from socialhub.domain.notifications import NewNotification, Notifier
 from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.protocol import TYPING_EXPIRES_SECONDS, NewMessageFrame, ReadFrame, TypingFrame
 from socialhub.domain.users import Principal
 from socialhub.errors import Forbidden, NotFound, SocialhubError, ValidationFailed
 from socialhub.infra.pubsub.base import PubSub
@@ -35,32 +34,11 @@ REPLAY_BATCH = 500
 # positive answer can be kept; negative ones are not cached.
 MEMBER_CACHE_SIZE = 100_000
 MEMBER_CACHE_TTL = 300.0
-# SPEC: `typing true` expires by itself after 6 s; the others then get `typing false`.
-TYPING_EXPIRES = 6.0
 # The typer's instance sends that `typing false`; if it is gone, every other instance
 # tells its own sockets this much later.
 TYPING_LAPSE_GRACE = 2.0
 
 
-class NewMessageFrame(msgspec.Struct, frozen=True, tag_field="type", tag="new_message"):
-    message: Message
-
-
-class TypingFrame(msgspec.Struct, frozen=True, tag_field="type", tag="typing"):
-    room_id: str
-    user_id: str
-    state: bool
-
-
-class ReadFrame(msgspec.Struct, frozen=True, tag_field="type", tag="read"):
-    room_id: str
-    user_id: str
-    seq: int
-
-
-_encoder = msgspec.json.Encoder()
-
-Notifier = Callable[[NewNotification], Awaitable[object]]
 JoinedUsers = Callable[[int], Awaitable[set[int]]]
 
 
@@ -174,7 +152,7 @@ class ChatService:
         return await self.store.get_last_seq(room_id)
 
     async def typing(self, viewer: Principal, room_id: int, state: bool) -> None:
-        """Relay to the others; a `true` not renewed within TYPING_EXPIRES turns `false`."""
+        """Relay to the others; a `true` not renewed within TYPING_EXPIRES_SECONDS turns `false`."""
         await self.check_member(viewer.user_id, room_id)
         key = (room_id, viewer.user_id)
         timer = self._typing.pop(key, None)
@@ -182,7 +160,7 @@ class ChatService:
             timer.cancel()
         if state:
             loop = asyncio.get_running_loop()
-            self._typing[key] = loop.call_later(TYPING_EXPIRES, self._typing_expired, room_id, viewer.user_id)
+            self._typing[key] = loop.call_later(TYPING_EXPIRES_SECONDS, self._typing_expired, room_id, viewer.user_id)
         await self._publish_typing(room_id, viewer.user_id, state)
 
     def _typing_expired(self, room_id: int, user_id: int) -> None:
@@ -200,7 +178,7 @@ class ChatService:
                 frame,
                 exclude_user=user_id,
                 lapse_key=f"typing:{user_id}",
-                lapse_after=TYPING_EXPIRES + TYPING_LAPSE_GRACE,
+                lapse_after=TYPING_EXPIRES_SECONDS + TYPING_LAPSE_GRACE,
                 lapse=ends,
             ),
         )

@@ -9,8 +9,9 @@ import msgspec
 
 from socialhub.domain.events import CommentCreated, Envelope, FollowCreated, LikeCreated, PostCreated
 from socialhub.domain.live import encode_user_event, user_channel
-from socialhub.domain.notifications import NewNotification, Notification, NotificationFrame
+from socialhub.domain.notifications import NewNotification, Notification
 from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.protocol import NotificationFrame
 from socialhub.domain.users import Principal
 from socialhub.errors import SocialhubError
 from socialhub.infra.events.base import Consumer

@@ -8,11 +8,12 @@ import msgspec
 
 from socialhub.domain import events
 from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.protocol import PresenceView
 from socialhub.domain.users import Principal, User, at_username
 from socialhub.errors import NotFound, ValidationFailed
 from socialhub.ids import parse_id
 from socialhub.infra.media.base import MediaStore, UploadedFile, new_media_key
-from socialhub.services.presence import PresenceService, PresenceView
+from socialhub.services.presence import PresenceService
 from socialhub.services.readcache import Invalidation, ReadCache
 from socialhub.storage.outbox import insert_event
 from socialhub.storage.units import UnitOfWork, Units

@@ -19,6 +19,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
+from socialhub.domain.protocol import PresenceView
 from socialhub.infra.kv.base import Counters, Values
 from socialhub.infra.kv.memory import MemoryCounters, MemoryValues
 from socialhub.infra.kv.redis import RedisCounters, RedisValues
@@ -26,7 +27,9 @@ from socialhub.infra.pubsub.base import PubSub
 from socialhub.infra.pubsub.memory import MemoryPubSub
 from socialhub.infra.pubsub.redis import RedisPubSub
 from socialhub.infra.redis_client import client_from_url
-from socialhub.services.presence import REGISTRY, PresenceService, PresenceView
+from socialhub.services.instances import REGISTRY, InstanceLedger
+from socialhub.services.presence import PresenceService
+from socialhub.services.roomjoins import RoomJoins
 from tests.contract.conftest import REDIS_URL, eventually
 
 GRACE = 0.2
@@ -36,10 +39,11 @@ RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 class Node:
-    """One instance: a PresenceService and its worker."""
+    """One instance: a PresenceService, the room joins on the same ledger, the worker."""
 
-    def __init__(self, service: PresenceService) -> None:
+    def __init__(self, service: PresenceService, rooms: RoomJoins) -> None:
         self.service = service
+        self.rooms = rooms
         self.stop_event = asyncio.Event()
         self.task = asyncio.create_task(service.run(self.stop_event))
 
@@ -86,19 +90,13 @@ class Env:
 
     async def node(self, name: str) -> Node:
         counters, values, pubsub = await self._backends()
+        ledger = InstanceLedger(counters, values, instance_id=name, heartbeat=HEARTBEAT)
         service = PresenceService(
-            counters,
-            values,
-            pubsub,
-            instance_id=name,
-            save_last_seen=self.save,
-            load_last_seen=self.load,
-            grace=GRACE,
-            heartbeat=HEARTBEAT,
+            ledger, counters, values, pubsub, save_last_seen=self.save, load_last_seen=self.load, grace=GRACE
         )
-        node = Node(service)
+        node = Node(service, RoomJoins(ledger, counters))
         self.nodes.append(node)
-        await eventually(lambda: service._registered, within=2)
+        await eventually(lambda: ledger.registered, within=2)
         return node
 
     async def counters(self) -> Counters:
@@ -237,7 +235,7 @@ async def test_a_lapsed_heartbeat_rebuilds_the_entries_without_flapping(env: Env
     a = await env.node("a")
     await env.watch(1)
     await a.service.connected(1)
-    await a.service.joined(7, 1)
+    await a.rooms.joined(7, 1)
     await eventually(lambda: env.statuses(1) == ["online"])
     old = a.service.instance
     counters = await env.counters()
@@ -246,7 +244,7 @@ async def test_a_lapsed_heartbeat_rebuilds_the_entries_without_flapping(env: Env
     # The old id is swept like any dead instance (here by the instance itself).
     await eventually(lambda: _registry_lacks(counters, old), within=2)
     assert a.service.instance in await counters.hash_get_all(REGISTRY)
-    assert await a.service.joined_users(7) == {1}
+    assert await a.rooms.joined_users(7) == {1}
     assert (await status_of(a, 1)).status == "online"
     await asyncio.sleep(QUIET)
     assert env.statuses(1) == ["online"]
@@ -271,19 +269,19 @@ async def _registry_lacks(counters: Counters, iid: str) -> bool:
 
 async def test_joined_users_count_sockets_per_instance(env: Env) -> None:
     a, b = await env.node("a"), await env.node("b")
-    await a.service.joined(7, 1)
-    await b.service.joined(7, 2)
-    await b.service.joined(7, 2)  # two sockets of user 2 in the room
-    await b.service.joined(8, 3)
-    assert await a.service.joined_users(7) == {1, 2}
-    assert await b.service.joined_users(8) == {3}
-    await b.service.left(7, 2)
-    assert await a.service.joined_users(7) == {1, 2}
-    await b.service.left(7, 2)
-    await b.service.left(7, 2)  # one leave too many is ignored
-    await a.service.left(7, 1)
-    assert await b.service.joined_users(7) == set()
-    assert await b.service.joined_users(99) == set()
+    await a.rooms.joined(7, 1)
+    await b.rooms.joined(7, 2)
+    await b.rooms.joined(7, 2)  # two sockets of user 2 in the room
+    await b.rooms.joined(8, 3)
+    assert await a.rooms.joined_users(7) == {1, 2}
+    assert await b.rooms.joined_users(8) == {3}
+    await b.rooms.left(7, 2)
+    assert await a.rooms.joined_users(7) == {1, 2}
+    await b.rooms.left(7, 2)
+    await b.rooms.left(7, 2)  # one leave too many is ignored
+    await a.rooms.left(7, 1)
+    assert await b.rooms.joined_users(7) == set()
+    assert await b.rooms.joined_users(99) == set()
 
 
 # -- several instances -----------------------------------------------------------------------
@@ -335,10 +333,10 @@ async def test_a_crashed_instance_does_not_leave_its_users_online(env: Env) -> N
     await a.service.connected(1)  # only on a
     await a.service.connected(2)  # on both
     await b.service.connected(2)
-    await a.service.joined(7, 1)
-    await b.service.joined(7, 2)
+    await a.rooms.joined(7, 1)
+    await b.rooms.joined(7, 2)
     await eventually(lambda: env.statuses(1) == ["online"] and env.statuses(2) == ["online"])
-    assert await b.service.joined_users(7) == {1, 2}
+    assert await b.rooms.joined_users(7) == {1, 2}
     dead = a.service.instance
 
     loop = asyncio.get_running_loop()
@@ -349,7 +347,7 @@ async def test_a_crashed_instance_does_not_leave_its_users_online(env: Env) -> N
     assert loop.time() - crashed_at < 6 * HEARTBEAT + 0.3
     assert_frame(env.frames(1)[1], 1, "offline")
     assert 1 in env.last_seen
-    assert await b.service.joined_users(7) == {2}
+    assert await b.rooms.joined_users(7) == {2}
     assert (await status_of(b, 1)).status == "offline"
     assert (await status_of(b, 2)).status == "online"
     # The dead instance's entries are gone, not just ignored.
@@ -369,12 +367,12 @@ async def test_a_stopping_instance_hands_its_users_over(env: Env) -> None:
     await a.service.connected(1)
     await a.service.connected(2)
     await b.service.connected(2)
-    await a.service.joined(7, 1)
+    await a.rooms.joined(7, 1)
     await eventually(lambda: env.statuses(1) == ["online"] and env.statuses(2) == ["online"])
 
     await a.shutdown()
     assert 1 in env.last_seen and 2 not in env.last_seen  # saved at once for who is offline
-    assert await b.service.joined_users(7) == set()
+    assert await b.rooms.joined_users(7) == set()
     # Offline is announced after the grace, by b.
     await asyncio.sleep(GRACE / 2)
     assert env.statuses(1) == ["online"]

@@ -16,9 +16,9 @@ from socialhub.api.http.security import Authenticator
 from socialhub.api.http.uploads import AVATAR_FIELDS, read_upload
 from socialhub.domain.filetypes import IMAGE_ONLY
 from socialhub.domain.pages import Page
+from socialhub.domain.protocol import PresenceView
 from socialhub.domain.users import BIO_MAX_LENGTH, DisplayName, User
 from socialhub.infra.media.base import MediaStore
-from socialhub.services.presence import PresenceView
 from socialhub.services.users import Counts, FollowState, UserService
 
 REF = "`ref` is a user id, `@username` or `me`."
