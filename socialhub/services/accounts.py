@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -23,6 +22,7 @@ from socialhub.services.tokens import TokenCodec
 from socialhub.storage.auth import AuthStore, RefreshOutcome
 from socialhub.storage.units import Units
 from socialhub.storage.users import UserStore
+from socialhub.supervisor import Spawn
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class AccountService:
         guard: SessionGuard,
         mailer: Mailer,
         throttle: LoginThrottle,
+        spawn: Spawn,
         secret: str,
         refresh_ttl: float,
         otp_ttl: float,
@@ -88,13 +89,13 @@ class AccountService:
         self.guard = guard
         self.mailer = mailer
         self.throttle = throttle
+        self.spawn = spawn
         # 6 digits are a small space: the stored codes are HMACs under a server key, so a
         # leaked table alone does not give them away.
         self._otp_key = hmac.new(secret.encode(), b"socialhub password reset", hashlib.sha256).digest()
         self.refresh_ttl = refresh_ttl
         self.otp_ttl = otp_ttl
         self.otp_max_attempts = otp_max_attempts
-        self._background: set[asyncio.Task[None]] = set()
 
     async def signup(
         self, *, name: str, email: str, username: str, password: str, user_agent: str, ip: str
@@ -174,9 +175,7 @@ class AccountService:
     def forgot_password(self, email: str) -> None:
         """Accepted at once for any address; the lookup and the mail happen in the
         background, so neither the answer nor its timing says whether the account exists."""
-        task = asyncio.create_task(self._send_reset_code(email.strip()))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.spawn("reset mail", self._send_reset_code(email.strip()))
 
     async def _send_reset_code(self, email: str) -> None:
         try:
@@ -236,8 +235,3 @@ class AccountService:
         if not ok:
             raise BadRequest(BAD_CODE)
         await self.guard.revoked(user.id, revoked)
-
-    async def drain(self) -> None:
-        """Wait for background mail sends (shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)

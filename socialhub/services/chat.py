@@ -23,6 +23,7 @@ from socialhub.errors import Forbidden, NotFound, SocialhubError, ValidationFail
 from socialhub.infra.pubsub.base import PubSub
 from socialhub.storage.chat import ChatStore
 from socialhub.storage.users import UserStore
+from socialhub.supervisor import Spawn
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +45,23 @@ JoinedUsers = Callable[[int], Awaitable[set[int]]]
 
 class ChatService:
     def __init__(
-        self, *, store: ChatStore, users: UserStore, pubsub: PubSub, notify: Notifier, joined_users: JoinedUsers
+        self,
+        *,
+        store: ChatStore,
+        users: UserStore,
+        pubsub: PubSub,
+        notify: Notifier,
+        joined_users: JoinedUsers,
+        spawn: Spawn,
     ) -> None:
         self.store = store
         self.users = users
         self.pubsub = pubsub
         self.notify = notify
         self.joined_users = joined_users
+        self.spawn = spawn
         self._members: OrderedDict[tuple[int, int], float] = OrderedDict()
         self._typing: dict[tuple[int, int], asyncio.TimerHandle] = {}
-        self._background: set[asyncio.Task[None]] = set()
 
     # -- rooms ---------------------------------------------------------------------------
 
@@ -165,9 +173,8 @@ class ChatService:
 
     def _typing_expired(self, room_id: int, user_id: int) -> None:
         self._typing.pop((room_id, user_id), None)
-        task = asyncio.create_task(self._publish_typing(room_id, user_id, False))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        # Only worth sending while the process serves: not waited for at shutdown.
+        self.spawn("typing lapse", self._publish_typing(room_id, user_id, False), wait=False)
 
     async def _publish_typing(self, room_id: int, user_id: int, state: bool) -> None:
         frame = TypingFrame(room_id=str(room_id), user_id=str(user_id), state=state)

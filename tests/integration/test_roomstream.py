@@ -29,6 +29,7 @@ from socialhub.storage.chat import ChatStore
 from socialhub.storage.database import Database
 from socialhub.storage.migrate import migrate
 from socialhub.storage.users import UserStore
+from socialhub.supervisor import Supervisor
 from tests.conftest import fresh_database
 from tests.contract.conftest import eventually
 
@@ -65,6 +66,7 @@ class Env:
         self.db = db
         self.pubsub = MemoryPubSub()
         self.notified: list[NewNotification] = []
+        self.supervisor = Supervisor()
         counters = MemoryCounters()
         self.ledger = InstanceLedger(counters, MemoryValues(), instance_id="test")
         self.joins = RoomJoins(self.ledger, counters)
@@ -74,6 +76,7 @@ class Env:
             pubsub=self.pubsub,
             notify=self.notify,
             joined_users=self.joins.joined_users,
+            spawn=self.supervisor.spawn,
         )
         self.stream = RoomStream(pubsub=self.pubsub, chat=self.chat, joins=self.joins)
 
