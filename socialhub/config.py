@@ -4,6 +4,11 @@ Sources, later wins: defaults, the TOML file (`--config` or SOCIALHUB_CONFIG), t
 environment variables SOCIALHUB_<SECTION>_<KEY>. Everything is validated once at
 start-up; every error names the key it is about, and unknown keys are refused
 (a typo must not silently fall back to a default).
+
+Why one module of ~450 lines: it is the whole configuration surface in one place (every
+section's Struct with its defaults and notes, the env and TOML merge, the checks that name
+a key), which an operator reads top to bottom; split, a key's default and its check would
+live apart.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ not store what it read. What pub/sub cannot promise is covered as the SessionGua
 covers it: while the broker is down the cache is bypassed and emptied when it is
 back, and every entry is re-read after `TTL` at the latest (an instance that died
 between its commit and its announcement).
+
+Why one module of ~470 lines: its correctness rests on a few shared pieces (the fill
+guard, the health bypass, the TTL, the kept pages indexed by the posts they show) that
+every cached kind uses; the tests remove each safety net in turn against this one
+module. Split by kind, each part would need the others' invalidation rules.
 """
 
 from __future__ import annotations

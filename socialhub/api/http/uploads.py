@@ -37,6 +37,10 @@ on success the caller owns the staged files and must commit or discard each:
         post = await posts.create(viewer, upload.fields.get("content", ""), upload.files)
     finally:
         await upload.discard()   # a no-op for the files the service committed
+
+Why one module of ~450 lines: the streaming parser's callbacks, its refusals and its
+clean-up on every path out share one state machine (`_UploadReader`); split, the
+all-or-nothing rule would be spread over modules that each see half of a request.
 """
 
 from __future__ import annotations

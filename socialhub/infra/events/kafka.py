@@ -29,6 +29,10 @@ aiokafka asks for a producer id with InitProducerId v0; a broker that refuses it
 a warning and a plain acks=all producer (`idempotent` then reads False). Duplicates
 from a retried send are harmless because consumers are idempotent (SPEC, Events), and
 ordering per partition holds either way: aiokafka keeps one batch in flight per partition.
+
+Why one module of ~550 lines: the publisher and the consumer-group source share the
+topic preparation, the wire codec and the broker's error classes, and they are the one
+Kafka adapter behind the event port (like `outbox.py` for the other path).
 """
 
 from __future__ import annotations
