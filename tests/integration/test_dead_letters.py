@@ -31,9 +31,8 @@ from socialhub.infra.events.outbox import OutboxSource
 from socialhub.infra.events.retry import RetryPolicy
 from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.migrate import migrate
 from socialhub.storage.outbox import OutboxStore
-from tests.conftest import fresh_database, running_app
+from tests.conftest import connected, migrated_database, running_app
 from tests.integration.test_kafka_path import feed_ids, follow, kafka_settings, new_post, reader
 from tests.integration.test_outbox import emit, run_source, stop_source, wait_until
 from tests.kafka_broker import TansuBroker
@@ -53,18 +52,14 @@ KAFKA_DEADLINE = 45.0
 
 @pytest.fixture
 async def own_db_url() -> AsyncIterator[str]:
-    async with fresh_database("socialhub_dead") as url:
-        await migrate(url)
+    async with migrated_database("socialhub_dead") as url:
         yield url
 
 
 @pytest.fixture
 async def conn(own_db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(own_db_url)
-    try:
+    async with connected(own_db_url) as c:
         yield c
-    finally:
-        await c.close()
 
 
 async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:

@@ -27,10 +27,9 @@ from socialhub.services.roomjoins import RoomJoins
 from socialhub.services.roomstream import RoomStream
 from socialhub.storage.chat import ChatStore
 from socialhub.storage.database import Database
-from socialhub.storage.migrate import migrate
 from socialhub.storage.users import UserStore
 from socialhub.supervisor import Supervisor
-from tests.conftest import fresh_database
+from tests.conftest import migrated_database
 from tests.contract.conftest import eventually
 
 
@@ -106,8 +105,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 async def db() -> AsyncIterator[Database]:
-    async with fresh_database("socialhub_roomstream") as url:
-        await migrate(url)
+    async with migrated_database("socialhub_roomstream") as url:
         database = Database()
         await database.open(url)
         yield database

@@ -31,10 +31,9 @@ from socialhub.infra.events.relay import KafkaRelay
 from socialhub.infra.events.retry import RetryPolicy
 from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.migrate import migrate
 from socialhub.storage.outbox import OutboxStore, insert_event
 from socialhub.storage.units import Units
-from tests.conftest import fresh_database, running_app
+from tests.conftest import connected, migrated_database, running_app
 from tests.integration.test_dead_letters import FAST, _true, cli, post_notified
 from tests.integration.test_kafka import FAST_GROUP, Recorder, group_prefix, publisher, read_all, running, topic_names
 from tests.integration.test_kafka_path import feed_ids, follow, new_post, reader
@@ -46,18 +45,14 @@ POLICY = RetryPolicy(attempts=3, backoff=0.01, backoff_max=0.02, replay_poll=0.1
 
 @pytest.fixture
 async def own_db_url() -> AsyncIterator[str]:
-    async with fresh_database("socialhub_unreadable") as url:
-        await migrate(url)
+    async with migrated_database("socialhub_unreadable") as url:
         yield url
 
 
 @pytest.fixture
 async def conn(own_db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(own_db_url)
-    try:
+    async with connected(own_db_url) as c:
         yield c
-    finally:
-        await c.close()
 
 
 @pytest.fixture
