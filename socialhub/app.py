@@ -1,15 +1,9 @@
 """The one place that wires socialhub together.
 
-`create_app(settings)` picks each adapter from config, builds the stores, services
-and the Starlette app, and returns it with an ordered lifespan: dependencies start in
-the order below and stop in reverse.
-
-    start: embedded PostgreSQL (if no database.url) -> migrations -> pool
-           -> key-value store -> pub/sub -> session guard -> read cache -> background workers
-    stop:  sockets (closed with 1012) -> chat timers -> presence -> workers (event
-           readers, presence, janitor) -> session guard -> background mail -> read cache
-           -> Kafka producer -> media -> pub/sub -> key-value -> Redis -> pool
-           -> embedded PostgreSQL
+`build(settings)` takes each adapter from the tables of `adapters.py` (keyed by the
+config's names), builds the stores, services, workers and route groups; `steps` writes
+the start/stop order down as data (`lifecycle.Step`, one owner each); `create_app` lays
+out the routes and middleware and returns the Starlette app.
 """
 
 from __future__ import annotations
@@ -17,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -26,6 +21,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+from socialhub import adapters
+from socialhub.adapters import SharedState
 from socialhub.api.http.auth import AuthRoutes
 from socialhub.api.http.calls import CallRoutes
 from socialhub.api.http.chat import ChatRoutes
@@ -45,28 +42,27 @@ from socialhub.api.ws.dispatch import Dispatcher
 from socialhub.api.ws.endpoint import SocketEndpoint
 from socialhub.api.ws.hub import Hub
 from socialhub.config import ConfigError, Settings
-from socialhub.domain import events
 from socialhub.errors import SocialhubError
-from socialhub.infra.events.base import Consumer, EventSource, Publisher
+from socialhub.infra.events.base import Publisher
 from socialhub.infra.events.metrics import PipelineMonitor
 from socialhub.infra.events.outbox import OutboxSource
-from socialhub.infra.events.relay import KafkaRelay
-from socialhub.infra.events.retry import RetryPolicy
-from socialhub.infra.kv.base import KeyValue
 from socialhub.infra.mail.base import Mailer
 from socialhub.infra.media.base import MediaStore
-from socialhub.infra.pubsub.base import PubSub
+from socialhub.lifecycle import Step, running
 from socialhub.secrets_file import load_or_create_secret
 from socialhub.services.accounts import AccountService
 from socialhub.services.calls import CallService
 from socialhub.services.chat import ChatService
 from socialhub.services.feed import FeedService
+from socialhub.services.instances import InstanceLedger
 from socialhub.services.janitor import Janitor
 from socialhub.services.notifications import NotificationService
 from socialhub.services.passwords import Passwords
 from socialhub.services.posts import PostService
 from socialhub.services.presence import PresenceService
 from socialhub.services.readcache import ReadCache
+from socialhub.services.roomjoins import RoomJoins
+from socialhub.services.roomstream import RoomStream
 from socialhub.services.sessions import SessionGuard
 from socialhub.services.throttle import LoginThrottle
 from socialhub.services.tokens import TokenCodec
@@ -81,84 +77,11 @@ from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
 from socialhub.storage.outbox import OutboxStore
 from socialhub.storage.posts import PostStore
+from socialhub.storage.units import Units
 from socialhub.storage.users import UserStore
 from socialhub.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
-
-
-def make_kv_pubsub(settings: Settings) -> tuple[KeyValue, PubSub, Callable[[], Awaitable[None]]]:
-    """The key-value store and pub/sub: in process, or Redis (one client shared by both)."""
-    if settings.redis.url:
-        from socialhub.infra.kv.redis import RedisKV, client_from_url
-        from socialhub.infra.pubsub.redis import RedisPubSub
-
-        client = client_from_url(settings.redis.url)
-        kv = RedisKV(client, settings.redis.key_prefix)
-        pubsub = RedisPubSub(client, settings.redis.key_prefix)
-        return kv, pubsub, client.aclose
-    from socialhub.infra.kv.memory import MemoryKV
-    from socialhub.infra.pubsub.memory import MemoryPubSub
-
-    async def nothing() -> None:
-        return None
-
-    return MemoryKV(), MemoryPubSub(), nothing
-
-
-def make_media(settings: Settings) -> MediaStore:
-    from socialhub.infra.media.disk import DiskMediaStore
-
-    return DiskMediaStore(settings.data_path / "media")
-
-
-def make_event_sources(
-    settings: Settings, db: Database, consumers: list[Consumer]
-) -> tuple[dict[str, EventSource], Publisher | None]:
-    """Without Kafka each consumer reads the outbox; with it, a relay forwards the outbox
-    to Kafka and each consumer is a Kafka consumer group."""
-    outbox = OutboxStore(db)
-    dead = DeadLetterStore(db)
-    ev = settings.events
-    policy = RetryPolicy(
-        attempts=ev.retry_attempts,
-        backoff=ev.retry_backoff,
-        backoff_max=ev.retry_backoff_max,
-        replay_poll=ev.replay_poll,
-    )
-    if not settings.kafka.bootstrap_servers:
-        return {c.name: OutboxSource(db, outbox, c, dead_letters=dead, policy=policy) for c in consumers}, None
-    from socialhub.infra.events.kafka import KafkaPublisher, KafkaSource
-
-    topics = {events.POSTS: settings.kafka.posts_topic, events.USERS: settings.kafka.users_topic}
-    publisher = KafkaPublisher(
-        settings.kafka.bootstrap_servers,
-        topics,
-        partitions=settings.kafka.partitions,
-        replication_factor=settings.kafka.replication_factor,
-    )
-    relay = KafkaRelay(publisher)
-    sources: dict[str, EventSource] = {relay.name: OutboxSource(db, outbox, relay, dead_letters=dead, policy=policy)}
-    for c in consumers:
-        sources[c.name] = KafkaSource(
-            settings.kafka.bootstrap_servers,
-            topics,
-            c,
-            prepare=publisher.ensure_topics,
-            dead_letters=dead,
-            policy=policy,
-        )
-    return sources, publisher
-
-
-def make_mailer(settings: Settings) -> Mailer:
-    if settings.mail.backend == "smtp":
-        from socialhub.infra.mail.smtp import SmtpMailer
-
-        return SmtpMailer(settings.mail.smtp_url, sender=settings.mail.from_address)
-    from socialhub.infra.mail.file import FileMailer
-
-    return FileMailer(settings.data_path / "mail", sender=settings.mail.from_address)
 
 
 # How long start-up waits for a configured PostgreSQL or Redis to answer before it gives
@@ -218,185 +141,222 @@ async def open_database(settings: Settings, db: Database, stack: AsyncExitStack)
     stack.push_async_callback(db.close)
 
 
-def create_app(settings: Settings) -> Starlette:
+@dataclass
+class Parts:
+    """Everything `create_app` builds before it lays out routes and the lifecycle."""
+
+    settings: Settings
+    db: Database
+    shared: SharedState
+    media: MediaStore
+    mailer: Mailer
+    publisher: Publisher | None
+    supervisor: Supervisor
+    guard: SessionGuard
+    cache: ReadCache
+    chat: ChatService
+    hub: Hub
+    groups: list[RouteGroup]  # the API's route groups, in the document's order
+    busiest_first: list[RouteGroup]  # the same, in the order Starlette tries them
+    sockets: SocketEndpoint
+    tokens: TokenCodec
+
+
+def build(settings: Settings) -> Parts:
+    """Adapters (adapters.py picks each from config), stores, services, workers, routes."""
     secret = settings.auth.jwt_secret or load_or_create_secret(settings.data_path)
     if not settings.auth.jwt_secret and settings.redis.url:
         logger.warning(
             "auth.jwt_secret is not set: this instance signs tokens with the secret in its data_dir; "
             "instances that do not share that file will refuse each other's tokens"
         )
-
-    db = Database()
-    kv, pubsub, close_redis = make_kv_pubsub(settings)
-    mailer = make_mailer(settings)
-    media = make_media(settings)
+    db, supervisor = Database(), Supervisor()
+    shared, media, mailer = adapters.shared_state(settings), adapters.media_store(settings), adapters.mailer(settings)
+    pubsub = shared.pubsub
     media_base = settings.server.public_url.rstrip("/")
-    user_store = UserStore(db)
-    auth_store = AuthStore(db)
+    user_store, auth_store, post_store = UserStore(db), AuthStore(db), PostStore(db)
     tokens = TokenCodec(secret, settings.auth.access_ttl)
     guard = SessionGuard(tokens, auth_store, pubsub)
-    passwords = Passwords(
-        time_cost=settings.auth.argon2_time_cost,
-        memory_kib=settings.auth.argon2_memory_kib,
-        parallelism=settings.auth.argon2_parallelism,
-    )
+    auth = settings.auth
     accounts = AccountService(
-        db=db,
+        units=Units(db),
         users=user_store,
         auth=auth_store,
-        passwords=passwords,
+        passwords=Passwords(
+            time_cost=auth.argon2_time_cost, memory_kib=auth.argon2_memory_kib, parallelism=auth.argon2_parallelism
+        ),
         tokens=tokens,
         guard=guard,
         mailer=mailer,
-        throttle=LoginThrottle(kv=kv, rate=settings.ratelimit.rule("login_account"), secret=secret),
+        throttle=LoginThrottle(limiter=shared.limiter, rate=settings.ratelimit.rule("login_account"), secret=secret),
+        spawn=supervisor.spawn,
         secret=secret,
-        refresh_ttl=settings.auth.refresh_ttl,
-        otp_ttl=settings.auth.otp_ttl,
-        otp_max_attempts=settings.auth.otp_max_attempts,
+        refresh_ttl=auth.refresh_ttl,
+        otp_ttl=auth.otp_ttl,
+        otp_max_attempts=auth.otp_max_attempts,
     )
-    post_store = PostStore(db)
+    feed_cfg = settings.feed
     cache = ReadCache(
-        post_store,
-        pubsub,
-        media_base,
-        max_posts=settings.feed.cache_posts,
-        max_viewers=settings.feed.cache_viewers,
+        post_store, pubsub, media_base, max_posts=feed_cfg.cache_posts, max_viewers=feed_cfg.cache_viewers
     )
     posts = PostService(
-        db=db, posts=post_store, media=media, cache=cache, fanout_threshold=settings.feed.fanout_threshold
-    )
-    feed = FeedService(posts=post_store, kv=kv, cache=cache)
-    notifications = NotificationService(db=db, store=NotificationStore(db), pubsub=pubsub)
-    sources, publisher = make_event_sources(settings, db, [feed, notifications])
+        units=Units(db), posts=post_store, users=user_store, media=media, cache=cache,
+        fanout_threshold=feed_cfg.fanout_threshold,
+    )  # fmt: skip
+    feed = FeedService(posts=post_store, timelines=shared.timelines, values=shared.values, cache=cache)
+    notifications = NotificationService(store=NotificationStore(db), pubsub=pubsub)
+    path = adapters.event_path(settings, db, [feed, notifications])
+    ledger = InstanceLedger(shared.counters, shared.values, instance_id=f"{socket.gethostname()}-{os.getpid()}")
     presence = PresenceService(
-        kv,
-        pubsub,
-        instance_id=f"{socket.gethostname()}-{os.getpid()}",
-        save_last_seen=user_store.update_last_seen,
-        load_last_seen=user_store.get_last_seen,
+        ledger, shared.counters, shared.values, pubsub,
+        save_last_seen=user_store.update_last_seen, load_last_seen=user_store.get_last_seen,
+    )  # fmt: skip
+    joins = RoomJoins(ledger, shared.counters)
+    users = UserService(
+        units=Units(db), users=user_store, media=media, media_base=media_base, cache=cache, presence=presence
     )
-    users = UserService(db=db, users=user_store, media=media, media_base=media_base, cache=cache, presence=presence)
     chat = ChatService(
-        store=ChatStore(db), pubsub=pubsub, notify=notifications.notify, joined_users=presence.joined_users
+        store=ChatStore(db),
+        users=user_store,
+        pubsub=pubsub,
+        notify=notifications.notify,
+        joined_users=joins.joined_users,
+        spawn=supervisor.spawn,
     )
 
     async def online(user_ids: Sequence[int]) -> dict[int, bool]:
         return {int(v.user_id): v.status == "online" for v in await presence.status(user_ids)}
 
+    calls_cfg = settings.calls
     calls = CallService(
         store=CallStore(db),
         publish=pubsub.publish,
         notify=notifications.notify,
         online=online,
-        user_exists=user_store.user_exists,
-        ring_timeout=settings.calls.ring_timeout,
-        stun_urls=settings.calls.stun_urls,
-        turn_urls=settings.calls.turn_urls,
-        turn_secret=settings.calls.turn_secret,
-        turn_ttl=settings.calls.turn_ttl,
+        existing_users=user_store.get_existing_user_ids,
+        ring_timeout=calls_cfg.ring_timeout,
+        stun_urls=calls_cfg.stun_urls,
+        turn_urls=calls_cfg.turn_urls,
+        turn_secret=calls_cfg.turn_secret,
+        turn_ttl=calls_cfg.turn_ttl,
     )
-    hub = Hub(pubsub=pubsub, chat=chat, presence=presence)
+    rooms = RoomStream(pubsub=pubsub, chat=chat, joins=joins)
+    hub = Hub(pubsub=pubsub, rooms=rooms, presence=presence)
     guard.add_listener(hub.on_revoked)
     pubsub.on_reset(hub.on_broker_reset)
     sockets = SocketEndpoint(
         guard=guard,
         hub=hub,
-        dispatcher=Dispatcher(hub=hub, chat=chat, presence_status=presence.status, calls=calls),
+        dispatcher=Dispatcher(hub=hub, rooms=rooms, chat=chat, presence_status=presence.status, calls=calls),
         rate=settings.ratelimit.rule("ws_frames"),
     )
-    supervisor = Supervisor()
+    # The workers. Presence's own worker ends this instance's presence when it stops.
     supervisor.add("presence", presence.run)
     supervisor.add("broker-watch", hub.watch_broker)
     supervisor.add("calls", calls.run)
-    for name, source in sources.items():
+    for name, source in path.sources.items():
         supervisor.add(f"events:{name}", source.run)
     monitor = PipelineMonitor(
         OutboxStore(db),
         DeadLetterStore(db),
-        readers=[name for name, source in sources.items() if isinstance(source, OutboxSource)],
-        consumers=list(sources),
+        readers=[name for name, source in path.sources.items() if isinstance(source, OutboxSource)],
+        consumers=list(path.sources),
         interval=settings.events.metrics_interval,
     )
     supervisor.add("events:metrics", monitor.run)
     janitor = Janitor(posts=post_store, outbox=OutboxStore(db), media=media, dead_letters=DeadLetterStore(db))
     supervisor.add("janitor", janitor.run)
-    authenticator = Authenticator(guard)
-    max_body = settings.server.max_body_bytes
+
+    authenticator, max_body = Authenticator(guard), settings.server.max_body_bytes
+    feed_routes = FeedRoutes(feed, authenticator)
+    post_routes = PostRoutes(posts, authenticator, media, settings.media, max_body)
+    user_routes = UserRoutes(users, authenticator, media, settings.media.max_file_bytes, max_body)
+    notification_routes = NotificationRoutes(notifications, authenticator, max_body)
+    chat_routes, media_routes = ChatRoutes(chat, authenticator, max_body), MediaRoutes(media)
+    call_routes, auth_routes = CallRoutes(calls, authenticator), AuthRoutes(accounts, authenticator, max_body)
+    # The document lists the groups in reading order; Starlette tries routes in turn, so
+    # they are routed busiest first (the groups' paths never overlap).
+    groups: list[RouteGroup] = [
+        auth_routes, user_routes, post_routes, feed_routes, notification_routes, media_routes, chat_routes, call_routes,
+    ]  # fmt: skip
+    busiest_first: list[RouteGroup] = [
+        feed_routes, post_routes, user_routes, notification_routes, chat_routes, media_routes, call_routes, auth_routes,
+    ]  # fmt: skip
+    return Parts(
+        settings=settings, db=db, shared=shared, media=media, mailer=mailer, publisher=path.publisher,
+        supervisor=supervisor, guard=guard, cache=cache, chat=chat, hub=hub, groups=groups,
+        busiest_first=busiest_first, sockets=sockets,
+        tokens=tokens,
+    )  # fmt: skip
+
+
+def readiness(parts: Parts) -> dict[str, Check]:
+    """What /readyz asks: the database, and Redis and Kafka where configured."""
+    pubsub = parts.shared.pubsub
 
     async def pubsub_ok() -> bool:
         return pubsub.healthy
 
-    checks: dict[str, Check] = {"database": db.ping}
-    if settings.redis.url:
-        checks["redis"] = kv.ping
+    checks: dict[str, Check] = {"database": parts.db.ping}
+    if parts.shared.ping is not None:
+        checks["redis"] = parts.shared.ping
         checks["pubsub"] = pubsub_ok
-    if publisher is not None:
-        checks["kafka"] = publisher.ping
+    if parts.publisher is not None:
+        checks["kafka"] = parts.publisher.ping
+    return checks
 
-    health_routes = HealthRoutes(checks, metrics=settings.metrics.enabled)
-    auth_routes = AuthRoutes(accounts, authenticator, max_body)
-    user_routes = UserRoutes(users, authenticator, media, settings.media.max_file_bytes, max_body)
-    post_routes = PostRoutes(posts, authenticator, media, settings.media, max_body)
-    feed_routes = FeedRoutes(feed, authenticator)
-    notification_routes = NotificationRoutes(notifications, authenticator, max_body)
-    media_routes = MediaRoutes(media)
-    chat_routes = ChatRoutes(chat, authenticator, max_body)
-    call_routes = CallRoutes(calls, authenticator)
-    api: list[RouteGroup] = [
-        auth_routes,
-        user_routes,
-        post_routes,
-        feed_routes,
-        notification_routes,
-        media_routes,
-        chat_routes,
-        call_routes,
+
+def steps(parts: Parts) -> list[Step]:
+    """Start-up in this order, shutdown in the reverse one; each step has one owner.
+    Sockets close first (with 1012) so that clients reconnect elsewhere while the rest
+    winds down; the workers (and the background jobs, mail included) stop before what
+    they use; the database goes last."""
+    settings, db = parts.settings, parts.db
+    database = AsyncExitStack()
+
+    async def open_db() -> None:
+        await open_database(settings, db, database)
+
+    async def stop_chat_timers() -> None:
+        parts.chat.stop()
+
+    out = [
+        Step("database", start=open_db, stop=database.aclose),
+        Step("redis client", stop=parts.shared.close),
+        Step("pub/sub", start=parts.shared.pubsub.start, stop=parts.shared.pubsub.close),
+        Step("media store", stop=parts.media.close),
     ]
-    operations = [*health_routes.operations(), *(op for group in api for op in group.operations())]
-    docs_routes = OpenApiRoutes(operations, rate_limits=settings.ratelimit.enabled)
-    # Starlette tries each route in turn, so the busiest groups go first (the groups'
-    # paths never overlap: order matters only inside a group).
-    by_traffic: list[RouteGroup] = [
-        feed_routes,
-        post_routes,
-        user_routes,
-        notification_routes,
-        chat_routes,
-        media_routes,
-        call_routes,
-        auth_routes,
+    if parts.publisher is not None:
+        out.append(Step("kafka producer", stop=parts.publisher.close))
+    out += [
+        Step("mailer", stop=parts.mailer.close),
+        Step("session guard", start=parts.guard.start, stop=parts.guard.stop),
+        Step("read cache", start=parts.cache.start, stop=parts.cache.stop),
+        Step("workers and jobs", start=parts.supervisor.start, stop=parts.supervisor.stop),
+        Step("typing timers", stop=stop_chat_timers),
+        Step("sockets", stop=parts.hub.shutdown),
     ]
+    return out
+
+
+def create_app(settings: Settings) -> Starlette:
+    parts = build(settings)
+    health = HealthRoutes(readiness(parts), metrics=settings.metrics.enabled)
+    operations = [*health.operations(), *(op for group in parts.groups for op in group.operations())]
+    docs = OpenApiRoutes(operations, rate_limits=settings.ratelimit.enabled)
     routes = one_route_per_path(
         [
-            *(route for group in by_traffic for route in group.routes()),
-            *sockets.routes(),
-            *health_routes.routes(),
-            *docs_routes.routes(),
+            *(route for group in parts.busiest_first for route in group.routes()),
+            *parts.sockets.routes(),
+            *health.routes(),
+            *docs.routes(),
         ]
     )
+    life = steps(parts)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with AsyncExitStack() as stack:
-            await open_database(settings, db, stack)
-            stack.push_async_callback(close_redis)
-            stack.push_async_callback(kv.close)
-            await pubsub.start()
-            stack.push_async_callback(pubsub.close)
-            stack.push_async_callback(media.close)
-            if publisher is not None:
-                stack.push_async_callback(publisher.close)
-            await guard.start()
-            await cache.start()
-            stack.push_async_callback(cache.stop)
-            stack.push_async_callback(mailer.close)
-            stack.push_async_callback(accounts.drain)
-            stack.push_async_callback(guard.stop)
-            await supervisor.start()
-            stack.push_async_callback(supervisor.stop)
-            stack.push_async_callback(presence.stop)
-            stack.callback(chat.stop)
-            stack.push_async_callback(hub.shutdown)
+        async with running(life):
             logger.info("socialhub ready")
             yield
             logger.info("socialhub stopping")
@@ -408,7 +368,11 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(AccessLog),
             Middleware(StorableText),
             Middleware(
-                RateLimitMiddleware, kv=kv, settings=settings.ratelimit, tokens=tokens, by_ip=ip_limits(operations)
+                RateLimitMiddleware,
+                limiter=parts.shared.limiter,
+                settings=settings.ratelimit,
+                tokens=parts.tokens,
+                by_ip=ip_limits(operations),
             ),
         ],
         exception_handlers={
@@ -418,5 +382,5 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     # The document this app serves, for the tests that hold it against the routes.
-    app.state.openapi = docs_routes.document
+    app.state.openapi = docs.document
     return app

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from socialhub import __version__, cli_events
 from socialhub.config import ConfigError, Settings, load_settings, with_overrides
+from socialhub.domain.protocol import MAX_FRAME_BYTES, PING_INTERVAL_SECONDS
 from socialhub.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -69,9 +70,9 @@ def serve(settings: Settings) -> int:
         server_header=False,
         timeout_graceful_shutdown=15,
         # SPEC: frames over 64 KiB close the socket (1009); ping every 20 s, drop the silent.
-        ws_max_size=64 * 1024,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
+        ws_max_size=MAX_FRAME_BYTES,
+        ws_ping_interval=PING_INTERVAL_SECONDS,
+        ws_ping_timeout=PING_INTERVAL_SECONDS,
         # Frames are small JSON; per-message deflate gives every socket its own zlib state
         # (~100 KiB: 10,000 sockets went from 0.48 to 1.4 GiB) and compresses a fan-out
         # frame once per member (`python -m bench ws-idle` / `ws-chat --deflate`).

@@ -23,8 +23,9 @@ from contextlib import AsyncExitStack
 import asyncpg
 
 from socialhub.config import Settings
+from socialhub.domain.delivery import DeadLetter
 from socialhub.domain.time import rfc3339
-from socialhub.storage.deadletters import DeadLetter, DeadLetterStore
+from socialhub.storage.deadletters import DeadLetterStore
 
 # One line per dead letter: the error is cut here (the whole text is in the table).
 ERROR_COLUMN = 200

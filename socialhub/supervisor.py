@@ -15,17 +15,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
 from socialhub.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
 Runner = Callable[[asyncio.Event], Awaitable[None]]
+
+
+class Spawn(Protocol):
+    """Supervisor.spawn as a service sees it: run a one-off job in the background."""
+
+    def __call__(self, name: str, job: Coroutine[Any, Any, None], *, wait: bool = True) -> object: ...
 MAX_BACKOFF_SECONDS = 10.0
 # While an outage lasts, one reminder this often: enough to see it in a log tail, few
 # enough that an hour's outage is 60 lines per worker, not one per retry.
 OUTAGE_REMINDER_SECONDS = 60.0
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep `seconds` or until `stop` is set, whichever comes first; True when stopped.
+
+    The one wait of every `run(stop)` worker between two rounds, so that shutdown never
+    waits out a backoff."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 class OutageLog:
@@ -69,9 +88,14 @@ class OutageLog:
 
 
 class Supervisor:
+    """Every background task of the process: long-running workers (`add`, each a
+    `run(stop)` restarted with backoff when it fails) and one-off jobs (`spawn`: a reset
+    mail, a delayed frame), whose failures are logged rather than lost."""
+
     def __init__(self) -> None:
         self._workers: list[tuple[str, Runner]] = []
         self._tasks: list[tuple[str, asyncio.Event, asyncio.Task[None]]] = []
+        self._jobs: dict[asyncio.Task[None], bool] = {}  # job -> whether stop() waits for it
 
     def add(self, name: str, run: Runner) -> None:
         self._workers.append((name, run))
@@ -103,16 +127,46 @@ class Supervisor:
                 outage.failed(failure)
             elif failure is not None:
                 logger.exception("worker %s crashed; restarting in %.1fs", name, backoff, exc_info=failure)
-            if stop.is_set():
+            if stop.is_set() or await sleep_unless(stop, backoff):
                 return
-            try:
-                await asyncio.wait_for(stop.wait(), backoff)
-            except TimeoutError:
-                pass
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
+    def spawn(self, name: str, job: Coroutine[Any, Any, None], *, wait: bool = True) -> asyncio.Task[None]:
+        """Run `job` in the background; its failure is logged. At stop, a job spawned with
+        `wait` is given the workers' grace to finish (a mail being sent); one without is
+        cancelled (a timer that only matters while the process serves). The task is
+        returned so that its owner may cancel it earlier."""
+        task = asyncio.create_task(self._run_job(name, job), name=f"job:{name}")
+        self._jobs[task] = wait
+        task.add_done_callback(self._jobs.pop)
+        return task
+
+    @staticmethod
+    async def _run_job(name: str, job: Coroutine[Any, Any, None]) -> None:
+        try:
+            await job
+        except asyncio.CancelledError:
+            raise
+        except Unavailable as exc:
+            logger.warning("background job %s: %s", name, exc.message)
+        except Exception:
+            logger.exception("background job %s failed", name)
+
+    async def _stop_jobs(self, grace: float) -> None:
+        for task, wait in list(self._jobs.items()):
+            if not wait:
+                task.cancel()
+        pending = list(self._jobs)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                logger.warning("background job %s did not end in %.0fs; cancelling", task.get_name(), grace)
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
     async def stop(self, grace: float = 10.0) -> None:
-        """Ask each worker to stop, newest first; cancel any that overruns `grace` seconds."""
+        """Ask each worker to stop, newest first; cancel any that overruns `grace` seconds.
+        Then the jobs: those spawned with `wait` get `grace` to end, the others are cancelled."""
         for name, stop, task in reversed(self._tasks):
             stop.set()
             try:
@@ -122,3 +176,4 @@ class Supervisor:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._tasks.clear()
+        await self._stop_jobs(grace)

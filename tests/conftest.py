@@ -64,6 +64,26 @@ async def fresh_database(prefix: str) -> AsyncIterator[str]:
         await drop_database(url)
 
 
+@asynccontextmanager
+async def migrated_database(prefix: str) -> AsyncIterator[str]:
+    """A database of its own for the block, with every migration applied."""
+    from socialhub.storage.migrate import migrate
+
+    async with fresh_database(prefix) as url:
+        await migrate(url)
+        yield url
+
+
+@asynccontextmanager
+async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """One plain connection (for SQL a test writes or checks by hand)."""
+    conn = await asyncpg.connect(url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
     async with fresh_database("socialhub_test") as url:

@@ -1,9 +1,8 @@
-"""Calls (SPEC, Objects) and their signaling frames."""
+"""Calls (SPEC, Objects); their signaling frames are in domain/protocol.py."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -74,22 +73,3 @@ class Call(msgspec.Struct, frozen=True):
             ended_at=rfc3339_or_unset(c.ended_at),
         )
 
-
-class CallIncoming(msgspec.Struct, frozen=True, tag_field="type", tag="call_incoming"):
-    call: Call
-    sdp: str
-
-
-class CallAnswered(msgspec.Struct, frozen=True, tag_field="type", tag="call_answered"):
-    call_id: str
-    sdp: str
-
-
-class CallCandidateFrame(msgspec.Struct, frozen=True, tag_field="type", tag="call_candidate"):
-    call_id: str
-    candidate: Any
-
-
-class CallEnded(msgspec.Struct, frozen=True, tag_field="type", tag="call_ended"):
-    call_id: str
-    reason: str

@@ -1,8 +1,10 @@
 """What the live pub/sub channels carry between instances.
 
 `user:<id>` reaches every socket of a user, on every instance (notifications, call
-signaling); `room:<id>` every socket joined to a room. Each message is a server frame,
-encoded once, in an envelope that says which of the sockets it is for.
+signaling); `room:<id>` every socket joined to a room. Each message is a server frame
+(domain/protocol.py), encoded once, in an envelope that says which of the sockets it is
+for. `presence:<id>` reaches the sockets following a user's presence: its messages are
+bare `presence` frames, sent as they are.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def user_channel(user_id: int) -> str:
 
 def room_channel(room_id: int) -> str:
     return f"room:{room_id}"
+
+
+def presence_channel(user_id: int) -> str:
+    return f"presence:{user_id}"
 
 
 def encode_user_event(frame: msgspec.Struct, *, only_socket: int = 0, exclude_socket: int = 0) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import msgspec
@@ -21,6 +22,10 @@ class NewNotification(msgspec.Struct, frozen=True):
     comment_id: int | None = None
     room_id: int | None = None
     call_id: int | None = None
+
+
+Notifier = Callable[[NewNotification], Awaitable[object]]
+"""Store a notification and push it to the user (NotificationService.notify)."""
 
 
 class NotificationRecord(msgspec.Struct, frozen=True):
@@ -65,8 +70,3 @@ class Notification(msgspec.Struct, frozen=True):
             call_id=_opt(n.call_id),
         )
 
-
-class NotificationFrame(msgspec.Struct, frozen=True, tag_field="type", tag="notification"):
-    """What a user's live channel carries when a notification is created."""
-
-    notification: Notification

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -21,8 +20,9 @@ from socialhub.services.sessions import SessionGuard
 from socialhub.services.throttle import LoginThrottle
 from socialhub.services.tokens import TokenCodec
 from socialhub.storage.auth import AuthStore, RefreshOutcome
-from socialhub.storage.database import Database
+from socialhub.storage.units import Units
 from socialhub.storage.users import UserStore
+from socialhub.supervisor import Spawn
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class AccountService:
     def __init__(
         self,
         *,
-        db: Database,
+        units: Units,
         users: UserStore,
         auth: AuthStore,
         passwords: Passwords,
@@ -75,12 +75,13 @@ class AccountService:
         guard: SessionGuard,
         mailer: Mailer,
         throttle: LoginThrottle,
+        spawn: Spawn,
         secret: str,
         refresh_ttl: float,
         otp_ttl: float,
         otp_max_attempts: int,
     ) -> None:
-        self.db = db
+        self.units = units
         self.users = users
         self.auth = auth
         self.passwords = passwords
@@ -88,13 +89,13 @@ class AccountService:
         self.guard = guard
         self.mailer = mailer
         self.throttle = throttle
+        self.spawn = spawn
         # 6 digits are a small space: the stored codes are HMACs under a server key, so a
         # leaked table alone does not give them away.
         self._otp_key = hmac.new(secret.encode(), b"socialhub password reset", hashlib.sha256).digest()
         self.refresh_ttl = refresh_ttl
         self.otp_ttl = otp_ttl
         self.otp_max_attempts = otp_max_attempts
-        self._background: set[asyncio.Task[None]] = set()
 
     async def signup(
         self, *, name: str, email: str, username: str, password: str, user_agent: str, ip: str
@@ -122,21 +123,19 @@ class AccountService:
         if not await self.passwords.verify(user.password_hash, password):
             raise Unauthenticated("wrong identifier or password")
         if self.passwords.needs_rehash(user.password_hash):
-            async with self.db.transaction() as conn:
-                await self.users.update_password(conn, user.id, await self.passwords.hash(password))
+            async with self.units.begin() as uow:
+                await self.users.update_password(uow, user.id, await self.passwords.hash(password))
         return await self._new_session(user, user_agent, ip), self.throttle.issue(user.id, device)
 
     async def _new_session(self, user: UserRecord, user_agent: str, ip: str) -> AuthResult:
         refresh = secrets.token_urlsafe(32)
-        async with self.db.transaction() as conn:
-            session_id = await self.auth.insert_session(
-                conn,
-                user_id=user.id,
-                refresh_hash=_hash_refresh(refresh),
-                expires_at=utcnow() + timedelta(seconds=self.refresh_ttl),
-                user_agent=user_agent,
-                ip=ip,
-            )
+        session_id = await self.auth.insert_session(
+            user_id=user.id,
+            refresh_hash=_hash_refresh(refresh),
+            expires_at=utcnow() + timedelta(seconds=self.refresh_ttl),
+            user_agent=user_agent,
+            ip=ip,
+        )
         return AuthResult(
             user=User.of(user, with_email=True), token=self.tokens.issue(user.id, session_id), refresh_token=refresh
         )
@@ -146,9 +145,10 @@ class AccountService:
         if not refresh_token or len(refresh_token) > 256:
             raise Unauthenticated("invalid refresh token")
         new = secrets.token_urlsafe(32)
-        outcome, session = await self.auth.rotate_refresh(
+        rotation = await self.auth.update_refresh_token(
             _hash_refresh(refresh_token), _hash_refresh(new), utcnow() + timedelta(seconds=self.refresh_ttl)
         )
+        outcome, session = rotation.outcome, rotation.session
         if outcome is RefreshOutcome.REPLAYED and session is not None:
             logger.warning("refresh token replayed; session %s revoked", session.id)
             await self.guard.revoked(session.user_id, [session.id])
@@ -157,7 +157,7 @@ class AccountService:
         return TokenPair(token=self.tokens.issue(session.user_id, session.id), refresh_token=new)
 
     async def logout(self, principal: Principal) -> None:
-        await self.auth.revoke_session(principal.session_id, "logout")
+        await self.auth.update_session_revoked(principal.session_id, "logout")
         await self.guard.revoked(principal.user_id, [principal.session_id])
 
     async def me(self, principal: Principal) -> User:
@@ -175,9 +175,7 @@ class AccountService:
     def forgot_password(self, email: str) -> None:
         """Accepted at once for any address; the lookup and the mail happen in the
         background, so neither the answer nor its timing says whether the account exists."""
-        task = asyncio.create_task(self._send_reset_code(email.strip()))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.spawn("reset mail", self._send_reset_code(email.strip()))
 
     async def _send_reset_code(self, email: str) -> None:
         try:
@@ -202,9 +200,9 @@ class AccountService:
             # The mail goes out while the user's reset row is locked: two requests at once
             # store and send in the same order, so the newest mail holds the valid code; a
             # mail that cannot be sent leaves no code behind.
-            async with self.db.transaction() as conn:
+            async with self.units.begin() as uow:
                 await self.auth.upsert_password_reset(
-                    conn, user.id, self._otp_hash(user.id, otp), utcnow() + timedelta(seconds=self.otp_ttl)
+                    uow, user.id, self._otp_hash(user.id, otp), utcnow() + timedelta(seconds=self.otp_ttl)
                 )
                 await self.mailer.send(mail)
         except Exception:
@@ -224,21 +222,16 @@ class AccountService:
             raise BadRequest(BAD_CODE)
         revoked: list[int] = []
         ok = False
-        async with self.db.transaction() as conn:
-            reset = await self.auth.get_password_reset_for_update(conn, user.id)
+        async with self.units.begin() as uow:
+            reset = await self.auth.get_password_reset_for_update(uow, user.id)
             if reset is not None and reset.spent_at is None and reset.expires_at > utcnow():
                 attempts = reset.attempts + 1
                 ok = hmac.compare_digest(reset.otp_hash, self._otp_hash(user.id, otp))
                 spent = ok or attempts >= self.otp_max_attempts
-                await self.auth.update_password_reset(conn, user.id, attempts=attempts, spent=spent)
+                await self.auth.update_password_reset(uow, user.id, attempts=attempts, spent=spent)
                 if ok:
-                    await self.users.update_password(conn, user.id, new_hash)
-                    revoked = await self.auth.revoke_user_sessions(conn, user.id, "password_reset")
+                    await self.users.update_password(uow, user.id, new_hash)
+                    revoked = await self.auth.update_user_sessions_revoked(uow, user.id, "password_reset")
         if not ok:
             raise BadRequest(BAD_CODE)
         await self.guard.revoked(user.id, revoked)
-
-    async def drain(self) -> None:
-        """Wait for background mail sends (shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)

@@ -32,19 +32,16 @@ from socialhub.domain.calls import (
     REJECTED,
     RINGING,
     Call,
-    CallAnswered,
-    CallCandidateFrame,
-    CallEnded,
-    CallIncoming,
     CallRecord,
 )
 from socialhub.domain.live import encode_user_event, user_channel
-from socialhub.domain.notifications import NewNotification
+from socialhub.domain.notifications import NewNotification, Notifier
 from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.protocol import CallAnswered, CallCandidateFrame, CallEnded, CallIncoming
 from socialhub.domain.users import Principal
 from socialhub.errors import BadRequest, Conflict, Forbidden, NotFound, SocialhubError, Unavailable, ValidationFailed
 from socialhub.storage.calls import CallStore
-from socialhub.supervisor import OutageLog
+from socialhub.supervisor import OutageLog, sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +53,8 @@ SWEEP_SECONDS = 1.0
 # the call: a phone switching networks reconnects well within it.
 DISCONNECT_GRACE = 10.0
 
-Notifier = Callable[[NewNotification], Awaitable[object]]
 OnlineCheck = Callable[[Sequence[int]], Awaitable[dict[int, bool]]]
-UserExists = Callable[[int], Awaitable[bool]]
+ExistingUsers = Callable[[Sequence[int]], Awaitable[set[int]]]
 
 
 class IceServer(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -103,7 +99,7 @@ class CallService:
         publish: Callable[[str, bytes], Awaitable[None]],
         notify: Notifier,
         online: OnlineCheck,
-        user_exists: UserExists,
+        existing_users: ExistingUsers,
         ring_timeout: float,
         stun_urls: Sequence[str] = (),
         turn_urls: Sequence[str] = (),
@@ -114,7 +110,7 @@ class CallService:
         self._publish_raw = publish
         self.notify = notify
         self.online = online
-        self.user_exists = user_exists
+        self.existing_users = existing_users
         self.ring_timeout = ring_timeout
         self.stun_urls = list(stun_urls)
         self.turn_urls = list(turn_urls)
@@ -144,7 +140,7 @@ class CallService:
         check_sdp(sdp)
         if callee_id == viewer.user_id:
             raise ValidationFailed("you cannot call yourself", fields={"callee_id": "cannot call yourself"})
-        if not await self.user_exists(callee_id):
+        if callee_id not in await self.existing_users([callee_id]):
             raise NotFound("no such user")
         call = await self.store.insert_call(
             caller_id=viewer.user_id,
@@ -175,7 +171,7 @@ class CallService:
         call = await self._party_call(viewer, call_id)
         if viewer.user_id != call.callee_id:
             raise Forbidden("only the callee answers")
-        answered = await self.store.answer(call_id, viewer.user_id, socket_id)
+        answered = await self.store.update_answered(call_id, viewer.user_id, socket_id)
         if answered is None:
             raise Conflict(f"the call is {call.state} ({call.end_reason or 'answered'})")
         view = Call.of(answered)
@@ -209,7 +205,7 @@ class CallService:
         return await self._end(call, HANGUP)
 
     async def _end(self, call: CallRecord, reason: str, *, states: tuple[str, ...] = (RINGING, ACTIVE)) -> Call:
-        ended = await self.store.end(call.id, reason, states=states)
+        ended = await self.store.update_ended(call.id, reason, states=states)
         if ended is None:
             raise Conflict(f"the call is {call.state}")
         await self._announce_end(ended, reason)
@@ -244,14 +240,11 @@ class CallService:
                 outage.failed(exc)  # overdue rings end at the first sweep after it is back
             except Exception:
                 logger.exception("call sweep failed")
-            try:
-                await asyncio.wait_for(stop.wait(), SWEEP_SECONDS)
-            except TimeoutError:
-                pass
+            await sleep_unless(stop, SWEEP_SECONDS)
 
     async def sweep_once(self) -> None:
         for call_id in await self.store.get_overdue_rings():
-            ended = await self.store.end(call_id, MISSED, states=(RINGING,))
+            ended = await self.store.update_ended(call_id, MISSED, states=(RINGING,))
             if ended is not None:
                 await self._announce_end(ended, MISSED)
         live = await self.store.get_live_calls()
@@ -270,6 +263,6 @@ class CallService:
             # ring runs to its timeout and is missed, with the notification, not hung up.
             parties = (call.caller_id, call.callee_id) if call.state == ACTIVE else (call.caller_id,)
             if any(now - self._absent_since.get(u, now) >= DISCONNECT_GRACE for u in parties):
-                ended = await self.store.end(call.id, DISCONNECTED)
+                ended = await self.store.update_ended(call.id, DISCONNECTED)
                 if ended is not None:
                     await self._announce_end(ended, DISCONNECTED)

@@ -13,16 +13,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-import msgspec
-
 from socialhub.domain.chat import Message, MessageRecord, Room
 from socialhub.domain.live import encode_room_event, room_channel
-from socialhub.domain.notifications import NewNotification
+from socialhub.domain.notifications import NewNotification, Notifier
 from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.protocol import TYPING_EXPIRES_SECONDS, NewMessageFrame, ReadFrame, TypingFrame
 from socialhub.domain.users import Principal
 from socialhub.errors import Forbidden, NotFound, SocialhubError, ValidationFailed
 from socialhub.infra.pubsub.base import PubSub
 from socialhub.storage.chat import ChatStore
+from socialhub.storage.users import UserStore
+from socialhub.supervisor import Spawn
 
 logger = logging.getLogger(__name__)
 
@@ -34,44 +35,33 @@ REPLAY_BATCH = 500
 # positive answer can be kept; negative ones are not cached.
 MEMBER_CACHE_SIZE = 100_000
 MEMBER_CACHE_TTL = 300.0
-# SPEC: `typing true` expires by itself after 6 s; the others then get `typing false`.
-TYPING_EXPIRES = 6.0
 # The typer's instance sends that `typing false`; if it is gone, every other instance
 # tells its own sockets this much later.
 TYPING_LAPSE_GRACE = 2.0
 
 
-class NewMessageFrame(msgspec.Struct, frozen=True, tag_field="type", tag="new_message"):
-    message: Message
-
-
-class TypingFrame(msgspec.Struct, frozen=True, tag_field="type", tag="typing"):
-    room_id: str
-    user_id: str
-    state: bool
-
-
-class ReadFrame(msgspec.Struct, frozen=True, tag_field="type", tag="read"):
-    room_id: str
-    user_id: str
-    seq: int
-
-
-_encoder = msgspec.json.Encoder()
-
-Notifier = Callable[[NewNotification], Awaitable[object]]
 JoinedUsers = Callable[[int], Awaitable[set[int]]]
 
 
 class ChatService:
-    def __init__(self, *, store: ChatStore, pubsub: PubSub, notify: Notifier, joined_users: JoinedUsers) -> None:
+    def __init__(
+        self,
+        *,
+        store: ChatStore,
+        users: UserStore,
+        pubsub: PubSub,
+        notify: Notifier,
+        joined_users: JoinedUsers,
+        spawn: Spawn,
+    ) -> None:
         self.store = store
+        self.users = users
         self.pubsub = pubsub
         self.notify = notify
         self.joined_users = joined_users
+        self.spawn = spawn
         self._members: OrderedDict[tuple[int, int], float] = OrderedDict()
         self._typing: dict[tuple[int, int], asyncio.TimerHandle] = {}
-        self._background: set[asyncio.Task[None]] = set()
 
     # -- rooms ---------------------------------------------------------------------------
 
@@ -84,32 +74,24 @@ class ChatService:
             raise ValidationFailed(
                 f"at most {MAX_ROOM_MEMBERS} members", fields={"members": f"at most {MAX_ROOM_MEMBERS}"}
             )
-        found = await self.store.users_exist(others)
+        found = await self.users.get_existing_user_ids(others)
         if len(found) != len(others):
             raise NotFound("no such user among the members")
         direct = len(others) == 1 and not name
         key = f"{min(viewer.user_id, others[0])}:{max(viewer.user_id, others[0])}" if direct else None
-        async with self.store.db.transaction() as conn:
-            room_id, created = await self.store.insert_room(
-                conn,
-                kind="direct" if direct else "group",
-                name=name,
-                creator=viewer.user_id,
-                members=[viewer.user_id, *others],
-                direct_key=key,
-            )
-        room = await self.store.get_room(room_id, viewer.user_id)
+        inserted = await self.store.insert_room(
+            kind="direct" if direct else "group",
+            name=name,
+            creator=viewer.user_id,
+            members=[viewer.user_id, *others],
+            direct_key=key,
+        )
+        room = await self.store.get_room(inserted.id, viewer.user_id)
         assert room is not None
-        return Room.of(room), created
+        return Room.of(room), inserted.created
 
     async def rooms(self, viewer: Principal, page: PageRequest) -> Page[Room]:
-        before = None
-        if page.before is not None:
-            activity = await self.store.get_activity(page.before)
-            if activity is None:
-                return Page(items=[], next=None)
-            before = (activity, page.before)
-        records = await self.store.get_rooms(viewer.user_id, before, page.limit)
+        records = await self.store.get_rooms(viewer.user_id, page.before, page.limit)
         return page_of([Room.of(r) for r in records], [r.id for r in records], page.limit)
 
     async def check_member(self, viewer_id: int, room_id: int) -> None:
@@ -119,7 +101,7 @@ class ChatService:
         now = time.monotonic()
         if seen is not None and now - seen < MEMBER_CACHE_TTL:
             return
-        if not await self.store.is_member(room_id, viewer_id):
+        if not await self.store.get_is_member(room_id, viewer_id):
             if await self.store.get_activity(room_id) is None:
                 raise NotFound("no such room")
             raise Forbidden("only the room's members may do that")
@@ -142,13 +124,13 @@ class ChatService:
         if result is None:
             await self.check_member(viewer.user_id, room_id)  # raises NotFound or Forbidden
             raise Forbidden("only the room's members may do that")
-        record, created = result
+        record = result.message
         message = Message.of(record)
         # A resend is relayed too: the first try may have committed and died (SIGKILL,
         # a lost Redis) before relaying, and the ack it never got is why it is resent.
         # Sockets drop a seq they already have, so a relayed duplicate is harmless.
         await self._publish(room_id, encode_room_event(NewMessageFrame(message), seq=record.seq))
-        if created:
+        if result.created:
             await self._notify_absent(record)
         return message
 
@@ -178,7 +160,7 @@ class ChatService:
         return await self.store.get_last_seq(room_id)
 
     async def typing(self, viewer: Principal, room_id: int, state: bool) -> None:
-        """Relay to the others; a `true` not renewed within TYPING_EXPIRES turns `false`."""
+        """Relay to the others; a `true` not renewed within TYPING_EXPIRES_SECONDS turns `false`."""
         await self.check_member(viewer.user_id, room_id)
         key = (room_id, viewer.user_id)
         timer = self._typing.pop(key, None)
@@ -186,14 +168,13 @@ class ChatService:
             timer.cancel()
         if state:
             loop = asyncio.get_running_loop()
-            self._typing[key] = loop.call_later(TYPING_EXPIRES, self._typing_expired, room_id, viewer.user_id)
+            self._typing[key] = loop.call_later(TYPING_EXPIRES_SECONDS, self._typing_expired, room_id, viewer.user_id)
         await self._publish_typing(room_id, viewer.user_id, state)
 
     def _typing_expired(self, room_id: int, user_id: int) -> None:
         self._typing.pop((room_id, user_id), None)
-        task = asyncio.create_task(self._publish_typing(room_id, user_id, False))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        # Only worth sending while the process serves: not waited for at shutdown.
+        self.spawn("typing lapse", self._publish_typing(room_id, user_id, False), wait=False)
 
     async def _publish_typing(self, room_id: int, user_id: int, state: bool) -> None:
         frame = TypingFrame(room_id=str(room_id), user_id=str(user_id), state=state)
@@ -204,7 +185,7 @@ class ChatService:
                 frame,
                 exclude_user=user_id,
                 lapse_key=f"typing:{user_id}",
-                lapse_after=TYPING_EXPIRES + TYPING_LAPSE_GRACE,
+                lapse_after=TYPING_EXPIRES_SECONDS + TYPING_LAPSE_GRACE,
                 lapse=ends,
             ),
         )

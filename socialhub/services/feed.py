@@ -1,7 +1,7 @@
 """The home feed: fan-out on write into capped per-user timelines, merged at read time
 with the few accounts too big to fan out.
 
-Timelines live behind the key-value port (Redis sorted sets, or in process), as post
+Timelines live behind the `Timelines` port (Redis sorted sets, or in process), as post
 ids, newest `TIMELINE_CAP` kept. Like Mastodon, a post fans out only to followers
 active in the last `ACTIVE_WINDOW`, and a timeline not read for that long expires; a
 missing timeline is rebuilt from PostgreSQL on the next read. Pages are hydrated from
@@ -20,7 +20,7 @@ from socialhub.domain.events import Envelope, FollowCreated, PostCreated, PostDe
 from socialhub.domain.pages import PageRequest, page_of
 from socialhub.domain.users import Principal
 from socialhub.infra.events.base import Consumer
-from socialhub.infra.kv.base import KeyValue
+from socialhub.infra.kv.base import Timelines, Values
 from socialhub.services.readcache import ReadCache, ViewerState
 from socialhub.storage.posts import PostStore
 
@@ -37,7 +37,7 @@ FANOUT_CHUNK = 1000
 FOLLOW_BACKFILL = TIMELINE_CAP
 # At most one last_active_at write per user per this many seconds.
 ACTIVITY_WRITE_EVERY = 3600.0
-# Users this instance marked active lately, remembered to spare the key-value store a
+# Users this instance marked active lately, remembered to spare the values store a
 # round trip per read (~60 bytes each).
 MARKED_MAX = 100_000
 
@@ -51,9 +51,10 @@ class FeedService(Consumer):
 
     name = "feed"
 
-    def __init__(self, *, posts: PostStore, kv: KeyValue, cache: ReadCache) -> None:
+    def __init__(self, *, posts: PostStore, timelines: Timelines, values: Values, cache: ReadCache) -> None:
         self.posts = posts
-        self.kv = kv
+        self.timelines = timelines
+        self.values = values
         self.cache = cache
         self._marked: dict[int, float] = {}
 
@@ -68,10 +69,10 @@ class FeedService(Consumer):
                 await self._fan_out(int(d.author_id), int(d.post_id), add=False)
             case FollowCreated(data=f):
                 recent = await self.posts.get_recent_post_ids(int(f.followee_id), FOLLOW_BACKFILL, fanned_out_only=True)
-                await self.kv.timeline_add(timeline_key(int(f.follower_id)), recent, TIMELINE_CAP)
+                await self.timelines.add(timeline_key(int(f.follower_id)), recent, TIMELINE_CAP)
             case UnfollowCreated(data=f):
                 recent = await self.posts.get_recent_post_ids(int(f.followee_id), TIMELINE_CAP)
-                await self.kv.timeline_remove(timeline_key(int(f.follower_id)), recent)
+                await self.timelines.remove(timeline_key(int(f.follower_id)), recent)
 
     async def _fan_out(self, author_id: int, post_id: int, *, add: bool) -> None:
         """Into the author's timeline and each active follower's (only timelines that
@@ -89,9 +90,9 @@ class FeedService(Consumer):
                 after = chunk[-1]
         for key in keys:
             if add:
-                await self.kv.timeline_add(key, [post_id], TIMELINE_CAP)
+                await self.timelines.add(key, [post_id], TIMELINE_CAP)
             else:
-                await self.kv.timeline_remove(key, [post_id])
+                await self.timelines.remove(key, [post_id])
 
     # -- reads -----------------------------------------------------------------------
 
@@ -101,33 +102,26 @@ class FeedService(Consumer):
         await self._seen(uid)
         key = timeline_key(uid)
         want = page.limit + READ_SLACK
-        ids = await self.kv.timeline_range(key, page.before, want)
+        ids = await self.timelines.range(key, page.before, want)
         if ids is None:
             await self._rebuild(uid)
-            ids = await self.kv.timeline_range(key, page.before, want) or []
+            ids = await self.timelines.range(key, page.before, want) or []
         state = await self.cache.viewer(uid)
         # Posts of the accounts too big to fan out, merged in at read time.
         big = await self.cache.big_followees(state)
-        first = page.before is None and not big
-        if first:
+
+        async def make() -> tuple[bytes, list[int] | None]:
+            return await self._page(uid, ids, state, big, page, want)
+
+        if page.before is None and not big:
             # The first page, most read, is kept whole while nothing it shows changes.
-            kept = self.cache.page(uid, page.limit, ids, state)
-            if kept is not None:
-                return kept
-        since = self.cache.begin_page()
-        try:
-            items, ordered, from_timeline_only = await self._page(uid, ids, state, big, page, want)
-            encoded = msgspec.json.encode(page_of(items, ordered, page.limit))
-            if first and from_timeline_only:
-                self.cache.keep_page(since, uid, page.limit, ids, state, ordered, encoded)
-        finally:
-            self.cache.end_page()
-        return msgspec.Raw(encoded)
+            return await self.cache.first_page(uid, page.limit, ids, state, make)
+        return msgspec.Raw((await make())[0])
 
     async def _page(
         self, uid: int, ids: list[int], state: ViewerState, big: list[int], page: PageRequest, want: int
-    ) -> tuple[list[msgspec.Raw], list[int], bool]:
-        """(the page's posts, their ids, whether it was made of the timeline alone)."""
+    ) -> tuple[bytes, list[int] | None]:
+        """(the page encoded, the ids of its posts when it was made of the timeline alone)."""
         merged = await self.posts.get_not_fanned_out_ids(big, page.before, page.limit) if big else []
         # Filtered by the follow graph as it is now: unfollowed authors drop out at once.
         # Without posts to merge, the timeline's newest ids that make a page are enough.
@@ -145,7 +139,8 @@ class FeedService(Consumer):
             for pid, post in (await self.cache.rendered(graph, state)).items():
                 found.setdefault(pid, post)
         ordered = sorted(found, reverse=True)[: page.limit]
-        return [found[i] for i in ordered], ordered, not merged and from_timeline >= page.limit
+        encoded = msgspec.json.encode(page_of([found[i] for i in ordered], ordered, page.limit))
+        return encoded, ordered if not merged and from_timeline >= page.limit else None
 
     async def _rebuild(self, user_id: int) -> None:
         """Fill a missing timeline from PostgreSQL. It is created empty first: from then on
@@ -153,22 +148,22 @@ class FeedService(Consumer):
         every post committed before it. (Querying first would miss a post that commits
         in between with an id below the newest found, since ids are taken at insert.)"""
         key = timeline_key(user_id)
-        await self.kv.timeline_create(key, [], TIMELINE_CAP, ACTIVE_WINDOW)
+        await self.timelines.create(key, [], TIMELINE_CAP, ACTIVE_WINDOW)
         ids = await self.posts.get_home_ids(user_id, TIMELINE_CAP)
         if ids:
-            await self.kv.timeline_add(key, ids, TIMELINE_CAP)
+            await self.timelines.add(key, ids, TIMELINE_CAP)
 
     async def _seen(self, user_id: int) -> None:
         """Keep the user in the fan-out set and their timeline alive: once per
-        `ACTIVITY_WRITE_EVERY` across instances, and no round trip to the key-value store
+        `ACTIVITY_WRITE_EVERY` across instances, and no round trip to the values store
         for a user this instance marked lately."""
         now = time.monotonic()
         marked = self._marked.get(user_id)
         if marked is not None and now - marked < ACTIVITY_WRITE_EVERY:
             return
-        if await self.kv.set_if_absent(f"active:{user_id}", b"1", ACTIVITY_WRITE_EVERY):
-            await self.posts.touch_active(user_id)
-            await self.kv.timeline_touch(timeline_key(user_id), ACTIVE_WINDOW)
+        if await self.values.set_if_absent(f"active:{user_id}", b"1", ACTIVITY_WRITE_EVERY):
+            await self.posts.update_last_active(user_id)
+            await self.timelines.touch(timeline_key(user_id), ACTIVE_WINDOW)
         # Only once it is done: a store that failed is asked again on the next read.
         self._marked[user_id] = now
         if len(self._marked) > MARKED_MAX:

@@ -16,7 +16,7 @@ from socialhub.infra.media.base import MediaStore
 from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.outbox import OutboxStore
 from socialhub.storage.posts import PostStore
-from socialhub.supervisor import OutageLog
+from socialhub.supervisor import OutageLog, sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,7 @@ class Janitor:
                 outage.failed(exc)  # the next sweep does the work
             except Exception:
                 logger.exception("janitor sweep failed")
-            try:
-                await asyncio.wait_for(stop.wait(), INTERVAL_SECONDS)
-            except TimeoutError:
-                pass
+            await sleep_unless(stop, INTERVAL_SECONDS)
 
     async def sweep_once(self, *, staging_age: float = STAGING_MAX_AGE, orphan_age: float = ORPHAN_MIN_AGE) -> int:
         """One pass; returns how many things were removed."""

@@ -9,13 +9,13 @@ import msgspec
 
 from socialhub.domain.events import CommentCreated, Envelope, FollowCreated, LikeCreated, PostCreated
 from socialhub.domain.live import encode_user_event, user_channel
-from socialhub.domain.notifications import NewNotification, Notification, NotificationFrame
+from socialhub.domain.notifications import NewNotification, Notification
 from socialhub.domain.pages import Page, PageRequest, page_of
+from socialhub.domain.protocol import NotificationFrame
 from socialhub.domain.users import Principal
 from socialhub.errors import SocialhubError
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.pubsub.base import PubSub
-from socialhub.storage.database import Database
 from socialhub.storage.notifications import NotificationStore
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,7 @@ class NotificationService(Consumer):
 
     name = "notifications"
 
-    def __init__(self, *, db: Database, store: NotificationStore, pubsub: PubSub) -> None:
-        self.db = db
+    def __init__(self, *, store: NotificationStore, pubsub: PubSub) -> None:
         self.store = store
         self.pubsub = pubsub
 
@@ -72,8 +71,7 @@ class NotificationService(Consumer):
     async def notify(self, new: NewNotification, event_id: int | None = None) -> Notification | None:
         """Store a notification (once per event and user) and push it live."""
         # (event_id, user_id) is unique: a second delivery of the event inserts nothing.
-        async with self.db.transaction() as conn:
-            record = await self.store.insert_notification(conn, new, event_id)
+        record = await self.store.insert_notification(new, event_id)
         if record is None:
             return None
         view = Notification.of(record)
@@ -93,4 +91,4 @@ class NotificationService(Consumer):
 
     async def mark_read(self, viewer: Principal, ids: list[int] | None) -> None:
         """Mark the viewer's notifications among `ids` read; all of them when `ids` is None."""
-        await self.store.mark_read(viewer.user_id, ids)
+        await self.store.update_read(viewer.user_id, ids)

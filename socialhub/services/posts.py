@@ -11,22 +11,30 @@ from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.posts import Comment, LikeState, NewMedia, Post
 from socialhub.domain.users import Principal
 from socialhub.errors import Forbidden, NotFound, ValidationFailed
-from socialhub.infra.media.base import MediaStore, new_media_key
-from socialhub.services.media import UploadedFile
+from socialhub.infra.media.base import MediaStore, UploadedFile, new_media_key
 from socialhub.services.readcache import Invalidation, ReadCache
-from socialhub.storage.database import Database
 from socialhub.storage.outbox import insert_event
 from socialhub.storage.posts import PostStore
+from socialhub.storage.units import Units
+from socialhub.storage.users import UserStore
 
 logger = logging.getLogger(__name__)
 
 
 class PostService:
     def __init__(
-        self, *, db: Database, posts: PostStore, media: MediaStore, cache: ReadCache, fanout_threshold: int
+        self,
+        *,
+        units: Units,
+        posts: PostStore,
+        users: UserStore,
+        media: MediaStore,
+        cache: ReadCache,
+        fanout_threshold: int,
     ) -> None:
-        self.db = db
+        self.units = units
         self.posts = posts
+        self.users = users
         self.media = media
         self.cache = cache
         # Authors with at least this many followers are not fanned out on write.
@@ -67,23 +75,23 @@ class PostService:
                 key = new_media_key()
                 await self.media.commit(f.staged, key, f.content_type)
                 stored.append(NewMedia(key, f.content_type, f.size, f.width, f.height))
-            async with self.db.transaction() as conn:
-                post_id, created, fanned_out = await self.posts.insert_post(
-                    conn, viewer.user_id, content, idempotency_key, self.fanout_threshold
+            async with self.units.begin() as uow:
+                post = await self.posts.insert_post(
+                    uow, viewer.user_id, content, idempotency_key, self.fanout_threshold
                 )
-                if created:
+                if post.created:
                     if stored:
-                        await self.posts.insert_media(conn, post_id, viewer.user_id, stored)
-                    await insert_event(conn, events.post_created(viewer.user_id, post_id))
+                        await self.posts.insert_media(uow, post.id, viewer.user_id, stored)
+                    await insert_event(uow, events.post_created(viewer.user_id, post.id))
         except BaseException:
             await self._discard(files)
             await self._delete_keys([m.storage_key for m in stored])
             raise
-        if not created:
+        if not post.created:
             await self._delete_keys([m.storage_key for m in stored])
-        elif not fanned_out:
+        elif not post.fanned_out:
             await self.cache.changed(Invalidation(big_authors=[viewer.user_id]))
-        return await self._view(post_id, viewer.user_id), created
+        return await self._view(post.id, viewer.user_id), post.created
 
     async def _discard(self, files: Sequence[UploadedFile]) -> None:
         for f in files:
@@ -105,7 +113,7 @@ class PostService:
 
     async def user_posts(self, viewer: Principal, author_id: int, page: PageRequest) -> Page[Post]:
         ids = await self.posts.get_user_post_ids(author_id, page.before, page.limit)
-        if not ids and not await self.posts.user_exists(author_id):
+        if not ids and author_id not in await self.users.get_existing_user_ids([author_id]):
             raise NotFound("no such user")
         # A post deleted since the ids were read drops out without ending the pages early.
         return Page(items=await self._views(ids, viewer.user_id), next=page_of(ids, ids, page.limit).next)
@@ -122,10 +130,10 @@ class PostService:
         return await self._view(post_id, viewer.user_id)
 
     async def delete(self, viewer: Principal, post_id: int) -> None:
-        async with self.db.transaction() as conn:
-            keys = await self.posts.delete_post(conn, post_id, viewer.user_id)
+        async with self.units.begin() as uow:
+            keys = await self.posts.delete_post(uow, post_id, viewer.user_id)
             if keys is not None:
-                await insert_event(conn, events.post_deleted(viewer.user_id, post_id))
+                await insert_event(uow, events.post_deleted(viewer.user_id, post_id))
         if keys is None:
             if await self.posts.get_post_author(post_id) is None:
                 raise NotFound("no such post")
@@ -138,16 +146,18 @@ class PostService:
     async def comment(self, viewer: Principal, post_id: int, content: str) -> Comment:
         """A new comment (its text stripped) on the post."""
         content = content.strip()
-        async with self.db.transaction() as conn:
-            record, post_author = await self.posts.insert_comment(conn, post_id, viewer.user_id, content)
-            await insert_event(conn, events.comment_created(viewer.user_id, post_id, post_author, record.id))
+        async with self.units.begin() as uow:
+            inserted = await self.posts.insert_comment(uow, post_id, viewer.user_id, content)
+            await insert_event(
+                uow, events.comment_created(viewer.user_id, post_id, inserted.post_author_id, inserted.comment.id)
+            )
         await self.cache.changed(Invalidation(posts=[post_id]))
-        return Comment.of(record)
+        return Comment.of(inserted.comment)
 
     async def comments(self, viewer: Principal, post_id: int, after: int | None, limit: int) -> Page[Comment]:
         """Oldest first; `next` is passed back as `after`."""
         records = await self.posts.get_comments(post_id, after, limit)
-        if not records and not await self.posts.post_exists(post_id):
+        if not records and await self.posts.get_post_author(post_id) is None:
             raise NotFound("no such post")
         return page_of([Comment.of(r) for r in records], [r.id for r in records], limit)
 
@@ -165,27 +175,25 @@ class PostService:
         owners = await self.posts.get_comment_owners(comment_id)
         if owners is None:
             raise NotFound("no such comment")
-        comment_author, post_id, post_author = owners
-        if viewer.user_id not in (comment_author, post_author):
+        if viewer.user_id not in (owners.author_id, owners.post_author_id):
             raise Forbidden("only the comment's author or the post's author may delete it")
         if await self.posts.delete_comment(comment_id):
-            await self.cache.changed(Invalidation(posts=[post_id]))
+            await self.cache.changed(Invalidation(posts=[owners.post_id]))
 
     # -- likes ----------------------------------------------------------------------
 
     async def like(self, viewer: Principal, post_id: int) -> LikeState:
         """Idempotent; the event is written only when the like is new."""
-        async with self.db.transaction() as conn:
-            changed, count, author = await self.posts.insert_like(conn, post_id, viewer.user_id)
-            if changed:
-                await insert_event(conn, events.like_created(viewer.user_id, post_id, author))
-        if changed:
+        async with self.units.begin() as uow:
+            like = await self.posts.insert_like(uow, post_id, viewer.user_id)
+            if like.changed:
+                await insert_event(uow, events.like_created(viewer.user_id, post_id, like.post_author_id))
+        if like.changed:
             await self.cache.changed(Invalidation(posts=[post_id], viewers=[viewer.user_id]))
-        return LikeState(liked=True, likes_count=count)
+        return LikeState(liked=True, likes_count=like.likes_count)
 
     async def unlike(self, viewer: Principal, post_id: int) -> LikeState:
-        async with self.db.transaction() as conn:
-            changed, count, _ = await self.posts.delete_like(conn, post_id, viewer.user_id)
-        if changed:
+        like = await self.posts.delete_like(post_id, viewer.user_id)
+        if like.changed:
             await self.cache.changed(Invalidation(posts=[post_id], viewers=[viewer.user_id]))
-        return LikeState(liked=False, likes_count=count)
+        return LikeState(liked=False, likes_count=like.likes_count)

@@ -19,6 +19,11 @@ not store what it read. What pub/sub cannot promise is covered as the SessionGua
 covers it: while the broker is down the cache is bypassed and emptied when it is
 back, and every entry is re-read after `TTL` at the latest (an instance that died
 between its commit and its announcement).
+
+Why one module of ~470 lines: its correctness rests on a few shared pieces (the fill
+guard, the health bypass, the TTL, the kept pages indexed by the posts they show) that
+every cached kind uses; the tests remove each safety net in turn against this one
+module. Split by kind, each part would need the others' invalidation rules.
 """
 
 from __future__ import annotations
@@ -27,14 +32,15 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol
 
 import msgspec
 
-from socialhub.domain.posts import Post
+from socialhub.domain.posts import Post, PostRecord
 from socialhub.errors import Unavailable
 from socialhub.infra.pubsub.base import PubSub, Subscription
-from socialhub.storage.posts import PostStore
+from socialhub.storage.posts import ViewerRecord
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +51,32 @@ TTL = 60.0
 # posts, and a page that reaches below them asks PostgreSQL. Bounds a viewer's entry to
 # some 15 KB.
 LIKED_WINDOW = 200
+
+
+class PostReads(Protocol):
+    """What the cache reads when it misses (`storage.posts.PostStore`)."""
+
+    async def get_post_records(self, ids: Sequence[int]) -> list[PostRecord]:
+        """The posts among `ids` that exist."""
+        ...
+
+    async def get_viewer(self, user_id: int, liked_window: int) -> ViewerRecord:
+        """Whom the user follows, and the ids of the newest `liked_window` posts they liked
+        (newest first)."""
+        ...
+
+    async def get_liked_among(self, user_id: int, post_ids: Sequence[int]) -> list[int]:
+        """The ids among `post_ids` that the user liked."""
+        ...
+
+    async def get_big_authors(self) -> list[int]:
+        """Every account with a post that was not fanned out."""
+        ...
+
+
+PageMaker = Callable[[], Awaitable[tuple[bytes, list[int] | None]]]
+"""Makes a first feed page: (the page encoded as JSON, the ids of the posts it shows, or
+None when it is not to be kept: it was not made of the timeline alone)."""
 
 
 class Invalidation(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -144,7 +176,7 @@ class _Fills:
 
 
 class ReadCache:
-    def __init__(self, posts: PostStore, pubsub: PubSub, media_base: str, *, max_posts: int, max_viewers: int) -> None:
+    def __init__(self, posts: PostReads, pubsub: PubSub, media_base: str, *, max_posts: int, max_viewers: int) -> None:
         self.store = posts
         self.pubsub = pubsub
         self.media_base = media_base
@@ -276,10 +308,11 @@ class ReadCache:
         fills = self._fills
         since = fills.begin()
         try:
-            followees, liked = await self.store.get_viewer_state(user_id, LIKED_WINDOW)
+            viewer = await self.store.get_viewer(user_id, LIKED_WINDOW)
+            liked = viewer.liked_post_ids
             # `liked` is newest first: with a full window, older likes are not known here.
             floor = liked[-1] if len(liked) >= LIKED_WINDOW else 0
-            state = ViewerState(user_id, frozenset(followees), frozenset(liked), floor, now + TTL)
+            state = ViewerState(user_id, frozenset(viewer.followee_ids), frozenset(liked), floor, now + TTL)
             if usable and self.max_viewers and fills.fresh(since, ("viewer", user_id)):
                 self._viewers[user_id] = state
                 self._viewers.move_to_end(user_id)
@@ -310,7 +343,29 @@ class ReadCache:
         small, large = (big, followees) if len(big) < len(followees) else (followees, big)
         return [a for a in small if a in large]
 
-    def page(self, user_id: int, limit: int, ids: list[int], viewer: ViewerState) -> msgspec.Raw | None:
+    async def first_page(
+        self, user_id: int, limit: int, ids: list[int], viewer: ViewerState, make: PageMaker
+    ) -> msgspec.Raw:
+        """The viewer's first feed page of `limit` posts, made of the timeline `ids` read
+        now and this viewer state: as kept, if it was made of the same and none of its
+        posts changed since; otherwise the page `make()` makes, kept for the next read
+        when `make` names the posts it shows and nothing it was made of was dropped while
+        it ran. (Only a viewer who follows no big account has a first page kept: one who
+        does sees posts merged at read time.)"""
+        kept = self._kept_page(user_id, limit, ids, viewer)
+        if kept is not None:
+            return kept
+        fills = self._fills
+        since = fills.begin()
+        try:
+            encoded, shown = await make()
+            if shown is not None:
+                self._keep_page(since, user_id, limit, ids, viewer, shown, encoded)
+        finally:
+            fills.end()
+        return msgspec.Raw(encoded)
+
+    def _kept_page(self, user_id: int, limit: int, ids: list[int], viewer: ViewerState) -> msgspec.Raw | None:
         """The viewer's first feed page as kept, if it was made from these timeline ids
         and this viewer state and none of its posts changed since."""
         kept = self._pages.get(user_id)
@@ -325,17 +380,10 @@ class ReadCache:
             return None
         return kept.json
 
-    def begin_page(self) -> int:
-        """Before reading what a page is made of; pair with `end_page`."""
-        return self._fills.begin()
-
-    def end_page(self) -> None:
-        self._fills.end()
-
-    def keep_page(
+    def _keep_page(
         self, since: int, user_id: int, limit: int, ids: list[int], viewer: ViewerState, posts: list[int], json: bytes
     ) -> None:
-        """Keep a first page made since `begin_page` returned `since`, unless something
+        """Keep a first page made since the fill that began at `since`, unless something
         it was made of was dropped meanwhile."""
         if not self.max_viewers or not self._usable or self._viewers.get(user_id) is not viewer:
             return

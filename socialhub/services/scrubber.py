@@ -8,6 +8,10 @@ into another temp file, and opens that with Pillow: it must be the sniffed forma
 within MAX_IMAGE_PIXELS, and decode to its end. It answers the cleaned file with its
 size as displayed.
 
+It is a service, unlike the format code it drives (`domain.imagemeta`,
+`domain.isobmff`: pure byte rewriting): it owns a thread pool and temp files, decodes,
+and holds the policy of what is refused and with which error.
+
 Refusals: an image Pillow cannot read (truncated, damaged, not what its first bytes
 said) is 415 `unsupported_media_type`, like any file that is not an accepted image; an
 image over MAX_IMAGE_PIXELS (a decompression bomb, or a photo larger than any camera
@@ -27,9 +31,9 @@ from typing import BinaryIO
 import msgspec
 from PIL import Image, UnidentifiedImageError
 
+from socialhub.domain.imagemeta import EXIF_ORIENTATION, MalformedImage, strip
+from socialhub.domain.isobmff import blank_metadata_items
 from socialhub.errors import SocialhubError, UnsupportedMediaType, invalid
-from socialhub.services.imagemeta import EXIF_ORIENTATION, MalformedImage, strip
-from socialhub.services.isobmff import blank_metadata_items
 
 # 2^26 = 8192 x 8192, 67 megapixels: over the full-resolution output of phone cameras up
 # to 64 MP (9248 x 6936); their 108-200 MP modes give files well past the 10 MB upload

@@ -2,7 +2,7 @@
 
 The per-IP limit (`ratelimit.login`) does nothing against credential stuffing from many
 addresses at one account. This adds a limit per *identifier* (`ratelimit.login_account`,
-GCRA over the key-value store, so it holds across instances with Redis): a burst of
+GCRA over the rate-limiter port, so it holds across instances with Redis): a burst of
 attempts, then one every `period / limit` seconds; over it, 429 `rate_limited` with
 Retry-After.
 
@@ -36,7 +36,7 @@ import time
 
 from socialhub.config import Rate
 from socialhub.errors import RateLimited
-from socialhub.infra.kv.base import KeyValue
+from socialhub.infra.kv.base import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class DeviceToken:
 class LoginThrottle:
     """The per-account login limit and the device tokens that step around it."""
 
-    def __init__(self, *, kv: KeyValue, rate: Rate | None, secret: str) -> None:
-        self.kv = kv
+    def __init__(self, *, limiter: RateLimiter, rate: Rate | None, secret: str) -> None:
+        self.limiter = limiter
         self.rate = rate  # None: the limit is off (ratelimit.enabled = false, or "off")
         self._key = hmac.new(secret.encode(), b"socialhub device token", hashlib.sha256).digest()
 
@@ -107,7 +107,7 @@ class LoginThrottle:
             digest = hashlib.sha256(normalized(identifier).encode()).hexdigest()[:32]
             key = f"login_account:{digest}"  # hashed: the store need not hold addresses
         try:
-            decision = await self.kv.rate_limit(f"rl:{key}", self.rate)
+            decision = await self.limiter.rate_limit(f"rl:{key}", self.rate)
         except Exception:
             # As the rate-limit middleware: an outage of the store must not stop every login.
             logger.warning("login throttle store failed; letting the attempt through", exc_info=True)

@@ -8,16 +8,16 @@ import msgspec
 
 from socialhub.domain import events
 from socialhub.domain.pages import Page, PageRequest, page_of
-from socialhub.domain.users import Principal, Relation, User, UserRecord, at_username
+from socialhub.domain.protocol import PresenceView
+from socialhub.domain.users import Principal, User, at_username
 from socialhub.errors import NotFound, ValidationFailed
 from socialhub.ids import parse_id
-from socialhub.infra.media.base import MediaStore, new_media_key
-from socialhub.services.media import UploadedFile
-from socialhub.services.presence import PresenceService, PresenceView
+from socialhub.infra.media.base import MediaStore, UploadedFile, new_media_key
+from socialhub.services.presence import PresenceService
 from socialhub.services.readcache import Invalidation, ReadCache
-from socialhub.storage.database import Connection, Database
 from socialhub.storage.outbox import insert_event
-from socialhub.storage.users import UserStore
+from socialhub.storage.units import UnitOfWork, Units
+from socialhub.storage.users import NewAvatar, Profile, UserStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +37,14 @@ class UserService:
     def __init__(
         self,
         *,
-        db: Database,
+        units: Units,
         users: UserStore,
         media: MediaStore,
         media_base: str,
         cache: ReadCache,
         presence: PresenceService,
     ) -> None:
-        self.db = db
+        self.units = units
         self.users = users
         self.media = media
         self.media_base = media_base
@@ -59,7 +59,7 @@ class UserService:
             found = await self._by_username(viewer, ref)
             if found is None:
                 raise NotFound("no such user")
-            return found[0].id
+            return found.user.id
         user_id = parse_id(ref)
         if user_id is None:
             raise NotFound("no such user")
@@ -73,10 +73,9 @@ class UserService:
             found = await self.users.get_profile(viewer.user_id, user_id=await self._resolve(viewer, ref))
         if found is None:
             raise NotFound("no such user")
-        user, relation = found
-        return User.of(user, None if user.id == viewer.user_id else relation)
+        return User.of(found.user, None if found.user.id == viewer.user_id else found.relation)
 
-    async def _by_username(self, viewer: Principal, ref: str) -> tuple[UserRecord, Relation] | None:
+    async def _by_username(self, viewer: Principal, ref: str) -> Profile | None:
         # What cannot be a username (too long, a NUL PostgreSQL refuses) is nobody, unasked.
         username = at_username(ref)
         return None if username is None else await self.users.get_profile(viewer.user_id, username=username)
@@ -87,29 +86,29 @@ class UserService:
         """Edit the profile; a new avatar is stored first and the old file deleted after
         the row points at the new one (a crash in between leaves an orphan the janitor
         removes, never a profile pointing at nothing)."""
-        new: tuple[str, str] | None = None
+        new: NewAvatar | None = None
         if avatar is not None:
             key = new_media_key()
             await self.media.commit(avatar.staged, key, avatar.content_type)
-            new = (f"{self.media_base}/media/{key}", key)
+            new = NewAvatar(url=f"{self.media_base}/media/{key}", media_key=key)
         try:
             result = await self.users.update_profile(viewer.user_id, name=name, bio=bio, avatar=new)
         except BaseException:
             if new is not None:
-                await self.media.delete(new[1])
+                await self.media.delete(new.media_key)
             raise
         if result is None:
             if new is not None:
-                await self.media.delete(new[1])
+                await self.media.delete(new.media_key)
             raise NotFound("no such user")
-        user, replaced = result
+        replaced = result.replaced_avatar_key
         await self.cache.changed(Invalidation(authors=[viewer.user_id]))
-        if replaced is not None and replaced != (new[1] if new else None):
+        if replaced is not None and replaced != (new.media_key if new else None):
             try:
                 await self.media.delete(replaced)
             except Exception:
                 logger.warning("could not delete the old avatar %s", replaced, exc_info=True)
-        return User.of(user)
+        return User.of(result.user)
 
     async def follow(self, viewer: Principal, ref: str) -> FollowState:
         """Follow the user `ref` names (see `profile`). Idempotent: following twice is one follow."""
@@ -117,11 +116,11 @@ class UserService:
         if target_id == viewer.user_id:
             raise ValidationFailed("you cannot follow yourself", fields={"id": "cannot follow yourself"})
 
-        async def follow(conn: Connection) -> None:
-            if await self.users.insert_follow(conn, viewer.user_id, target_id):
-                await insert_event(conn, events.follow_created(viewer.user_id, target_id))
+        async def follow(uow: UnitOfWork) -> None:
+            if await self.users.insert_follow(uow, viewer.user_id, target_id):
+                await insert_event(uow, events.follow_created(viewer.user_id, target_id))
 
-        await self.db.retrying(follow)
+        await self.units.retrying(follow)
         await self.cache.changed(Invalidation(viewers=[viewer.user_id]))
         return FollowState(following=True)
 
@@ -133,11 +132,11 @@ class UserService:
         if await self.users.get_user(target_id) is None:
             raise NotFound("no such user")
 
-        async def unfollow(conn: Connection) -> None:
-            if await self.users.delete_follow(conn, viewer.user_id, target_id):
-                await insert_event(conn, events.unfollow_created(viewer.user_id, target_id))
+        async def unfollow(uow: UnitOfWork) -> None:
+            if await self.users.delete_follow(uow, viewer.user_id, target_id):
+                await insert_event(uow, events.unfollow_created(viewer.user_id, target_id))
 
-        await self.db.retrying(unfollow)
+        await self.units.retrying(unfollow)
         await self.cache.changed(Invalidation(viewers=[viewer.user_id]))
         return FollowState(following=False)
 
@@ -155,7 +154,7 @@ class UserService:
     async def presence(self, viewer: Principal, ref: str) -> PresenceView:
         """Whether the user `ref` names is online (PresenceService.status); NotFound for nobody."""
         user_id = await self._resolve(viewer, ref)
-        if not await self.users.user_exists(user_id):
+        if user_id not in await self.users.get_existing_user_ids([user_id]):
             raise NotFound("no such user")
         return (await self.presence_service.status([user_id]))[0]
 

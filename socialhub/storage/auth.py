@@ -6,15 +6,23 @@ import enum
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
 from socialhub.domain.users import PasswordReset, SessionRecord
 from socialhub.storage.database import Database
+from socialhub.storage.units import UnitOfWork
 
 
 class RefreshOutcome(enum.Enum):
     ROTATED = "rotated"
     REPLAYED = "replayed"  # a spent token came back: the session is now revoked
     INVALID = "invalid"  # unknown, expired, or its session is revoked or expired
+
+
+class Rotation(msgspec.Struct, frozen=True):
+    outcome: RefreshOutcome
+    session: SessionRecord | None
+    """The token's session, when the token was found."""
 
 
 def _session(row: asyncpg.Record) -> SessionRecord:
@@ -31,7 +39,6 @@ class AuthStore:
 
     async def insert_session(
         self,
-        conn: asyncpg.Connection,
         *,
         user_id: int,
         refresh_hash: bytes,
@@ -40,7 +47,7 @@ class AuthStore:
         ip: str,
     ) -> int:
         """A new session with its first refresh token; returns the session id."""
-        session_id: int = await conn.fetchval(
+        session_id: int = await self.db.fetchval(
             """WITH s AS (
                    INSERT INTO sessions (user_id, expires_at, user_agent, ip) VALUES ($1, $2, $3, $4)
                    RETURNING id, expires_at)
@@ -60,9 +67,9 @@ class AuthStore:
         )
         return _session(row) if row else None
 
-    async def rotate_refresh(
+    async def update_refresh_token(
         self, old_hash: bytes, new_hash: bytes, expires_at: datetime
-    ) -> tuple[RefreshOutcome, SessionRecord | None]:
+    ) -> Rotation:
         """Spend `old_hash` and issue `new_hash` in one transaction.
 
         A token already spent is a replay: whoever holds it may be a thief, so the
@@ -71,25 +78,25 @@ class AuthStore:
         async with self.db.transaction() as conn:
             row = await conn.fetchrow(
                 """SELECT t.used_at, t.expires_at AS token_expires_at,
-                          s.id, s.user_id, s.expires_at, s.revoked_at
+                          s.id, s.user_id, s.expires_at, s.revoked_at, now() AS now
                    FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
                    WHERE t.token_hash = $1 FOR UPDATE OF t, s""",
                 old_hash,
             )
             if row is None:
-                return RefreshOutcome.INVALID, None
+                return Rotation(RefreshOutcome.INVALID, None)
             session = _session(row)
-            now = await conn.fetchval("SELECT now()")
+            now = row["now"]  # the transaction's time, as now() in the statements below
             if session.revoked_at is not None or session.expires_at <= now:
-                return RefreshOutcome.INVALID, session
+                return Rotation(RefreshOutcome.INVALID, session)
             if row["used_at"] is not None:
                 await conn.execute(
                     "UPDATE sessions SET revoked_at = now(), revoke_reason = 'refresh_replay' WHERE id = $1",
                     session.id,
                 )
-                return RefreshOutcome.REPLAYED, session
+                return Rotation(RefreshOutcome.REPLAYED, session)
             if row["token_expires_at"] <= now:
-                return RefreshOutcome.INVALID, session
+                return Rotation(RefreshOutcome.INVALID, session)
             await conn.execute("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1", old_hash)
             await conn.execute(
                 "INSERT INTO refresh_tokens (token_hash, session_id, expires_at) VALUES ($1, $2, $3)",
@@ -101,9 +108,10 @@ class AuthStore:
             await conn.execute(
                 "UPDATE sessions SET expires_at = $2, last_used_at = now() WHERE id = $1", session.id, expires_at
             )
-            return RefreshOutcome.ROTATED, session
+            return Rotation(RefreshOutcome.ROTATED, session)
 
-    async def revoke_session(self, session_id: int, reason: str) -> bool:
+    async def update_session_revoked(self, session_id: int, reason: str) -> bool:
+        """Whether it was live until now."""
         result = await self.db.execute(
             "UPDATE sessions SET revoked_at = now(), revoke_reason = $2 WHERE id = $1 AND revoked_at IS NULL",
             session_id,
@@ -111,8 +119,9 @@ class AuthStore:
         )
         return result.endswith(" 1")
 
-    async def revoke_user_sessions(self, conn: asyncpg.Connection, user_id: int, reason: str) -> list[int]:
-        rows = await conn.fetch(
+    async def update_user_sessions_revoked(self, uow: UnitOfWork, user_id: int, reason: str) -> list[int]:
+        """The ids of the sessions this ended."""
+        rows = await uow.fetch(
             """UPDATE sessions SET revoked_at = now(), revoke_reason = $2
                WHERE user_id = $1 AND revoked_at IS NULL RETURNING id""",
             user_id,
@@ -121,11 +130,11 @@ class AuthStore:
         return [r["id"] for r in rows]
 
     async def upsert_password_reset(
-        self, conn: asyncpg.Connection, user_id: int, otp_hash: bytes, expires_at: datetime
+        self, uow: UnitOfWork, user_id: int, otp_hash: bytes, expires_at: datetime
     ) -> None:
-        """A new code replaces the user's previous one (and its try counter); the row
-        stays locked until the caller's transaction ends."""
-        await conn.execute(
+        """A new code replaces the user's previous one (and its try counter): an upsert,
+        the table holds one row per user. The row stays locked until the unit ends."""
+        await uow.execute(
             """INSERT INTO password_resets (user_id, otp_hash, expires_at) VALUES ($1, $2, $3)
                ON CONFLICT (user_id) DO UPDATE SET otp_hash = $2, expires_at = $3, attempts = 0,
                    spent_at = NULL, created_at = now()""",
@@ -134,8 +143,8 @@ class AuthStore:
             expires_at,
         )
 
-    async def get_password_reset_for_update(self, conn: asyncpg.Connection, user_id: int) -> PasswordReset | None:
-        row = await conn.fetchrow(
+    async def get_password_reset_for_update(self, uow: UnitOfWork, user_id: int) -> PasswordReset | None:
+        row = await uow.fetchrow(
             """SELECT user_id, otp_hash, expires_at, attempts, spent_at FROM password_resets
                WHERE user_id = $1 FOR UPDATE""",
             user_id,
@@ -151,9 +160,9 @@ class AuthStore:
         )
 
     async def update_password_reset(
-        self, conn: asyncpg.Connection, user_id: int, *, attempts: int, spent: bool
+        self, uow: UnitOfWork, user_id: int, *, attempts: int, spent: bool
     ) -> None:
-        await conn.execute(
+        await uow.execute(
             """UPDATE password_resets SET attempts = $2,
                    spent_at = CASE WHEN $3 THEN now() ELSE spent_at END
                WHERE user_id = $1""",

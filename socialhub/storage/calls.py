@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import asyncpg
 
 from socialhub.domain.calls import ACTIVE, ENDED, RINGING, CallRecord
@@ -76,7 +74,7 @@ class CallStore:
         assert call is not None
         return call
 
-    async def answer(self, call_id: int, callee_id: int, socket_id: int) -> CallRecord | None:
+    async def update_answered(self, call_id: int, callee_id: int, socket_id: int) -> CallRecord | None:
         """Ringing -> active, by the callee; the first device to answer wins."""
         row = await self.db.fetchrow(
             """UPDATE calls SET state = 'active', answered_at = now(), callee_socket_id = $3
@@ -87,7 +85,9 @@ class CallStore:
         )
         return await self.get_call(call_id) if row else None
 
-    async def end(self, call_id: int, reason: str, *, states: tuple[str, ...] = (RINGING, ACTIVE)) -> CallRecord | None:
+    async def update_ended(
+        self, call_id: int, reason: str, *, states: tuple[str, ...] = (RINGING, ACTIVE)
+    ) -> CallRecord | None:
         """End a live call (once: a second ender gets None) and free its parties."""
         async with self.db.transaction() as conn:
             ended = await conn.fetchval(
@@ -123,7 +123,3 @@ class CallStore:
             limit,
         )
         return [_call(r) for r in rows]
-
-    async def now(self) -> datetime:
-        value: datetime = await self.db.fetchval("SELECT now()")
-        return value

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
 from socialhub.domain.chat import MessageRecord, RoomRecord
 from socialhub.domain.users import UserSummary
@@ -29,6 +30,18 @@ _ROOM_SELECT = """
             WHERE m.room_id = r.id AND m.seq = r.last_seq) AS last_message
     FROM rooms r JOIN room_members me ON me.room_id = r.id AND me.user_id = $1
 """
+
+
+class InsertedRoom(msgspec.Struct, frozen=True):
+    id: int
+    created: bool
+    """False for the direct room the pair already had."""
+
+
+class InsertedMessage(msgspec.Struct, frozen=True):
+    message: MessageRecord
+    created: bool
+    """False for a resend: `message` is the first one with its client_msg_id."""
 
 
 def message_from_row(row: asyncpg.Record) -> MessageRecord:
@@ -73,42 +86,44 @@ class ChatStore:
         self.db = db
 
     async def insert_room(
-        self, conn: asyncpg.Connection, *, kind: str, name: str | None, creator: int, members: Sequence[int],
-        direct_key: str | None,
-    ) -> tuple[int, bool]:
-        """(room id, created). A direct room that exists for the pair is returned instead."""
-        room_id = await conn.fetchval(
-            """INSERT INTO rooms (kind, name, direct_key, created_by) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (direct_key) DO NOTHING RETURNING id""",
-            kind,
-            name,
-            direct_key,
-            creator,
-        )
-        if room_id is None:
-            existing: int = await conn.fetchval("SELECT id FROM rooms WHERE direct_key = $1", direct_key)
-            return existing, False
-        try:
-            await conn.executemany(
-                "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)", [(room_id, m) for m in members]
+        self, *, kind: str, name: str | None, creator: int, members: Sequence[int], direct_key: str | None
+    ) -> InsertedRoom:
+        """The room and its members, in one transaction; a direct room that exists for the
+        pair is returned instead."""
+        async with self.db.transaction() as conn:
+            room_id = await conn.fetchval(
+                """INSERT INTO rooms (kind, name, direct_key, created_by) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (direct_key) DO NOTHING RETURNING id""",
+                kind,
+                name,
+                direct_key,
+                creator,
             )
-        except asyncpg.ForeignKeyViolationError:
-            raise NotFound("no such user among the members") from None
-        return room_id, True
+            if room_id is None:
+                existing: int = await conn.fetchval("SELECT id FROM rooms WHERE direct_key = $1", direct_key)
+                return InsertedRoom(existing, False)
+            try:
+                await conn.executemany(
+                    "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)", [(room_id, m) for m in members]
+                )
+            except asyncpg.ForeignKeyViolationError:
+                raise NotFound("no such user among the members") from None
+            return InsertedRoom(room_id, True)
 
     async def get_room(self, room_id: int, viewer_id: int) -> RoomRecord | None:
         row = await self.db.fetchrow(_ROOM_SELECT + " WHERE r.id = $2", viewer_id, room_id)
         return _room(row) if row else None
 
-    async def get_rooms(self, viewer_id: int, before: tuple[float, int] | None, limit: int) -> list[RoomRecord]:
-        """The viewer's rooms, most recent activity first."""
+    async def get_rooms(self, viewer_id: int, before: int | None, limit: int) -> list[RoomRecord]:
+        """The viewer's rooms, most recent activity first, from the one after room `before`
+        (none when that room is gone)."""
         rows = await self.db.fetch(
             _ROOM_SELECT
-            + """ WHERE ($2::float8 IS NULL OR (extract(epoch FROM r.last_activity_at), r.id) < ($2, $3))
-                  ORDER BY r.last_activity_at DESC, r.id DESC LIMIT $4""",
+            + """ WHERE ($2::bigint IS NULL
+                         OR (r.last_activity_at, r.id) < ((SELECT b.last_activity_at FROM rooms b WHERE b.id = $2), $2))
+                  ORDER BY r.last_activity_at DESC, r.id DESC LIMIT $3""",
             viewer_id,
-            before[0] if before else None,
-            before[1] if before else 0,
+            before,
             limit,
         )
         return [_room(r) for r in rows]
@@ -117,7 +132,7 @@ class ChatStore:
         value = await self.db.fetchval("SELECT extract(epoch FROM last_activity_at) FROM rooms WHERE id = $1", room_id)
         return float(value) if value is not None else None
 
-    async def is_member(self, room_id: int, user_id: int) -> bool:
+    async def get_is_member(self, room_id: int, user_id: int) -> bool:
         return bool(
             await self.db.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2)", room_id, user_id
@@ -130,8 +145,8 @@ class ChatStore:
 
     async def insert_message(
         self, room_id: int, sender_id: int, body: str, client_msg_id: str
-    ) -> tuple[MessageRecord, bool] | None:
-        """(message, created), or None when the sender is not a member.
+    ) -> InsertedMessage | None:
+        """None when the sender is not a member.
 
         One autocommit statement: `socialhub_send_message` (migrations/0006) locks the
         room row, so sends in one room are serialised and seq has no gap, and a resend
@@ -142,7 +157,7 @@ class ChatStore:
         )
         if row is None:
             return None
-        return message_from_row(row), bool(row["created"])
+        return InsertedMessage(message_from_row(row), bool(row["created"]))
 
     async def get_messages_after(self, room_id: int, after_seq: int, limit: int) -> list[MessageRecord]:
         """Messages with seq > after_seq, oldest first (replay)."""
@@ -182,7 +197,3 @@ class ChatStore:
             seq,
         )
         return value
-
-    async def users_exist(self, ids: Sequence[int]) -> set[int]:
-        rows = await self.db.fetch("SELECT id FROM users WHERE id = ANY($1::bigint[])", list(ids))
-        return {r["id"] for r in rows}

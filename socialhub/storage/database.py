@@ -27,9 +27,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Connection = asyncpg.Connection
-Record = asyncpg.Record
-
 # How long a caller waits for a connection (a free one from the pool, or a new one from
 # the server) before it is told `unavailable` (default of `database.connect_timeout`).
 # A restarting server refuses at once; this bounds the other cases (a pool exhausted by
@@ -83,8 +80,10 @@ _ONE_LINE_RECONNECTS = _OneLineReconnects()
 
 
 class Database:
-    """A connection pool, opened at start-up (`open`) and shared by every store.
-    `transaction()` for writes, `acquire()` for several reads on one connection.
+    """A connection pool, opened at start-up (`open`) and shared by every store; only
+    storage/ sees it. `transaction()` for a store's own multi-statement writes (services
+    get theirs as units of work, `storage.units`), `acquire()` for several reads on one
+    connection.
 
     Every way in turns a lost or unreachable database into `socialhub.errors.Unavailable`
     (HTTP 503, WebSocket `error unavailable`), here and nowhere else; see `outage`."""

@@ -15,6 +15,7 @@ import datetime
 import asyncpg
 import msgspec
 
+from socialhub.domain.delivery import DeadLetter
 from socialhub.domain.events import Envelope, Unreadable, read_event
 from socialhub.storage.database import Database
 
@@ -22,21 +23,6 @@ from socialhub.storage.database import Database
 # after this long another reader may claim it. Far above one replay's retries (a few
 # backoffs of seconds each), so a live reader is never raced.
 CLAIM_TIMEOUT_SECONDS = 600.0
-
-# Statuses that still wait for something (everything but "replayed").
-WAITING = ("dead", "retry", "replaying")
-
-
-class DeadLetter(msgspec.Struct, frozen=True):
-    id: int
-    consumer: str
-    envelope: Envelope | Unreadable
-    error: str
-    attempts: int
-    first_failed_at: datetime.datetime
-    dead_at: datetime.datetime
-    status: str
-    status_at: datetime.datetime
 
 
 _COLUMNS = "id, consumer, event_id, topic, key, event, error, attempts, first_failed_at, dead_at, status, status_at"
@@ -117,7 +103,7 @@ class DeadLetterStore:
         )
         return sorted((_dead_letter(r) for r in rows), key=lambda d: d.id)
 
-    async def claim_retries(self, consumer: str, limit: int) -> list[DeadLetter]:
+    async def update_claimed_retries(self, consumer: str, limit: int) -> list[DeadLetter]:
         """Take up to `limit` of `consumer`'s retry requests for this reader (one reader
         each, across instances), oldest first."""
         rows = await self.db.fetch(

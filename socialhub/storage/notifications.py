@@ -31,11 +31,9 @@ class NotificationStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def insert_notification(
-        self, conn: asyncpg.Connection, n: NewNotification, event_id: int | None
-    ) -> NotificationRecord | None:
+    async def insert_notification(self, n: NewNotification, event_id: int | None) -> NotificationRecord | None:
         """Insert; None when this event already notified this user."""
-        row = await conn.fetchrow(
+        row = await self.db.fetchrow(
             f"""WITH n AS (
                     INSERT INTO notifications (user_id, type, actor_id, post_id, comment_id, room_id, call_id, event_id)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -77,7 +75,7 @@ class NotificationStore:
         )
         return count
 
-    async def mark_read(self, user_id: int, ids: list[int] | None) -> None:
+    async def update_read(self, user_id: int, ids: list[int] | None) -> None:
         """Mark these (or, with None, all) of the user's notifications read."""
         await self.db.execute(
             """UPDATE notifications SET read_at = now()

@@ -4,27 +4,35 @@ A row holds the event's parts (topic, key, type, actor_id, data as JSON); read b
 are put together into the SPEC's value and read as a typed event (`events.read_event`),
 so a row this version cannot read (written by a newer one, or by hand) comes out as an
 `Unreadable` for the dead-letter machinery instead of failing the reader.
+
+A reader (infra/events/outbox.py) also holds a session of its own here: a connection
+outside the pool that holds the reader's advisory lock and LISTENs for the insert
+trigger's NOTIFY (`OutboxStore.reader_session`).
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
 import asyncpg
 import msgspec
 
+from socialhub.domain.delivery import OutboxEntry, Position
 from socialhub.domain.events import Envelope, NewEvent, Unreadable, read_event
 from socialhub.domain.time import rfc3339
 from socialhub.storage.database import Database
+from socialhub.storage.units import UnitOfWork
 
 OUTBOX_CHANNEL = "socialhub_outbox"  # NOTIFY channel, see migrations/0002
+LOCK_NAMESPACE = 0x5EED  # first key of pg_try_advisory_lock(int, int); the second is the name's CRC
+CLOSE_TIMEOUT_SECONDS = 5.0  # closing a reader's connection; a dead server must not hold a shutdown
 
 
-Position = tuple[int, int]
-"""(xid, id) of the last event a reader has handled."""
-
-
-async def insert_event(conn: asyncpg.Connection, event: NewEvent) -> int:
-    """Write `event` in the caller's transaction; it is published only if that commits."""
-    event_id: int = await conn.fetchval(
+async def insert_event(uow: UnitOfWork, event: NewEvent) -> int:
+    """Write `event` in the caller's unit of work; it is published only if that commits."""
+    event_id: int = await uow.fetchval(
         "INSERT INTO outbox (topic, key, type, actor_id, data) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         event.topic,
         event.key,
@@ -46,11 +54,43 @@ def _envelope(row: asyncpg.Record) -> Envelope | Unreadable:
     return read_event(row["topic"], row["key"], row["id"], value)
 
 
+class ReaderConnection:
+    """One reader's session (`OutboxStore.reader_session`): its own connection, on which
+    the session-level advisory lock lives and dies, and the LISTEN."""
+
+    def __init__(self, conn: asyncpg.Connection, name: str) -> None:
+        self._conn = conn
+        self._lock_key = zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+    async def try_lock(self) -> bool:
+        return bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, self._lock_key))
+
+    async def listen(self, notify: Callable[[], None]) -> None:
+        def notified(*args: object) -> None:
+            notify()
+
+        await self._conn.add_listener(OUTBOX_CHANNEL, notified)
+
+    def is_closed(self) -> bool:
+        return bool(self._conn.is_closed())
+
+
 class OutboxStore:
     """The outbox table read in commit-safe order, and reader positions."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    @asynccontextmanager
+    async def reader_session(self, name: str) -> AsyncIterator[ReaderConnection]:
+        """A connection of reader `name`'s own, closed on the way out (which lets go of its
+        lock). Unavailable when the database cannot be reached."""
+        conn = await self.db.connect_dedicated()
+        try:
+            yield ReaderConnection(conn, name)
+        finally:
+            if not conn.is_closed():
+                await conn.close(timeout=CLOSE_TIMEOUT_SECONDS)
 
     async def get_position(self, name: str) -> Position:
         row = await self.db.fetchrow(
@@ -60,9 +100,9 @@ class OutboxStore:
             name,
         )
         assert row is not None
-        return (row["xid"], row["id"])
+        return Position(row["xid"], row["id"])
 
-    async def get_batch(self, after: Position, limit: int) -> list[tuple[Position, Envelope | Unreadable]]:
+    async def get_batch(self, after: Position, limit: int) -> list[OutboxEntry]:
         """Events after `after` in (xid, id) order, only from transactions older than every
         transaction still running: nothing can later commit before them. A row that is
         not a valid event comes as `Unreadable`, in its place."""
@@ -73,18 +113,18 @@ class OutboxStore:
                  AND xid < pg_snapshot_xmin(pg_current_snapshot())
                ORDER BY xid, id
                LIMIT $3""",
-            str(after[0]),
-            after[1],
+            str(after.xid),
+            after.id,
             limit,
         )
-        return [((r["xid"], r["id"]), _envelope(r)) for r in rows]
+        return [OutboxEntry(Position(r["xid"], r["id"]), _envelope(r)) for r in rows]
 
     async def update_position(self, name: str, position: Position) -> None:
         await self.db.execute(
             "UPDATE outbox_positions SET xid = $2::text::xid8, id = $3, updated_at = now() WHERE name = $1",
             name,
-            str(position[0]),
-            position[1],
+            str(position.xid),
+            position.id,
         )
 
     async def delete_consumed(self, keep_seconds: float) -> int:

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from socialhub.domain.posts import CommentRecord, MediaRecord, NewMedia, PostRecord
 from socialhub.errors import NotFound
 from socialhub.storage.database import Database
+from socialhub.storage.units import UnitOfWork
 from socialhub.storage.users import summary_from_row
 
 # Posts as anyone sees them (author, media, counters); `liked` is the viewer's and is
@@ -32,6 +34,37 @@ POST_SELECT = """
 # The viewer's and followed authors' posts straight from the follow graph.
 _FROM_GRAPH = """p.author_id IN (SELECT $1::bigint UNION ALL SELECT f.followee_id FROM follows f
                                  WHERE f.follower_id = $1 AND f.deleted_at IS NULL)"""
+
+
+class InsertedPost(msgspec.Struct, frozen=True):
+    id: int
+    created: bool
+    """False when the author's idempotency key was used already: `id` is that post's."""
+    fanned_out: bool
+
+
+class ViewerRecord(msgspec.Struct, frozen=True):
+    followee_ids: list[int]
+    liked_post_ids: list[int]
+    """The newest first."""
+
+
+class InsertedComment(msgspec.Struct, frozen=True):
+    comment: CommentRecord
+    post_author_id: int
+
+
+class CommentOwners(msgspec.Struct, frozen=True):
+    author_id: int
+    post_id: int
+    post_author_id: int
+
+
+class LikeChange(msgspec.Struct, frozen=True):
+    changed: bool
+    """False when the like was already there (or, to unlike, was not)."""
+    likes_count: int
+    post_author_id: int
 
 
 def post_from_row(row: asyncpg.Record) -> PostRecord:
@@ -64,17 +97,16 @@ class PostStore:
 
     async def insert_post(
         self,
-        conn: asyncpg.Connection,
+        uow: UnitOfWork,
         author_id: int,
         content: str,
         idempotency_key: str | None,
         fanout_threshold: int,
-    ) -> tuple[int, bool, bool]:
-        """(post id, created, fanned out). With a key already used by this author: (that
-        post, False, ...). A concurrent first request with the same key makes this wait
-        for its commit. The post is fanned out unless its author has `fanout_threshold`
-        followers or more."""
-        row = await conn.fetchrow(
+    ) -> InsertedPost:
+        """The new post, or the author's post with this idempotency key. A concurrent first
+        request with the same key makes this wait for its commit. The post is fanned out
+        unless its author has `fanout_threshold` followers or more."""
+        row = await uow.fetchrow(
             """INSERT INTO posts (author_id, content, idempotency_key, fanned_out)
                VALUES ($1, $2, $3, (SELECT followers_count < $4 FROM users WHERE id = $1))
                ON CONFLICT (author_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -85,14 +117,15 @@ class PostStore:
             fanout_threshold,
         )
         if row is not None:
-            await conn.execute("UPDATE users SET posts_count = posts_count + 1 WHERE id = $1", author_id)
-            return row["id"], True, row["fanned_out"]
-        existing = await conn.fetchrow(
+            await uow.execute("UPDATE users SET posts_count = posts_count + 1 WHERE id = $1", author_id)
+            return InsertedPost(row["id"], True, row["fanned_out"])
+        existing = await uow.fetchrow(
             "SELECT id, fanned_out FROM posts WHERE author_id = $1 AND idempotency_key = $2",
             author_id,
             idempotency_key,
         )
-        return existing["id"], False, existing["fanned_out"]
+        assert existing is not None  # the row the insert conflicted with
+        return InsertedPost(existing["id"], False, existing["fanned_out"])
 
     async def get_post_by_key(self, author_id: int, idempotency_key: str) -> int | None:
         found: int | None = await self.db.fetchval(
@@ -101,9 +134,9 @@ class PostStore:
         return found
 
     async def insert_media(
-        self, conn: asyncpg.Connection, post_id: int, owner_id: int, files: Sequence[NewMedia]
+        self, uow: UnitOfWork, post_id: int, owner_id: int, files: Sequence[NewMedia]
     ) -> None:
-        await conn.executemany(
+        await uow.executemany(
             """INSERT INTO media (post_id, owner_id, storage_key, content_type, size, width, height, position)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
             [
@@ -173,9 +206,9 @@ class PostStore:
         )
         return [r["author_id"] for r in rows]
 
-    async def get_viewer_state(self, user_id: int, liked_window: int) -> tuple[list[int], list[int]]:
-        """(whom the user follows, the ids of the newest `liked_window` posts they liked,
-        newest first), in one round trip."""
+    async def get_viewer(self, user_id: int, liked_window: int) -> ViewerRecord:
+        """Whom the user follows and the ids of the newest `liked_window` posts they liked,
+        in one round trip."""
         row = await self.db.fetchrow(
             """SELECT ARRAY(SELECT followee_id FROM follows WHERE follower_id = $1 AND deleted_at IS NULL) AS f,
                       ARRAY(SELECT post_id FROM likes WHERE user_id = $1 ORDER BY post_id DESC LIMIT $2) AS l""",
@@ -183,7 +216,7 @@ class PostStore:
             liked_window,
         )
         assert row is not None
-        return list(row["f"]), list(row["l"])
+        return ViewerRecord(list(row["f"]), list(row["l"]))
 
     async def get_liked_among(self, user_id: int, post_ids: Sequence[int]) -> list[int]:
         rows = await self.db.fetch(
@@ -233,10 +266,10 @@ class PostStore:
         )
         return result.endswith(" 1")
 
-    async def delete_post(self, conn: asyncpg.Connection, post_id: int, author_id: int) -> list[str] | None:
+    async def delete_post(self, uow: UnitOfWork, post_id: int, author_id: int) -> list[str] | None:
         """Delete the author's post; the storage keys of its media, or None when there was no such post."""
-        keys = await conn.fetch("SELECT storage_key FROM media WHERE post_id = $1", post_id)
-        deleted = await conn.fetchval(
+        keys = await uow.fetch("SELECT storage_key FROM media WHERE post_id = $1", post_id)
+        deleted = await uow.fetchval(
             """WITH d AS (DELETE FROM posts WHERE id = $1 AND author_id = $2 RETURNING author_id)
                UPDATE users SET posts_count = posts_count - 1 WHERE id = (SELECT author_id FROM d) RETURNING 1""",
             post_id,
@@ -258,17 +291,17 @@ class PostStore:
         )
         return [r["follower_id"] for r in rows]
 
-    async def touch_active(self, user_id: int) -> None:
+    async def update_last_active(self, user_id: int) -> None:
         await self.db.execute("UPDATE users SET last_active_at = now() WHERE id = $1", user_id)
 
     # -- comments ---------------------------------------------------------------
 
     async def insert_comment(
-        self, conn: asyncpg.Connection, post_id: int, author_id: int, content: str
-    ) -> tuple[CommentRecord, int]:
-        """The comment and the post's author; NotFound when the post is gone."""
+        self, uow: UnitOfWork, post_id: int, author_id: int, content: str
+    ) -> InsertedComment:
+        """NotFound when the post is gone."""
         try:
-            row = await conn.fetchrow(
+            row = await uow.fetchrow(
                 """WITH p AS (UPDATE posts SET comments_count = comments_count + 1 WHERE id = $1
                               RETURNING author_id AS post_author_id),
                         c AS (INSERT INTO comments (post_id, author_id, content)
@@ -284,7 +317,7 @@ class PostStore:
             raise NotFound("no such post") from None
         if row is None:
             raise NotFound("no such post")
-        return _comment(row), row["post_author_id"]
+        return InsertedComment(_comment(row), row["post_author_id"])
 
     async def get_comments(self, post_id: int, after: int | None, limit: int) -> list[CommentRecord]:
         rows = await self.db.fetch(
@@ -298,20 +331,13 @@ class PostStore:
         )
         return [_comment(r) for r in rows]
 
-    async def post_exists(self, post_id: int) -> bool:
-        return bool(await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM posts WHERE id = $1)", post_id))
-
-    async def user_exists(self, user_id: int) -> bool:
-        return bool(await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))
-
-    async def get_comment_owners(self, comment_id: int) -> tuple[int, int, int] | None:
-        """(comment author, post id, post author)."""
+    async def get_comment_owners(self, comment_id: int) -> CommentOwners | None:
         row = await self.db.fetchrow(
             """SELECT c.author_id, c.post_id, p.author_id AS post_author_id
                FROM comments c JOIN posts p ON p.id = c.post_id WHERE c.id = $1""",
             comment_id,
         )
-        return (row["author_id"], row["post_id"], row["post_author_id"]) if row else None
+        return CommentOwners(row["author_id"], row["post_id"], row["post_author_id"]) if row else None
 
     async def update_comment(self, comment_id: int, author_id: int, content: str) -> CommentRecord | None:
         row = await self.db.fetchrow(
@@ -335,14 +361,17 @@ class PostStore:
 
     # -- likes ------------------------------------------------------------------
 
-    async def insert_like(self, conn: asyncpg.Connection, post_id: int, user_id: int) -> tuple[bool, int, int]:
-        """(changed, likes_count, post author); NotFound when the post is gone."""
-        return await self._like(conn, post_id, user_id, like=True)
+    async def insert_like(self, uow: UnitOfWork, post_id: int, user_id: int) -> LikeChange:
+        """NotFound when the post is gone."""
+        return await self._like(uow, post_id, user_id, like=True)
 
-    async def delete_like(self, conn: asyncpg.Connection, post_id: int, user_id: int) -> tuple[bool, int, int]:
-        return await self._like(conn, post_id, user_id, like=False)
+    async def delete_like(self, post_id: int, user_id: int) -> LikeChange:
+        """As `insert_like`, in a statement of its own: an unlike writes no event."""
+        return await self._like(self.db, post_id, user_id, like=False)
 
-    async def _like(self, conn: asyncpg.Connection, post_id: int, user_id: int, *, like: bool) -> tuple[bool, int, int]:
+    async def _like(
+        self, on: Database | UnitOfWork, post_id: int, user_id: int, *, like: bool
+    ) -> LikeChange:
         change = (
             """INSERT INTO likes (post_id, user_id) SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM posts WHERE id = $1)
                ON CONFLICT DO NOTHING RETURNING 1"""
@@ -351,7 +380,7 @@ class PostStore:
         )
         sign = "+" if like else "-"
         try:
-            row: Any = await conn.fetchrow(
+            row: Any = await on.fetchrow(
                 f"""WITH l AS ({change}),
                         p AS (UPDATE posts SET likes_count = likes_count {sign} (SELECT count(*) FROM l)::int
                               WHERE id = $1 RETURNING likes_count, author_id)
@@ -363,4 +392,4 @@ class PostStore:
             raise NotFound("no such post") from None
         if row is None:
             raise NotFound("no such post")
-        return bool(row["changed"]), row["likes_count"], row["author_id"]
+        return LikeChange(bool(row["changed"]), row["likes_count"], row["author_id"])

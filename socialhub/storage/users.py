@@ -7,10 +7,12 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from socialhub.domain.users import FollowEntry, Relation, UserRecord, UserSummary
 from socialhub.errors import Conflict, NotFound
 from socialhub.storage.database import Database
+from socialhub.storage.units import UnitOfWork
 
 USER_COLUMNS = (
     "u.id, u.username, u.email, u.name, u.bio, u.avatar_url, u.password_hash, "
@@ -23,6 +25,24 @@ RELATION_COLUMNS = (
     "EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = u.id AND f.followee_id = $2"
     " AND f.deleted_at IS NULL) AS rel_followed_by"
 )
+
+
+class Profile(msgspec.Struct, frozen=True):
+    """A user and how the viewer relates to them."""
+
+    user: UserRecord
+    relation: Relation
+
+
+class NewAvatar(msgspec.Struct, frozen=True):
+    url: str
+    media_key: str
+
+
+class ProfileUpdate(msgspec.Struct, frozen=True):
+    user: UserRecord
+    replaced_avatar_key: str | None
+    """The media key of the avatar a new one replaced (the caller deletes that file)."""
 
 
 def user_from_row(row: asyncpg.Record) -> UserRecord:
@@ -93,14 +113,14 @@ class UserStore:
 
     async def get_profile(
         self, viewer_id: int, *, user_id: int | None = None, username: str | None = None
-    ) -> tuple[UserRecord, Relation] | None:
+    ) -> Profile | None:
         """A user by id or username, with the viewer's relation to them, in one round trip."""
         where = "u.id = $1" if user_id is not None else "lower(u.username) = lower($1)"
         key: Any = user_id if user_id is not None else username
         row = await self.db.fetchrow(
             f"SELECT {USER_COLUMNS}, {RELATION_COLUMNS} FROM users u WHERE {where}", key, viewer_id
         )
-        return (user_from_row(row), _relation(row)) if row else None
+        return Profile(user_from_row(row), _relation(row)) if row else None
 
     async def update_profile(
         self,
@@ -108,11 +128,9 @@ class UserStore:
         *,
         name: str | None,
         bio: str | None,
-        avatar: tuple[str, str] | None = None,
-    ) -> tuple[UserRecord, str | None] | None:
-        """Change what is given; `avatar` is (url, media key). Returns the user and the
-        media key of the avatar this replaced, if any (the caller deletes that file)."""
-        avatar_url, avatar_key = avatar if avatar else (None, None)
+        avatar: NewAvatar | None = None,
+    ) -> ProfileUpdate | None:
+        """Change what is given; None when there is no such user."""
         row = await self.db.fetchrow(
             f"""WITH old AS (SELECT avatar_key FROM users WHERE id = $1 FOR UPDATE)
                 UPDATE users u SET name = coalesce($2, u.name), bio = coalesce($3, u.bio),
@@ -123,17 +141,17 @@ class UserStore:
             user_id,
             name,
             bio,
-            avatar_url,
-            avatar_key,
+            avatar.url if avatar else None,
+            avatar.media_key if avatar else None,
         )
-        return (user_from_row(row), row["replaced_key"]) if row else None
+        return ProfileUpdate(user_from_row(row), row["replaced_key"]) if row else None
 
-    async def update_password(self, conn: asyncpg.Connection, user_id: int, password_hash: str) -> None:
-        await conn.execute(
+    async def update_password(self, uow: UnitOfWork, user_id: int, password_hash: str) -> None:
+        await uow.execute(
             "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", user_id, password_hash
         )
 
-    async def insert_follow(self, conn: asyncpg.Connection, follower_id: int, followee_id: int) -> bool:
+    async def insert_follow(self, uow: UnitOfWork, follower_id: int, followee_id: int) -> bool:
         """Follow (or revive a soft-deleted follow). True when the state changed; NotFound
         when either user does not exist.
 
@@ -145,13 +163,13 @@ class UserStore:
         follows row's foreign keys hold in the other transaction, and deadlock there.
         """
         try:
-            changed = await self._insert_follow(conn, follower_id, followee_id)
+            changed = await self._insert_follow(uow, follower_id, followee_id)
         except asyncpg.ForeignKeyViolationError:
             raise NotFound("no such user") from None
         return bool(changed)
 
-    async def _insert_follow(self, conn: asyncpg.Connection, follower_id: int, followee_id: int) -> Any:
-        return await conn.fetchval(
+    async def _insert_follow(self, uow: UnitOfWork, follower_id: int, followee_id: int) -> Any:
+        return await uow.fetchval(
             """WITH f AS (
                    INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2)
                    ON CONFLICT (follower_id, followee_id) DO UPDATE
@@ -172,9 +190,9 @@ class UserStore:
             followee_id,
         )
 
-    async def delete_follow(self, conn: asyncpg.Connection, follower_id: int, followee_id: int) -> bool:
+    async def delete_follow(self, uow: UnitOfWork, follower_id: int, followee_id: int) -> bool:
         """Unfollow (a soft delete). True when the state changed."""
-        changed = await conn.fetchval(
+        changed = await uow.fetchval(
             """WITH f AS (
                    UPDATE follows SET deleted_at = now()
                    WHERE follower_id = $1 AND followee_id = $2 AND deleted_at IS NULL
@@ -221,5 +239,7 @@ class UserStore:
         )
         return {r["id"]: r["last_seen_at"] for r in rows}
 
-    async def user_exists(self, user_id: int) -> bool:
-        return bool(await self.db.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id))
+    async def get_existing_user_ids(self, user_ids: Sequence[int]) -> set[int]:
+        """Those of `user_ids` that are users."""
+        rows = await self.db.fetch("SELECT id FROM users WHERE id = ANY($1::bigint[])", list(user_ids))
+        return {r["id"] for r in rows}

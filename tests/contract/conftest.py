@@ -18,12 +18,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from socialhub.infra.kv.base import KeyValue
-from socialhub.infra.kv.memory import MemoryKV
-from socialhub.infra.kv.redis import RedisKV
+from socialhub.infra.kv.base import Counters, RateLimiter, Timelines, Values
+from socialhub.infra.kv.memory import MemoryCounters, MemoryRateLimiter, MemoryTimelines, MemoryValues
+from socialhub.infra.kv.redis import RedisCounters, RedisRateLimiter, RedisTimelines, RedisValues
 from socialhub.infra.pubsub.base import PubSub
 from socialhub.infra.pubsub.memory import MemoryPubSub
 from socialhub.infra.pubsub.redis import RedisPubSub
+from socialhub.infra.redis_client import client_from_url
 
 REDIS_URL = os.environ.get("SOCIALHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -61,19 +62,53 @@ async def redis_admin(redis_url: str, key_prefix: str) -> AsyncIterator[aioredis
     await client.aclose()
 
 
+class KeyValueEnv:
+    """The four key-value ports of one kind, as app.py builds them: in process, or all
+    over one Redis client and one prefix (so a test can hold them against each other)."""
+
+    def __init__(self, kind: str, client: aioredis.Redis | None, prefix: str) -> None:
+        self.kind = kind
+        self.limiter: RateLimiter
+        self.values: Values
+        self.timelines: Timelines
+        self.counters: Counters
+        if client is None:
+            self.limiter, self.values = MemoryRateLimiter(), MemoryValues()
+            self.timelines, self.counters = MemoryTimelines(), MemoryCounters()
+        else:
+            self.limiter, self.values = RedisRateLimiter(client, prefix), RedisValues(client, prefix)
+            self.timelines, self.counters = RedisTimelines(client, prefix), RedisCounters(client, prefix)
+
+
 @pytest.fixture(params=["memory", "redis"])
-async def kv(request: pytest.FixtureRequest, redis_url: str, key_prefix: str) -> AsyncIterator[KeyValue]:
+async def kv_env(request: pytest.FixtureRequest, redis_url: str, key_prefix: str) -> AsyncIterator[KeyValueEnv]:
     if request.param == "memory":
-        store: KeyValue = MemoryKV()
-        yield store
-        await store.close()
+        yield KeyValueEnv("memory", None, key_prefix)
         return
-    client = aioredis.Redis.from_url(redis_url)
-    store = RedisKV(client, key_prefix)
-    yield store
-    await store.close()
+    client = client_from_url(redis_url)
+    yield KeyValueEnv("redis", client, key_prefix)
     await _drop_keys(client, key_prefix)
     await client.aclose()
+
+
+@pytest.fixture
+def limiter(kv_env: KeyValueEnv) -> RateLimiter:
+    return kv_env.limiter
+
+
+@pytest.fixture
+def values(kv_env: KeyValueEnv) -> Values:
+    return kv_env.values
+
+
+@pytest.fixture
+def timelines(kv_env: KeyValueEnv) -> Timelines:
+    return kv_env.timelines
+
+
+@pytest.fixture
+def counters(kv_env: KeyValueEnv) -> Counters:
+    return kv_env.counters
 
 
 class PubSubEnv:

@@ -1,7 +1,7 @@
 """Hypothesis against a real `socialhub serve`'s /ws: hostile frames before and after
 `authenticate`.
 
-Frames: any JSON value; every frame type of api/ws/protocol.py with each field given a
+Frames: any JSON value; every frame type of domain/protocol.py with each field given a
 value of the wrong type, a huge, deeply nested, unicode or NUL-holding string, or
 left out; text that is not JSON; binary frames. Properties (SPEC, "WebSocket"):
 
@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from socialhub.api.ws.protocol import CLOSE_TOO_BIG, CLOSE_UNAUTHENTICATED, ClientFrame
+from socialhub.domain.protocol import CLOSE_TOO_BIG, CLOSE_UNAUTHENTICATED, ClientFrame
 from tests.e2e.server import Server, server_env
 from tests.e2e.wsclient import User, WsClient, signup
 

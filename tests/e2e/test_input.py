@@ -18,7 +18,7 @@ import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from socialhub.api.http.connection import MAX_HEAD_BYTES
-from socialhub.api.ws.protocol import MAX_PRESENCE_IDS
+from socialhub.domain.protocol import MAX_PRESENCE_IDS
 from tests.e2e.server import Server, server_env
 from tests.e2e.wsclient import WsClient, signups
 

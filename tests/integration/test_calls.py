@@ -74,8 +74,8 @@ class Wire:
         return [(ch, f["call_id"], f["reason"]) for ch, f in self.frames if f["type"] == "call_ended"]
 
 
-async def user_exists(user_id: int) -> bool:
-    return True
+async def existing_users(user_ids: Sequence[int]) -> set[int]:
+    return set(user_ids)
 
 
 async def two_users(db: Database) -> tuple[int, int]:
@@ -93,7 +93,7 @@ def service(db: Database, wire: Wire, ring_timeout: float) -> CallService:
         publish=wire.publish,
         notify=wire.notify,
         online=wire.online,
-        user_exists=user_exists,
+        existing_users=existing_users,
         ring_timeout=ring_timeout,
     )
 

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from socialhub.domain.chat import MessageRecord
-from socialhub.storage.chat import ChatStore
+from socialhub.storage.chat import ChatStore, InsertedMessage
 from socialhub.storage.database import Database
 from socialhub.storage.migrate import migrate
 from tests.conftest import fresh_database
@@ -98,8 +98,8 @@ async def test_concurrent_sends_get_seq_without_gaps(chat_db: Database) -> None:
 
     results = await race(chat_db, room_id, sends, waiting=POOL_SIZE)
 
-    assert all(r is not None and r[1] for r in results)
-    records = [r[0] for r in results if r is not None]
+    assert all(r is not None and r.created for r in results)
+    records = [r.message for r in results if r is not None]
     assert sorted(m.seq for m in records) == list(range(1, 51))
     assert len({m.id for m in records}) == 50
     stored = await chat_db.fetch("SELECT seq, body FROM messages WHERE room_id = $1 ORDER BY seq", room_id)
@@ -119,17 +119,17 @@ async def test_concurrent_resends_store_one_message(chat_db: Database) -> None:
     sender, other = await new_user(chat_db), await new_user(chat_db)
     room_id = await new_room(chat_db, [sender, other])
     first = await store.insert_message(room_id, other, "before", "other-1")
-    assert first is not None and first[0].seq == 1
+    assert first is not None and first.message.seq == 1
 
     sends = [store.insert_message(room_id, sender, "hello", "same-id") for _ in range(20)]
     results = await race(chat_db, room_id, sends, waiting=20)
 
     assert all(r is not None for r in results)
     pairs = [r for r in results if r is not None]
-    assert sum(created for _, created in pairs) == 1
-    assert len({m.id for m, _ in pairs}) == 1
-    message = pairs[0][0]
-    assert all(m == message for m, _ in pairs)
+    assert sum(p.created for p in pairs) == 1
+    assert len({p.message.id for p in pairs}) == 1
+    message = pairs[0].message
+    assert all(p.message == message for p in pairs)
     assert (message.seq, message.body, message.client_msg_id, int(message.sender.id)) == (2, "hello", "same-id", sender)
     count = await chat_db.fetchval(
         "SELECT count(*) FROM messages WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = 'same-id'",
@@ -141,9 +141,9 @@ async def test_concurrent_resends_store_one_message(chat_db: Database) -> None:
 
     # A later resend, its body changed, still returns the first message; the next send goes on from 2.
     again = await store.insert_message(room_id, sender, "changed", "same-id")
-    assert again == (message, False)
+    assert again == InsertedMessage(message, False)
     nxt = await store.insert_message(room_id, sender, "next", "other-2")
-    assert nxt is not None and nxt[1] and nxt[0].seq == 3
+    assert nxt is not None and nxt.created and nxt.message.seq == 3
 
 
 async def test_the_sender_summary_comes_back(chat_db: Database) -> None:
@@ -153,7 +153,7 @@ async def test_the_sender_summary_comes_back(chat_db: Database) -> None:
     room_id = await new_room(chat_db, [sender, other])
     result = await store.insert_message(room_id, sender, "hi", "c1")
     assert result is not None
-    message, created = result
+    message, created = result.message, result.created
     user = await chat_db.fetchrow("SELECT username, name, avatar_url FROM users WHERE id = $1", sender)
     assert user is not None
     assert created and isinstance(message, MessageRecord)
@@ -188,4 +188,4 @@ async def test_a_failed_send_is_undone_whole(chat_db: Database) -> None:
         await store.insert_message(room_id, sender, None, "f1")  # type: ignore[arg-type]
     assert await store.get_last_seq(room_id) == 0
     result = await asyncio.wait_for(store.insert_message(room_id, sender, "good", "f2"), 5)
-    assert result is not None and result[0].seq == 1
+    assert result is not None and result.message.seq == 1

@@ -31,9 +31,8 @@ from socialhub.infra.events.outbox import OutboxSource
 from socialhub.infra.events.retry import RetryPolicy
 from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.migrate import migrate
 from socialhub.storage.outbox import OutboxStore
-from tests.conftest import fresh_database, running_app
+from tests.conftest import connected, migrated_database, running_app
 from tests.integration.test_kafka_path import feed_ids, follow, kafka_settings, new_post, reader
 from tests.integration.test_outbox import emit, run_source, stop_source, wait_until
 from tests.kafka_broker import TansuBroker
@@ -53,18 +52,14 @@ KAFKA_DEADLINE = 45.0
 
 @pytest.fixture
 async def own_db_url() -> AsyncIterator[str]:
-    async with fresh_database("socialhub_dead") as url:
-        await migrate(url)
+    async with migrated_database("socialhub_dead") as url:
         yield url
 
 
 @pytest.fixture
 async def conn(own_db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(own_db_url)
-    try:
+    async with connected(own_db_url) as c:
         yield c
-    finally:
-        await c.close()
 
 
 async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:
@@ -286,7 +281,7 @@ async def test_an_outage_delays_events_and_dead_letters_none(
     await db.open(own_db_url, min_size=1, max_size=4)
     consumer = Dependent("dep-" + secrets.token_hex(4))
     policy = RetryPolicy(attempts=3, backoff=0.01, backoff_max=0.02, replay_poll=0.1)
-    source = OutboxSource(db, OutboxStore(db), consumer, policy=policy)
+    source = OutboxSource(OutboxStore(db), consumer, dead_letters=DeadLetterStore(db), policy=policy)
     stop, task = await run_source(source)
     try:
         await emit(db, 1)
@@ -338,8 +333,8 @@ async def test_replayed_dead_letters_are_dropped_after_the_retention_and_waiting
         assert await store.insert_dead_letter("feed", again, "KeyError: 'x'", 3, datetime.now(UTC)) == first
         assert [(d.attempts, d.error) for d in await store.get_by_ids([first])] == [(6, "KeyError: 'x'")]
         assert [d.id for d in await store.update_retry_requested([first, second])] == [first, second]
-        assert [d.id for d in await store.claim_retries("feed", 10)] == [first, second]
-        assert await store.claim_retries("feed", 10) == []  # claimed once
+        assert [d.id for d in await store.update_claimed_retries("feed", 10)] == [first, second]
+        assert await store.update_claimed_retries("feed", 10) == []  # claimed once
         await store.update_replayed(first)
         await store.update_failed_again(second, "KeyError: 'y'", 3)
         await db.execute("UPDATE dead_letters SET status_at = now() - interval '8 days'")

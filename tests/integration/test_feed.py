@@ -27,7 +27,7 @@ from socialhub.domain import events
 from socialhub.domain.events import Envelope, PostCreated, PostData
 from socialhub.domain.pages import PageRequest
 from socialhub.domain.users import Principal
-from socialhub.infra.kv.memory import MemoryKV
+from socialhub.infra.kv.memory import MemoryTimelines, MemoryValues
 from socialhub.infra.pubsub.memory import MemoryPubSub
 from socialhub.services.feed import FeedService
 from socialhub.services.readcache import ReadCache
@@ -447,7 +447,7 @@ async def test_a_rebuild_misses_no_post_committed_late_with_a_smaller_id(databas
             await pubsub.start()
             cache = ReadCache(store, pubsub, "", max_posts=1000, max_viewers=10)
             await cache.start()
-            feed = FeedService(posts=store, kv=MemoryKV(), cache=cache)
+            feed = FeedService(posts=store, timelines=MemoryTimelines(), values=MemoryValues(), cache=cache)
 
             async def commit_and_consume() -> None:
                 await tx.commit()

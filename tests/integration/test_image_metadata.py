@@ -18,10 +18,10 @@ import pytest
 from PIL import ExifTags, Image
 
 from socialhub.config import Settings
-from socialhub.services.media import image_size
+from socialhub.domain.filetypes import image_size
 from socialhub.services.scrubber import MAX_IMAGE_PIXELS
 from tests import media_samples as s
-from tests.conftest import error_code, signup
+from tests.conftest import connected, error_code, signup
 from tests.integration.test_posts import assert_no_trace, post_form, row_counts
 
 # Tags that must not survive: the pointers to the GPS and Exif sub-IFDs, device, time.
@@ -36,11 +36,8 @@ LEAKY_TAGS = (
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connected(database_url) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -182,7 +182,7 @@ async def test_the_limit_is_off_with_rate_limits_off(make_settings: Callable[...
 
 
 def test_device_tokens_are_signed_and_bound_to_their_account() -> None:
-    throttle = LoginThrottle(kv=None, rate=None, secret="s" * 32)  # type: ignore[arg-type]
+    throttle = LoginThrottle(limiter=None, rate=None, secret="s" * 32)  # type: ignore[arg-type]
     token = throttle.issue(42)
     device = throttle.read(token)
     assert device is not None and device.user_id == 42
@@ -191,6 +191,6 @@ def test_device_tokens_are_signed_and_bound_to_their_account() -> None:
     other = throttle.read(throttle.issue(7, device))
     assert other is not None and other.device_id != device.device_id  # not carried to another account
     assert throttle.read(token.replace("42.", "43.", 1)) is None
-    assert LoginThrottle(kv=None, rate=None, secret="t" * 32).read(token) is None  # type: ignore[arg-type]
+    assert LoginThrottle(limiter=None, rate=None, secret="t" * 32).read(token) is None  # type: ignore[arg-type]
     for junk in ("", "a.b.c.d", "x" * 500, None):
         assert throttle.read(junk) is None

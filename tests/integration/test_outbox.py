@@ -19,22 +19,27 @@ import msgspec
 import pytest
 
 from socialhub.domain import events
+from socialhub.domain.delivery import OutboxEntry, Position
 from socialhub.domain.events import Envelope, NewEvent, PostCreated
 from socialhub.domain.pages import PageRequest
 from socialhub.domain.users import Principal
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.outbox import POLL_SECONDS, OutboxSource
-from socialhub.infra.kv.memory import MemoryKV
-from socialhub.infra.kv.redis import RedisKV
+from socialhub.infra.kv.base import Timelines
+from socialhub.infra.kv.memory import MemoryTimelines, MemoryValues
+from socialhub.infra.kv.redis import RedisTimelines, RedisValues
 from socialhub.infra.pubsub.memory import MemoryPubSub
+from socialhub.infra.redis_client import client_from_url
 from socialhub.services.feed import TIMELINE_CAP, FeedService, timeline_key
 from socialhub.services.notifications import NotificationService
 from socialhub.services.readcache import ReadCache
 from socialhub.storage.database import Database
+from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
-from socialhub.storage.outbox import OutboxStore, Position, insert_event
+from socialhub.storage.outbox import OutboxStore, insert_event
 from socialhub.storage.posts import PostStore
+from socialhub.storage.units import UnitOfWork, Units
 from tests.conftest import REDIS_URL, fresh_database, signup
 
 DEADLINE = 10.0
@@ -49,13 +54,13 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str, seconds: f
         await asyncio.sleep(0.02)
 
 
-async def read_all(store: OutboxStore, after: Position, count: int) -> list[tuple[Position, Envelope]]:
+async def read_all(store: OutboxStore, after: Position, count: int) -> list[OutboxEntry]:
     """Read in batches from `after` until `count` events came (commit visibility lags
     while any older transaction in the cluster is still open)."""
-    got: list[tuple[Position, Envelope]] = []
+    got: list[OutboxEntry] = []
     end = time.monotonic() + DEADLINE
     while len(got) < count:
-        batch = await store.get_batch(got[-1][0] if got else after, 100)
+        batch = await store.get_batch(got[-1].position if got else after, 100)
         got += batch
         if not batch:
             if time.monotonic() > end:
@@ -64,9 +69,14 @@ async def read_all(store: OutboxStore, after: Position, count: int) -> list[tupl
     return got
 
 
+def _readable(entry: OutboxEntry) -> Envelope:
+    assert isinstance(entry.envelope, Envelope), entry.envelope
+    return entry.envelope
+
+
 async def outbox_head(db: Database) -> Position:
     row = await db.fetchrow("SELECT xid::text::bigint AS xid, id FROM outbox ORDER BY xid DESC, id DESC LIMIT 1")
-    return (row["xid"], row["id"]) if row else (0, 0)
+    return Position(row["xid"], row["id"]) if row else Position(0, 0)
 
 
 # -- every write, one event --------------------------------------------------------------
@@ -133,15 +143,16 @@ async def test_every_write_stores_exactly_one_event_of_the_spec_shape(
     ]
     got = await read_all(store, start, len(expected))
     await asyncio.sleep(0.1)
-    got += await store.get_batch(got[-1][0], 100)
-    assert len(got) == len(expected), [e.event.type for _, e in got]
-    for (_, envelope), (topic, key, type_, actor, data) in zip(got, expected, strict=True):
+    got += await store.get_batch(got[-1].position, 100)
+    assert len(got) == len(expected), [_readable(g).event.type for g in got]
+    for entry, (topic, key, type_, actor, data) in zip(got, expected, strict=True):
+        envelope = _readable(entry)
         assert (envelope.topic, envelope.key, envelope.event.type) == (topic, key, type_)
         value = wire(envelope)
         assert set(value) == {"id", "type", "occurred_at", "actor_id", "data"}
         assert value["type"] == type_ and value["actor_id"] == actor.id and value["data"] == data
         assert value["id"].isdigit() and RFC3339_MS.match(value["occurred_at"]), value
-    assert len({e.event.id for _, e in got}) == len(got)
+    assert len({_readable(g).event.id for g in got}) == len(got)
     count = await session_db.fetchval(
         "SELECT count(*) FROM outbox WHERE actor_id = ANY($1::bigint[])", [int(a.id), int(b.id)]
     )
@@ -174,21 +185,22 @@ def synthetic(n: int) -> NewEvent:
 
 async def emit(db: Database, *ns: int) -> list[int]:
     """Commit one transaction writing these events; their ids."""
-    async with db.transaction() as conn:
-        return [await insert_event(conn, synthetic(n)) for n in ns]
+    async with Units(db).begin() as uow:
+        return [await insert_event(uow, synthetic(n)) for n in ns]
 
 
 async def test_a_rolled_back_transaction_leaves_no_event(db: Database) -> None:
     store = OutboxStore(db)
     start = await outbox_head(db)
     with pytest.raises(RuntimeError):
-        async with db.transaction() as conn:
-            await insert_event(conn, synthetic(1))
+        async with Units(db).begin() as uow:
+            await insert_event(uow, synthetic(1))
             raise RuntimeError("the change failed after its event was written")
     (kept,) = await emit(db, 2)
     got = await read_all(store, start, 1)
-    assert [p[1] for p, _ in got] == [kept]
-    assert await db.fetchval("SELECT count(*) FROM outbox WHERE (xid::text::bigint, id) > ($1, $2)", *start) == 1
+    assert [g.position.id for g in got] == [kept]
+    later = "SELECT count(*) FROM outbox WHERE (xid::text::bigint, id) > ($1, $2)"
+    assert await db.fetchval(later, start.xid, start.id) == 1
 
 
 async def test_an_event_committed_late_by_an_older_transaction_is_not_skipped(db: Database) -> None:
@@ -200,7 +212,7 @@ async def test_an_event_committed_late_by_an_older_transaction_is_not_skipped(db
         try:
             await t1.fetchval("SELECT pg_current_xact_id()")  # T1 gets the older xid
             (second,) = await emit(db, 2)  # T2 commits first
-            (first,) = [await insert_event(t1, synthetic(1))]  # ... and has the smaller id
+            (first,) = [await insert_event(UnitOfWork(t1), synthetic(1))]  # ... and has the smaller id
             assert first > second
             await asyncio.sleep(0.05)
             # A reader that took T2's event now would move past T1's xid and skip T1's.
@@ -210,8 +222,8 @@ async def test_an_event_committed_late_by_an_older_transaction_is_not_skipped(db
             raise
         await tx1.commit()
     got = await read_all(store, start, 2)
-    assert [p[1] for p, _ in got] == [first, second]
-    assert got[0][0] < got[1][0]
+    assert [g.position.id for g in got] == [first, second]
+    assert got[0].position < got[1].position
 
 
 class Recorder(Consumer):
@@ -264,8 +276,8 @@ async def test_two_readers_of_one_consumer_handle_each_event_once(db: Database, 
     other_db = Database()  # a second instance: its own pool
     await other_db.open(outbox_url, min_size=1, max_size=4)
     log: list[tuple[str, int]] = []
-    s1 = OutboxSource(db, OutboxStore(db), Recorder(name, log, "one"))
-    s2 = OutboxSource(other_db, OutboxStore(other_db), Recorder(name, log, "two"))
+    s1 = OutboxSource(OutboxStore(db), Recorder(name, log, "one"), dead_letters=DeadLetterStore(db))
+    s2 = OutboxSource(OutboxStore(other_db), Recorder(name, log, "two"), dead_letters=DeadLetterStore(other_db))
     base = secrets.randbelow(10**9) * 1000
     try:
         r1 = await run_source(s1)
@@ -306,7 +318,7 @@ async def test_a_consumer_that_raises_gets_the_batch_again(db: Database) -> None
     name = "rec-" + secrets.token_hex(4)
     log: list[tuple[str, int]] = []
     consumer = Recorder(name, log)
-    source = OutboxSource(db, OutboxStore(db), consumer)
+    source = OutboxSource(OutboxStore(db), consumer, dead_letters=DeadLetterStore(db))
     base = secrets.randbelow(10**9) * 1000
     ns = [base + 1, base + 2, base + 3]
     consumer.fail_once = {ns[1]}
@@ -320,7 +332,7 @@ async def test_a_consumer_that_raises_gets_the_batch_again(db: Database) -> None
         await wait_until(done, "the batch to go through after the failure")
         # The failed batch is delivered again from its start: at least once, in order.
         assert ns_in(log, set(ns)) == [ns[0], ns[1], ns[0], ns[1], ns[2]]
-        _, eid = await OutboxStore(db).get_position(name)
+        eid = (await OutboxStore(db).get_position(name)).id
         assert eid == max(await db.fetchval("SELECT array_agg(id) FROM outbox WHERE key = $1", str(ns[2])))
     finally:
         await stop_source(stop, task)
@@ -332,7 +344,7 @@ async def test_a_notify_during_a_batch_is_not_lost(db: Database) -> None:
     name = "rec-" + secrets.token_hex(4)
     log: list[tuple[str, int]] = []
     consumer = Recorder(name, log)
-    source = OutboxSource(db, OutboxStore(db), consumer)
+    source = OutboxSource(OutboxStore(db), consumer, dead_letters=DeadLetterStore(db))
     base = secrets.randbelow(10**9) * 1000
     first, second = base + 1, base + 2
     consumer.hold[first] = asyncio.Event()
@@ -372,10 +384,10 @@ async def make_user(db: Database, name: str) -> int:
 
 async def envelopes_of(db: Database, *new: NewEvent) -> list[Envelope]:
     start = await outbox_head(db)
-    async with db.transaction() as conn:
+    async with Units(db).begin() as uow:
         for e in new:
-            await insert_event(conn, e)
-    return [env for _, env in await read_all(OutboxStore(db), start, len(new))]
+            await insert_event(uow, e)
+    return [_readable(g) for g in await read_all(OutboxStore(db), start, len(new))]
 
 
 async def test_an_event_delivered_twice_makes_one_notification(db: Database) -> None:
@@ -388,7 +400,7 @@ async def test_an_event_delivered_twice_makes_one_notification(db: Database) -> 
         pushed.append(payload)
 
     sub = await pubsub.subscribe(f"user:{author}", got)
-    service = NotificationService(db=db, store=NotificationStore(db), pubsub=pubsub)
+    service = NotificationService(store=NotificationStore(db), pubsub=pubsub)
     try:
         post_id = await db.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'x') RETURNING id", author)
         follow, like = await envelopes_of(
@@ -413,15 +425,22 @@ async def test_an_event_delivered_twice_makes_one_notification(db: Database) -> 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_an_event_delivered_twice_makes_one_timeline_entry(db: Database, backend: str) -> None:
-    kv = MemoryKV() if backend == "memory" else RedisKV.from_url(REDIS_URL, f"shtest:{secrets.token_hex(4)}:")
+    prefix = f"shtest:{secrets.token_hex(4)}:"
+    client = client_from_url(REDIS_URL) if backend == "redis" else None
+    timelines: Timelines = MemoryTimelines() if client is None else RedisTimelines(client, prefix)
     try:
         author, fan = await make_user(db, "au"), await make_user(db, "fan")
         async with db.transaction() as conn:
             await conn.execute("INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2)", fan, author)
         posts = PostStore(db)
         cache = ReadCache(posts, MemoryPubSub(), "", max_posts=100, max_viewers=100)
-        feed = FeedService(posts=posts, kv=kv, cache=cache)
-        await kv.timeline_create(timeline_key(fan), [], TIMELINE_CAP, 3600)
+        feed = FeedService(
+            posts=posts,
+            timelines=timelines,
+            values=MemoryValues() if client is None else RedisValues(client, prefix),
+            cache=cache,
+        )
+        await timelines.create(timeline_key(fan), [], TIMELINE_CAP, 3600)
         p1 = await db.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'x') RETURNING id", author)
         p2 = await db.fetchval("INSERT INTO posts (author_id, content) VALUES ($1, 'y') RETURNING id", author)
         c1, c2, d1 = await envelopes_of(
@@ -429,8 +448,9 @@ async def test_an_event_delivered_twice_makes_one_timeline_entry(db: Database, b
         )
         for envelope in (c1, c2, c1, c2):
             await feed.handle(envelope)
-        assert await kv.timeline_range(timeline_key(fan), None, 10) == [p2, p1]
+        assert await timelines.range(timeline_key(fan), None, 10) == [p2, p1]
         await feed.handle_batch([d1, d1])
-        assert await kv.timeline_range(timeline_key(fan), None, 10) == [p2]
+        assert await timelines.range(timeline_key(fan), None, 10) == [p2]
     finally:
-        await kv.close()
+        if client is not None:
+            await client.aclose()

@@ -25,7 +25,7 @@ from asgi_lifespan import LifespanManager
 from socialhub.app import create_app
 from socialhub.config import Settings
 from tests import media_samples as s
-from tests.conftest import Account, error_code, running_app, signup
+from tests.conftest import Account, connected, error_code, running_app, signup
 
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 POST_KEYS = {"id", "author", "content", "media", "created_at", "likes_count", "comments_count", "liked"}
@@ -142,11 +142,8 @@ async def app_answering_500s(settings: Settings) -> AsyncIterator[httpx.AsyncCli
 
 @pytest.fixture
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    try:
+    async with connected(database_url) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Presence over both back ends: one process (MemoryKV + MemoryPubSub, shared by the
+"""Presence over both back ends: one process (memory counters, values and pub/sub, shared by the
 services of a test as if they were instances in one process) and real Redis (each
 instance with its own clients and pub/sub, like separate processes).
 
@@ -19,13 +19,17 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from socialhub.infra.kv.base import KeyValue
-from socialhub.infra.kv.memory import MemoryKV
-from socialhub.infra.kv.redis import RedisKV
+from socialhub.domain.protocol import PresenceView
+from socialhub.infra.kv.base import Counters, Values
+from socialhub.infra.kv.memory import MemoryCounters, MemoryValues
+from socialhub.infra.kv.redis import RedisCounters, RedisValues
 from socialhub.infra.pubsub.base import PubSub
 from socialhub.infra.pubsub.memory import MemoryPubSub
 from socialhub.infra.pubsub.redis import RedisPubSub
-from socialhub.services.presence import REGISTRY, PresenceService, PresenceView
+from socialhub.infra.redis_client import client_from_url
+from socialhub.services.instances import REGISTRY, InstanceLedger
+from socialhub.services.presence import PresenceService
+from socialhub.services.roomjoins import RoomJoins
 from tests.contract.conftest import REDIS_URL, eventually
 
 GRACE = 0.2
@@ -35,10 +39,11 @@ RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 class Node:
-    """One instance: a PresenceService and its worker."""
+    """One instance: a PresenceService, the room joins on the same ledger, the worker."""
 
-    def __init__(self, service: PresenceService) -> None:
+    def __init__(self, service: PresenceService, rooms: RoomJoins) -> None:
         self.service = service
+        self.rooms = rooms
         self.stop_event = asyncio.Event()
         self.task = asyncio.create_task(service.run(self.stop_event))
 
@@ -58,25 +63,24 @@ class Env:
         self.prefix = prefix
         self.last_seen: dict[int, datetime] = {}  # stands in for users.last_seen_at
         self.nodes: list[Node] = []
-        self._kvs: list[KeyValue] = []
+        self._clients: list[aioredis.Redis] = []
         self._pubsubs: list[PubSub] = []
-        self._shared: tuple[KeyValue, PubSub] | None = None
+        self._shared: tuple[Counters, Values, PubSub] | None = None
         self._frames: dict[int, list[dict[str, Any]]] = {}
         self._listener: PubSub | None = None
 
-    async def _backends(self) -> tuple[KeyValue, PubSub]:
+    async def _backends(self) -> tuple[Counters, Values, PubSub]:
         if self.kind == "memory":
             if self._shared is None:
-                self._shared = (MemoryKV(), MemoryPubSub())
-                self._kvs.append(self._shared[0])
-                self._pubsubs.append(self._shared[1])
+                self._shared = (MemoryCounters(), MemoryValues(), MemoryPubSub())
+                self._pubsubs.append(self._shared[2])
             return self._shared
-        kv = RedisKV.from_url(REDIS_URL, self.prefix)
+        client = client_from_url(REDIS_URL)
         pubsub = RedisPubSub(REDIS_URL, self.prefix)
         await pubsub.start()
-        self._kvs.append(kv)
+        self._clients.append(client)
         self._pubsubs.append(pubsub)
-        return kv, pubsub
+        return RedisCounters(client, self.prefix), RedisValues(client, self.prefix), pubsub
 
     async def save(self, user_id: int, when: datetime) -> None:
         self.last_seen[user_id] = when
@@ -85,29 +89,28 @@ class Env:
         return {u: self.last_seen[u] for u in user_ids if u in self.last_seen}
 
     async def node(self, name: str) -> Node:
-        kv, pubsub = await self._backends()
+        counters, values, pubsub = await self._backends()
+        ledger = InstanceLedger(counters, values, instance_id=name, heartbeat=HEARTBEAT)
         service = PresenceService(
-            kv,
-            pubsub,
-            instance_id=name,
-            save_last_seen=self.save,
-            load_last_seen=self.load,
-            grace=GRACE,
-            heartbeat=HEARTBEAT,
+            ledger, counters, values, pubsub, save_last_seen=self.save, load_last_seen=self.load, grace=GRACE
         )
-        node = Node(service)
+        node = Node(service, RoomJoins(ledger, counters))
         self.nodes.append(node)
-        await eventually(lambda: service._registered, within=2)
+        await eventually(lambda: ledger.registered, within=2)
         return node
 
-    async def kv(self) -> KeyValue:
-        """A store to inspect the shared state with."""
+    async def counters(self) -> Counters:
+        """The shared counters, to inspect."""
         return (await self._backends())[0]
+
+    async def values(self) -> Values:
+        """The shared values, to inspect (and to lose one, as Redis might)."""
+        return (await self._backends())[1]
 
     async def watch(self, *user_ids: int) -> None:
         """Collect every presence frame published for `user_ids`, as decoded JSON."""
         if self._listener is None:
-            self._listener = (await self._backends())[1]
+            self._listener = (await self._backends())[2]
 
         async def collect(channel: str, payload: bytes) -> None:
             self._frames[int(channel.rsplit(":", 1)[1])].append(msgspec.json.decode(payload))
@@ -127,8 +130,8 @@ class Env:
             await node.crash()
         for pubsub in self._pubsubs:
             await pubsub.close()
-        for kv in self._kvs:
-            await kv.close()
+        for client in self._clients:
+            await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -232,16 +235,16 @@ async def test_a_lapsed_heartbeat_rebuilds_the_entries_without_flapping(env: Env
     a = await env.node("a")
     await env.watch(1)
     await a.service.connected(1)
-    await a.service.joined(7, 1)
+    await a.rooms.joined(7, 1)
     await eventually(lambda: env.statuses(1) == ["online"])
     old = a.service.instance
-    kv = await env.kv()
-    await kv.delete(f"presence:hb:{old}")  # as if Redis lost it, or we stalled too long
+    counters = await env.counters()
+    await (await env.values()).delete(f"presence:hb:{old}")  # as if Redis lost it, or we stalled too long
     await eventually(lambda: a.service.instance != old, within=2)
     # The old id is swept like any dead instance (here by the instance itself).
-    await eventually(lambda: _registry_lacks(kv, old), within=2)
-    assert a.service.instance in await kv.hash_get_all(REGISTRY)
-    assert await a.service.joined_users(7) == {1}
+    await eventually(lambda: _registry_lacks(counters, old), within=2)
+    assert a.service.instance in await counters.hash_get_all(REGISTRY)
+    assert await a.rooms.joined_users(7) == {1}
     assert (await status_of(a, 1)).status == "online"
     await asyncio.sleep(QUIET)
     assert env.statuses(1) == ["online"]
@@ -253,12 +256,12 @@ async def test_a_lost_online_flag_is_announced_again(env: Env) -> None:
     await env.watch(1)
     await a.service.connected(1)
     await eventually(lambda: env.statuses(1) == ["online"])
-    assert await (await env.kv()).delete("presence:on:1")
+    assert await (await env.values()).delete("presence:on:1")
     await eventually(lambda: env.statuses(1) == ["online", "online"], within=2)
 
 
-async def _registry_lacks(kv: KeyValue, iid: str) -> bool:
-    return iid not in await kv.hash_get_all(REGISTRY)
+async def _registry_lacks(counters: Counters, iid: str) -> bool:
+    return iid not in await counters.hash_get_all(REGISTRY)
 
 
 # -- rooms -----------------------------------------------------------------------------------
@@ -266,19 +269,19 @@ async def _registry_lacks(kv: KeyValue, iid: str) -> bool:
 
 async def test_joined_users_count_sockets_per_instance(env: Env) -> None:
     a, b = await env.node("a"), await env.node("b")
-    await a.service.joined(7, 1)
-    await b.service.joined(7, 2)
-    await b.service.joined(7, 2)  # two sockets of user 2 in the room
-    await b.service.joined(8, 3)
-    assert await a.service.joined_users(7) == {1, 2}
-    assert await b.service.joined_users(8) == {3}
-    await b.service.left(7, 2)
-    assert await a.service.joined_users(7) == {1, 2}
-    await b.service.left(7, 2)
-    await b.service.left(7, 2)  # one leave too many is ignored
-    await a.service.left(7, 1)
-    assert await b.service.joined_users(7) == set()
-    assert await b.service.joined_users(99) == set()
+    await a.rooms.joined(7, 1)
+    await b.rooms.joined(7, 2)
+    await b.rooms.joined(7, 2)  # two sockets of user 2 in the room
+    await b.rooms.joined(8, 3)
+    assert await a.rooms.joined_users(7) == {1, 2}
+    assert await b.rooms.joined_users(8) == {3}
+    await b.rooms.left(7, 2)
+    assert await a.rooms.joined_users(7) == {1, 2}
+    await b.rooms.left(7, 2)
+    await b.rooms.left(7, 2)  # one leave too many is ignored
+    await a.rooms.left(7, 1)
+    assert await b.rooms.joined_users(7) == set()
+    assert await b.rooms.joined_users(99) == set()
 
 
 # -- several instances -----------------------------------------------------------------------
@@ -330,10 +333,10 @@ async def test_a_crashed_instance_does_not_leave_its_users_online(env: Env) -> N
     await a.service.connected(1)  # only on a
     await a.service.connected(2)  # on both
     await b.service.connected(2)
-    await a.service.joined(7, 1)
-    await b.service.joined(7, 2)
+    await a.rooms.joined(7, 1)
+    await b.rooms.joined(7, 2)
     await eventually(lambda: env.statuses(1) == ["online"] and env.statuses(2) == ["online"])
-    assert await b.service.joined_users(7) == {1, 2}
+    assert await b.rooms.joined_users(7) == {1, 2}
     dead = a.service.instance
 
     loop = asyncio.get_running_loop()
@@ -344,13 +347,13 @@ async def test_a_crashed_instance_does_not_leave_its_users_online(env: Env) -> N
     assert loop.time() - crashed_at < 6 * HEARTBEAT + 0.3
     assert_frame(env.frames(1)[1], 1, "offline")
     assert 1 in env.last_seen
-    assert await b.service.joined_users(7) == {2}
+    assert await b.rooms.joined_users(7) == {2}
     assert (await status_of(b, 1)).status == "offline"
     assert (await status_of(b, 2)).status == "online"
     # The dead instance's entries are gone, not just ignored.
-    kv = await env.kv()
-    assert dead not in await kv.hash_get_all(REGISTRY)
-    assert await kv.hash_get_many(["presence:u:1", f"presence:i:{dead}", "presence:r:7"]) == [
+    counters = await env.counters()
+    assert dead not in await counters.hash_get_all(REGISTRY)
+    assert await counters.hash_get_many(["presence:u:1", f"presence:i:{dead}", "presence:r:7"]) == [
         {},
         {},
         {f"2@{b.service.instance}": 1},
@@ -364,12 +367,12 @@ async def test_a_stopping_instance_hands_its_users_over(env: Env) -> None:
     await a.service.connected(1)
     await a.service.connected(2)
     await b.service.connected(2)
-    await a.service.joined(7, 1)
+    await a.rooms.joined(7, 1)
     await eventually(lambda: env.statuses(1) == ["online"] and env.statuses(2) == ["online"])
 
     await a.shutdown()
     assert 1 in env.last_seen and 2 not in env.last_seen  # saved at once for who is offline
-    assert await b.service.joined_users(7) == set()
+    assert await b.rooms.joined_users(7) == set()
     # Offline is announced after the grace, by b.
     await asyncio.sleep(GRACE / 2)
     assert env.statuses(1) == ["online"]

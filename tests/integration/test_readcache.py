@@ -22,7 +22,7 @@ from socialhub.config import Settings
 from socialhub.domain.posts import PostRecord
 from socialhub.infra.pubsub.memory import MemoryPubSub
 from socialhub.services import readcache
-from socialhub.services.readcache import Invalidation, ReadCache
+from socialhub.services.readcache import Invalidation, PageMaker, ReadCache, ViewerState
 from socialhub.storage.database import Database
 from socialhub.storage.migrate import migrate
 from socialhub.storage.posts import PostStore
@@ -331,3 +331,99 @@ async def test_the_cache_holds_at_most_its_size(db: Database) -> None:
         assert len(found) == 12
         assert len(cache._posts) == 5
         assert sum(len(v) for v in cache._by_author.values()) == 5
+
+
+# -- first feed pages, kept whole ----------------------------------------------------------
+
+
+class Pages:
+    """Makes first pages for `ReadCache.first_page`, as the feed does: from the cached
+    posts, with a hook that runs while a page is being made."""
+
+    def __init__(self, cache: ReadCache) -> None:
+        self.cache = cache
+        self.made = 0
+        self.between: Callable[[], Awaitable[None]] | None = None
+
+    def maker(self, ids: list[int], viewer: ViewerState, *, keep: bool = True) -> PageMaker:
+        async def make() -> tuple[bytes, list[int] | None]:
+            self.made += 1
+            found = await self.cache.rendered(ids, viewer)
+            hook, self.between = self.between, None
+            if hook is not None:
+                await hook()
+            return b"[" + b",".join(found[i] for i in ids if i in found) + b"]", ids if keep else None
+
+        return make
+
+
+async def test_a_first_page_is_kept_until_a_post_it_shows_changes(db: Database) -> None:
+    async with started_cache(PostStore(db)) as cache:
+        uid, pid = await a_post(db)
+        viewer = await cache.viewer(uid)
+        pages = Pages(cache)
+        first = bytes(await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer)))
+        assert b'"old"' in first
+        assert bytes(await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer))) == first
+        assert pages.made == 1  # the second read was the kept page
+        await db.execute("UPDATE posts SET content = 'new' WHERE id = $1", pid)
+        await cache.changed(Invalidation(posts=[pid]))
+        await asyncio.sleep(0.01)  # the cache hears its own announcement too
+        assert b'"new"' in bytes(await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer)))
+        assert pages.made == 2
+        # Other timeline ids, another size, or a page that says it is not to be kept: made afresh.
+        await cache.first_page(uid, 20, [pid, 1], viewer, pages.maker([pid], viewer))
+        assert pages.made == 3
+        await cache.first_page(uid, 10, [pid, 1], viewer, pages.maker([pid], viewer))
+        assert pages.made == 4
+        await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer, keep=False))
+        await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer))
+        assert pages.made == 6
+        # Cut off from the announcements (as while the broker is down): nothing kept is
+        # served and nothing is kept.
+        await cache.stop()
+        await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer))
+        await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer))
+        assert pages.made == 8
+
+
+async def test_a_first_page_made_while_what_it_shows_changed_is_not_kept(db: Database) -> None:
+    """The post (or its author) changes while the page is being made, and another reader
+    fills the cache again with the new state before the page is done: the page, made of
+    what was read before, must not be kept."""
+    async with started_cache(PostStore(db)) as cache:
+        uid, pid = await a_post(db)
+        viewer = await cache.viewer(uid)
+        pages = Pages(cache)
+        for change, new in [(Invalidation(posts=[pid]), b'"edited"'), (Invalidation(authors=[uid]), b'"renamed"')]:
+
+            async def change_and_refill(change: Invalidation = change) -> None:
+                await db.execute("UPDATE posts SET content = 'edited' WHERE id = $1", pid)
+                await db.execute("UPDATE users SET name = 'renamed' WHERE id = $1", uid)
+                await cache.changed(change)
+                await asyncio.sleep(0.01)  # the cache hears its own announcement too
+                await cache.posts([pid], viewer)
+
+            pages.between = change_and_refill
+            stale = bytes(await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer)))
+            assert new not in stale
+            assert new in bytes(await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer)))
+            await db.execute("UPDATE posts SET content = 'old' WHERE id = $1", pid)
+            await db.execute("UPDATE users SET name = 'n' WHERE id = $1", uid)
+            await cache.changed(Invalidation(posts=[pid], authors=[uid]))
+
+
+async def test_a_first_page_made_while_the_viewer_changed_is_not_kept(db: Database) -> None:
+    async with started_cache(PostStore(db)) as cache:
+        uid, pid = await a_post(db)
+        viewer = await cache.viewer(uid)
+        pages = Pages(cache)
+
+        async def unfollow_everyone() -> None:
+            await cache.changed(Invalidation(viewers=[uid]))
+
+        pages.between = unfollow_everyone
+        await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer))
+        # A request that read the viewer's state before the change, still running:
+        await cache.first_page(uid, 20, [pid], viewer, pages.maker([pid], viewer))
+        assert pages.made == 2

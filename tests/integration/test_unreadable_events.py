@@ -31,9 +31,9 @@ from socialhub.infra.events.relay import KafkaRelay
 from socialhub.infra.events.retry import RetryPolicy
 from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.migrate import migrate
 from socialhub.storage.outbox import OutboxStore, insert_event
-from tests.conftest import fresh_database, running_app
+from socialhub.storage.units import Units
+from tests.conftest import connected, migrated_database, running_app
 from tests.integration.test_dead_letters import FAST, _true, cli, post_notified
 from tests.integration.test_kafka import FAST_GROUP, Recorder, group_prefix, publisher, read_all, running, topic_names
 from tests.integration.test_kafka_path import feed_ids, follow, new_post, reader
@@ -45,18 +45,14 @@ POLICY = RetryPolicy(attempts=3, backoff=0.01, backoff_max=0.02, replay_poll=0.1
 
 @pytest.fixture
 async def own_db_url() -> AsyncIterator[str]:
-    async with fresh_database("socialhub_unreadable") as url:
-        await migrate(url)
+    async with migrated_database("socialhub_unreadable") as url:
         yield url
 
 
 @pytest.fixture
 async def conn(own_db_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(own_db_url)
-    try:
+    async with connected(own_db_url) as c:
         yield c
-    finally:
-        await c.close()
 
 
 @pytest.fixture
@@ -233,15 +229,15 @@ async def test_the_relay_dead_letters_an_unreadable_row_and_publishes_the_rest(
     kafka_broker: TansuBroker, db: Database, conn: asyncpg.Connection
 ) -> None:
     topics = topic_names()
-    async with db.transaction() as c:
-        before = await insert_event(c, events.post_created(1, 11))
+    async with Units(db).begin() as uow:
+        before = await insert_event(uow, events.post_created(1, 11))
     bad = await write_row(conn, "post.exploded", 1, {"post_id": "12"})
-    async with db.transaction() as c:
-        after = await insert_event(c, events.post_created(1, 13))
+    async with Units(db).begin() as uow:
+        after = await insert_event(uow, events.post_created(1, 13))
     publisher = KafkaPublisher(kafka_broker.bootstrap, topics, partitions=3)
     await publisher.ensure_topics()  # before read_all subscribes, which would make the broker create them
     relay = KafkaRelay(publisher)
-    source = OutboxSource(db, OutboxStore(db), relay, dead_letters=DeadLetterStore(db), policy=POLICY)
+    source = OutboxSource(OutboxStore(db), relay, dead_letters=DeadLetterStore(db), policy=POLICY)
     stop, task = await run_source(source)
     try:
 

@@ -28,10 +28,10 @@ from socialhub.api.http.errors import handle_http_exception, handle_socialhub_er
 from socialhub.api.http.media import MediaRoutes
 from socialhub.api.http.uploads import AVATAR_FIELDS, MEDIA_FIELDS, read_upload
 from socialhub.config import MediaSettings
+from socialhub.domain.filetypes import IMAGE_ONLY
 from socialhub.errors import SocialhubError
 from socialhub.infra.media.base import MediaStore, new_media_key
 from socialhub.infra.media.disk import DiskMediaStore
-from socialhub.services.media import IMAGE_ONLY
 from tests import media_samples as s
 
 LIMITS = MediaSettings()

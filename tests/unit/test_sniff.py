@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from socialhub.services.media import IMAGE_HEAD_BYTES, SNIFF_BYTES, image_size, sniff
+from socialhub.domain.filetypes import IMAGE_HEAD_BYTES, SNIFF_BYTES, image_size, sniff
 from tests import media_samples as s
 
 ACCEPTED = [

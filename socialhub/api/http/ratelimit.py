@@ -1,4 +1,4 @@
-"""Rate limiting as ASGI middleware, over the key-value port (in-process or Redis).
+"""Rate limiting as ASGI middleware, over the rate-limiter port (in-process or Redis).
 
 Public routes are limited per client IP, writes per user (the `sub` of a validly
 signed token; the session check happens later, in the endpoint). Every response of a
@@ -19,7 +19,7 @@ from socialhub.api.http.errors import error_response
 from socialhub.api.http.security import bearer_token
 from socialhub.config import RateLimitSettings
 from socialhub.errors import Unauthenticated, Unavailable
-from socialhub.infra.kv.base import KeyValue, RateDecision
+from socialhub.infra.kv.base import RateDecision, RateLimiter
 from socialhub.services.tokens import TokenCodec
 from socialhub.supervisor import OutageLog
 
@@ -47,7 +47,7 @@ class RateLimitMiddleware:
         self,
         app: ASGIApp,
         *,
-        kv: KeyValue,
+        limiter: RateLimiter,
         settings: RateLimitSettings,
         tokens: TokenCodec,
         by_ip: Mapping[tuple[str, str], str],
@@ -55,7 +55,7 @@ class RateLimitMiddleware:
         """`by_ip`: (method, path without a trailing slash) of a public route -> the rule
         it is counted against per client IP (routing.ip_limits of the routes' operations)."""
         self.app = app
-        self.kv = kv
+        self.limiter = limiter
         self._outage = OutageLog(logger, "rate limits (letting requests through)")
         self.settings = settings
         self.tokens = tokens
@@ -95,7 +95,7 @@ class RateLimitMiddleware:
             return
         name, subject = found
         try:
-            decision = await self.kv.rate_limit(f"rl:{name}:{subject}", rate)
+            decision = await self.limiter.rate_limit(f"rl:{name}:{subject}", rate)
         except Unavailable as exc:
             # Redis is down: every request would fail here; say so once per outage.
             self._outage.failed(exc)

@@ -14,11 +14,11 @@ from socialhub.api.http.openapi import PAGE_QUERY
 from socialhub.api.http.routing import Endpoint, Operation, RouteGroup
 from socialhub.api.http.security import Authenticator
 from socialhub.api.http.uploads import AVATAR_FIELDS, read_upload
+from socialhub.domain.filetypes import IMAGE_ONLY
 from socialhub.domain.pages import Page
+from socialhub.domain.protocol import PresenceView
 from socialhub.domain.users import BIO_MAX_LENGTH, DisplayName, User
 from socialhub.infra.media.base import MediaStore
-from socialhub.services.media import IMAGE_ONLY
-from socialhub.services.presence import PresenceView
 from socialhub.services.users import Counts, FollowState, UserService
 
 REF = "`ref` is a user id, `@username` or `me`."

@@ -4,12 +4,13 @@ or raises a SocialhubError, which the endpoint turns into an `error` frame."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
 from socialhub.api.ws.hub import Hub
-from socialhub.api.ws.protocol import (
+from socialhub.api.ws.session import Session
+from socialhub.domain.protocol import (
     MAX_PRESENCE_IDS,
     Ack,
     CallAnswer,
@@ -27,12 +28,12 @@ from socialhub.api.ws.protocol import (
     SubscribePresence,
     Typing,
 )
-from socialhub.api.ws.session import Session
 from socialhub.domain.users import Principal
 from socialhub.errors import BadRequest, NotFound, invalid
 from socialhub.ids import parse_id
 from socialhub.services.calls import CallService
 from socialhub.services.chat import ChatService
+from socialhub.services.roomstream import RoomStream
 
 _encoder = msgspec.json.Encoder()
 
@@ -49,34 +50,22 @@ class Dispatcher:
         self,
         *,
         hub: Hub,
+        rooms: RoomStream,
         chat: ChatService,
         presence_status: Callable[[list[int]], Awaitable[list[Any]]],
         calls: CallService,
     ) -> None:
         self.hub = hub
+        self.rooms = rooms
         self.chat = chat
         self.presence_status = presence_status
         self.calls = calls
-        self._handlers: dict[type[Frame], Callable[[Session, Any], Awaitable[None]]] = {
-            JoinRoom: self.join_room,
-            LeaveRoom: self.leave_room,
-            SendMessage: self.send_message,
-            Typing: self.typing,
-            Read: self.read,
-            SubscribePresence: self.subscribe_presence,
-            Ping: self.ping,
-            CallInvite: self.call_invite,
-            CallAnswer: self.call_answer,
-            CallCandidate: self.call_candidate,
-            CallReject: self.call_reject,
-            CallHangup: self.call_hangup,
-        }
 
     async def dispatch(self, session: Session, frame: Frame) -> None:
-        handler = self._handlers.get(type(frame))
+        handler = self.HANDLERS.get(type(frame))
         if handler is None:
             raise BadRequest("this frame is only valid as the first frame")
-        await handler(session, frame)
+        await handler(self, session, frame)
 
     @staticmethod
     def _principal(session: Session) -> Principal:
@@ -88,12 +77,10 @@ class Dispatcher:
             session.send(_encoder.encode(Ack(ref=frame.ref)))
 
     async def join_room(self, session: Session, frame: JoinRoom) -> None:
-        room_id = _id(frame.room_id, "room")
-        await self.chat.check_member(session.user_id, room_id)
-        await self.hub.join(session, room_id, frame.since_seq, frame.ref)
+        await self.rooms.join(session, _id(frame.room_id, "room"), frame.since_seq, frame.ref)
 
     async def leave_room(self, session: Session, frame: LeaveRoom) -> None:
-        await self.hub.leave(session, _id(frame.room_id, "room"))
+        await self.rooms.leave(session, _id(frame.room_id, "room"))
         self._ack(session, frame)
 
     async def send_message(self, session: Session, frame: SendMessage) -> None:
@@ -111,7 +98,7 @@ class Dispatcher:
 
     async def subscribe_presence(self, session: Session, frame: SubscribePresence) -> None:
         ids = sorted({_id(u, "user") for u in frame.user_ids})
-        if len(session.watching.union(ids)) > MAX_PRESENCE_IDS:
+        if len(self.hub.watching(session).union(ids)) > MAX_PRESENCE_IDS:
             raise invalid("user_ids", f"a socket follows the presence of at most {MAX_PRESENCE_IDS} users")
         for user_id in ids:
             await self.hub.watch(session, user_id)
@@ -146,3 +133,19 @@ class Dispatcher:
     async def call_hangup(self, session: Session, frame: CallHangup) -> None:
         call = await self.calls.hangup(self._principal(session), _id(frame.call_id, "call"))
         session.send(_encoder.encode(Ack(ref=frame.ref, call=call)))
+
+    # Every client frame but `authenticate` (the endpoint's, and only as the first frame).
+    HANDLERS: ClassVar[dict[type[Frame], Callable[[Dispatcher, Session, Any], Awaitable[None]]]] = {
+        JoinRoom: join_room,
+        LeaveRoom: leave_room,
+        SendMessage: send_message,
+        Typing: typing,
+        Read: read,
+        SubscribePresence: subscribe_presence,
+        Ping: ping,
+        CallInvite: call_invite,
+        CallAnswer: call_answer,
+        CallCandidate: call_candidate,
+        CallReject: call_reject,
+        CallHangup: call_hangup,
+    }

@@ -1,6 +1,6 @@
 """GET /ws: authenticate, then read frames until the socket closes.
 
-The first frame must be `authenticate` within AUTH_TIMEOUT, else close 4401. Every
+The first frame must be `authenticate` within AUTH_TIMEOUT_SECONDS, else close 4401. Every
 later frame is checked against the socket's budget (30/s, bursts of 60: an `error
 rate_limited` and the frame is dropped), decoded and validated (an `error` with the
 client's ref; the socket stays open) and dispatched. Frames over 64 KiB close the
@@ -19,29 +19,26 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from socialhub.api.http.errors import error_response
+from socialhub.api.ws.codec import decode_frame, encode_error, frame_ref
 from socialhub.api.ws.dispatch import Dispatcher
 from socialhub.api.ws.hub import Hub
-from socialhub.api.ws.protocol import (
+from socialhub.api.ws.session import Session
+from socialhub.config import Rate
+from socialhub.domain.protocol import (
+    AUTH_TIMEOUT_SECONDS,
     CLOSE_CODES,
     CLOSE_RESTART,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHENTICATED,
+    MAX_FRAME_BYTES,
     Authenticate,
     Authenticated,
-    Error,
-    decode_frame,
-    frame_ref,
 )
-from socialhub.api.ws.session import Session
-from socialhub.config import Rate
 from socialhub.errors import SocialhubError, Unavailable
 from socialhub.services.sessions import SessionGuard
 
 logger = logging.getLogger(__name__)
-
-AUTH_TIMEOUT = 10.0  # SPEC
-MAX_FRAME_BYTES = 64 * 1024  # SPEC; uvicorn enforces it too (ws_max_size)
 
 _encoder = msgspec.json.Encoder()
 # Error codes of a frame that leave the socket open: an oversized value in a valid frame
@@ -49,12 +46,6 @@ _encoder = msgspec.json.Encoder()
 # is answered per frame so the client retries it on the same socket. A broker outage
 # that lasts is told by closing with 1012, by the hub (see Hub.watch_broker).
 _KEEP_OPEN = frozenset({"too_large", "unavailable"})
-
-
-def _error(code: str, message: str, ref: str | None = None, fields: dict[str, str] | None = None) -> bytes:
-    if ref is not None:
-        return _encoder.encode(Error(code=code, message=message, ref=ref, fields=fields))
-    return _encoder.encode(Error(code=code, message=message, fields=fields))
 
 
 class SocketEndpoint:
@@ -111,7 +102,7 @@ class SocketEndpoint:
 
     async def _authenticate(self, websocket: WebSocket) -> Session | None:
         try:
-            raw = await asyncio.wait_for(self._receive(websocket), AUTH_TIMEOUT)
+            raw = await asyncio.wait_for(self._receive(websocket), AUTH_TIMEOUT_SECONDS)
         except TimeoutError:
             await websocket.close(CLOSE_UNAUTHENTICATED, "authenticate within 10 s")
             return None
@@ -128,11 +119,13 @@ class SocketEndpoint:
         except Unavailable as exc:
             # The session could not be checked: not the token's fault, so not 4401 (which
             # tells the client to sign in again); it reconnects as after a restart.
-            await websocket.send_text(_error(exc.code, exc.message, ref).decode())
+            await websocket.send_text(encode_error(exc.code, exc.message, ref).decode())
             await websocket.close(CLOSE_CODES[exc.code], "unavailable: reconnect shortly")
             return None
         except SocialhubError:
-            await websocket.send_text(_error("unauthenticated", "authenticate with a valid access token", ref).decode())
+            await websocket.send_text(
+                encode_error("unauthenticated", "authenticate with a valid access token", ref).decode()
+            )
             await websocket.close(CLOSE_UNAUTHENTICATED, "unauthenticated")
             return None
         return Session(websocket, principal.user_id, principal.session_id, self.rate)
@@ -160,20 +153,22 @@ class SocketEndpoint:
             if raw is None:
                 return
             if not session.budget.allow():
-                session.send(_error("rate_limited", "more than 30 frames a second; frame dropped", frame_ref(raw)))
+                session.send(
+                    encode_error("rate_limited", "more than 30 frames a second; frame dropped", frame_ref(raw))
+                )
                 continue
             try:
                 frame = decode_frame(raw)
             except SocialhubError as exc:
-                session.send(_error(exc.code, exc.message, frame_ref(raw), exc.fields))
+                session.send(encode_error(exc.code, exc.message, frame_ref(raw), exc.fields))
                 continue
             try:
                 await self.dispatcher.dispatch(session, frame)
             except SocialhubError as exc:
                 # The message names the field; `fields` is kept to the decoder's own checks.
-                session.send(_error(exc.code, exc.message, frame.ref))
+                session.send(encode_error(exc.code, exc.message, frame.ref))
                 if exc.code in CLOSE_CODES and exc.code not in _KEEP_OPEN:
                     session.close(CLOSE_CODES[exc.code], exc.message)
             except Exception:
                 logger.exception("frame %s failed", type(frame).__name__)
-                session.send(_error("internal", "internal error", frame.ref))
+                session.send(encode_error("internal", "internal error", frame.ref))

@@ -2,7 +2,7 @@
 
 Sending never blocks the sender: frames go into a bounded queue drained by one
 writer task. Overflow policy: a client whose queue is full does not read, and it is
-disconnected (close 1008) rather than buffered without bound; the frames it missed
+disconnected (close CLOSE_POLICY, 1008) rather than buffered without bound; the frames it missed
 are in PostgreSQL and it resumes with `since_seq`.
 """
 
@@ -16,13 +16,13 @@ import secrets
 from starlette.websockets import WebSocket, WebSocketState
 
 from socialhub.config import Rate
+from socialhub.domain.protocol import CLOSE_NORMAL, CLOSE_POLICY
 
 logger = logging.getLogger(__name__)
 
 # Frames waiting for one slow socket. A chat burst of a few hundred messages fits;
 # more means the client is not reading. (~1 KB a frame: at most ~0.5 MB per socket.)
 SEND_QUEUE_FRAMES = 512
-CLOSE_SLOW = 1008
 # A replay (join_room with since_seq) may be longer than the queue: it is fed at the
 # client's pace and keeps the queue at most half full, so live frames still fit. A
 # client that takes no frame for SLOW_CLIENT_SECONDS meanwhile does not read.
@@ -59,14 +59,11 @@ class Session:
         # Tells this socket from the other sockets of the same session (two tabs, one token).
         self.socket_id = secrets.randbits(62) + 1
         self.budget = FrameBudget(rate)
-        self.rooms: dict[int, int] = {}  # room id -> highest seq sent to this socket
-        self.joining: dict[int, list[tuple[int, bytes]]] = {}  # room id -> live frames held during replay
-        self.watching: set[int] = set()  # users whose presence this socket follows
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(SEND_QUEUE_FRAMES)
         self._writer: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()  # set when the queue is below REPLAY_HIGH_WATER, or closing
         self.closing = False
-        self.close_code = 1000
+        self.close_code = CLOSE_NORMAL
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer:{self.session_id}")
@@ -79,7 +76,7 @@ class Session:
             self._queue.put_nowait(data)
         except asyncio.QueueFull:
             logger.info("closing a socket of user %s: it does not read", self.user_id)
-            self.close(CLOSE_SLOW, "send queue full: the client does not read")
+            self.close(CLOSE_POLICY, "send queue full: the client does not read")
 
     async def send_paced(self, data: bytes) -> None:
         """Queue a frame of a replay, first waiting while the queue is half full."""
@@ -89,7 +86,7 @@ class Session:
                 await asyncio.wait_for(self._drained.wait(), SLOW_CLIENT_SECONDS)
             except TimeoutError:
                 logger.info("closing a socket of user %s: it does not read its replay", self.user_id)
-                self.close(CLOSE_SLOW, "replay not read: the client does not read")
+                self.close(CLOSE_POLICY, "replay not read: the client does not read")
         self.send(data)
 
     async def _write(self) -> None:

@@ -29,6 +29,10 @@ aiokafka asks for a producer id with InitProducerId v0; a broker that refuses it
 a warning and a plain acks=all producer (`idempotent` then reads False). Duplicates
 from a retried send are harmless because consumers are idempotent (SPEC, Events), and
 ordering per partition holds either way: aiokafka keeps one batch in flight per partition.
+
+Why one module of ~550 lines: the publisher and the consumer-group source share the
+topic preparation, the wire codec and the broker's error classes, and they are the one
+Kafka adapter behind the event port (like `outbox.py` for the other path).
 """
 
 from __future__ import annotations
@@ -47,7 +51,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from socialhub.domain.events import Envelope, Unreadable, encode_event, event_id_of, read_event
 from socialhub.infra.events.base import Consumer, EventSource, Publisher
 from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage
-from socialhub.storage.deadletters import DeadLetterStore
+from socialhub.infra.events.stores import DeadLetterBook
+from socialhub.supervisor import sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +298,7 @@ class KafkaSource(EventSource):
         client_id: str = "socialhub",
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
         prepare: Callable[[], Awaitable[None]] | None = None,
-        dead_letters: DeadLetterStore | None = None,
+        dead_letters: DeadLetterBook | None = None,
         policy: RetryPolicy | None = None,
     ) -> None:
         if not topics:
@@ -355,7 +360,7 @@ class KafkaSource(EventSource):
             finally:
                 self._kafka = None
                 await _close_consumer(kc)
-            if await _sleep_unless(stop, delay):
+            if await sleep_unless(stop, delay):
                 break
             delay = min(delay * 2, RETRY_MAX)
 
@@ -380,7 +385,7 @@ class KafkaSource(EventSource):
             if not failed:
                 retry = RETRY_MIN
                 continue
-            if await _sleep_unless(stop, retry):
+            if await sleep_unless(stop, retry):
                 return
             retry = min(retry * 2, RETRY_MAX)
 
@@ -541,12 +546,3 @@ async def _until(stop: asyncio.Event, aw: Awaitable[T]) -> T:
     if not task.cancelled():
         task.exception()  # seen: we are stopping, whatever it was
     raise _Stopped
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` or until `stop`; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True

@@ -13,8 +13,8 @@ import logging
 
 from prometheus_client import Counter, Gauge
 
-from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.outbox import OutboxStore
+from socialhub.infra.events.stores import DeadLetterCounts, OutboxLags
+from socialhub.supervisor import sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class PipelineMonitor:
 
     def __init__(
         self,
-        outbox: OutboxStore,
-        dead_letters: DeadLetterStore,
+        outbox: OutboxLags,
+        dead_letters: DeadLetterCounts,
         *,
         readers: list[str],
         consumers: list[str],
@@ -85,7 +85,4 @@ class PipelineMonitor:
                 # The database being away is reported by /readyz and the readers' own
                 # errors; the gauges keep their last values meanwhile.
                 logger.debug("event pipeline metrics not sampled: %r", exc)
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                pass
+            await sleep_unless(stop, self.interval)

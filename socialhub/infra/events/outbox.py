@@ -1,9 +1,10 @@
 """OutboxSource: feeds a consumer straight from the outbox table.
 
-One reader per consumer name is active across all instances: it holds a session
-advisory lock on its own connection (others wait as standbys and take over when
-that connection dies). It LISTENs for the insert trigger's NOTIFY and also polls, in
-case a notification is missed (they are not queued across reconnects).
+One reader per consumer name is active across all instances: it holds the reader's
+lock in a session of its own (`stores.ReaderSession`: an advisory lock on its own
+connection; others wait as standbys and take over when that session dies). It is
+woken by the session's notifications of new events and also polls, in case a
+notification is missed (they are not queued across reconnects).
 
 A batch goes to the consumer's `handle_batch` at once. If that fails on an outage the
 reader backs off and reads the batch again; otherwise it goes through the batch event by
@@ -17,15 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 
-from socialhub.domain.events import Envelope, Unreadable
+from socialhub.domain.delivery import OutboxEntry, Position
+from socialhub.domain.events import Envelope
 from socialhub.infra.events.base import Consumer, EventSource
 from socialhub.infra.events.retry import ConsumerDown, RetryPolicy, Stopped, Triage, is_outage
-from socialhub.storage.database import Database
-from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.outbox import OUTBOX_CHANNEL, OutboxStore, Position
-from socialhub.supervisor import OutageLog
+from socialhub.infra.events.stores import DeadLetterBook, OutboxLog, ReaderSession
+from socialhub.supervisor import OutageLog, sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -36,24 +35,21 @@ POLL_SECONDS = 1.0
 REPOLL_SECONDS = 0.02
 STANDBY_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 5.0
-LOCK_NAMESPACE = 0x5EED  # first key of pg_try_advisory_lock(int, int); the second is the name's CRC
 
 
 class OutboxSource(EventSource):
     def __init__(
         self,
-        db: Database,
-        store: OutboxStore,
+        store: OutboxLog,
         consumer: Consumer,
         *,
-        dead_letters: DeadLetterStore | None = None,
+        dead_letters: DeadLetterBook | None,
         policy: RetryPolicy | None = None,
     ) -> None:
-        self.db = db
         self.store = store
         self.consumer = consumer
-        # Dead letters live next to the outbox, in the same database.
-        self.dead_letters = dead_letters if dead_letters is not None else DeadLetterStore(db)
+        # None only for a source tried alone: a failing event is then retried until it passes.
+        self.dead_letters = dead_letters
         self.policy = policy or RetryPolicy()
         self._wake = asyncio.Event()
         self.active = False  # True while this instance holds the reader's lock
@@ -66,7 +62,7 @@ class OutboxSource(EventSource):
             # position, which is before any event it was holding.
             triage: Triage[Position] = Triage(self.consumer, self.dead_letters, self.policy, stop)
             try:
-                await self._run_locked(stop, triage, outage)
+                await self._run_session(stop, triage, outage)
                 backoff = 0.1
             except Stopped:
                 break
@@ -80,48 +76,48 @@ class OutboxSource(EventSource):
                 else:
                     logger.exception("outbox reader %s failed; retrying", self.consumer.name)
             self.active = False
-            await _sleep_unless(stop, backoff)
+            await sleep_unless(stop, backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
-    async def _run_locked(self, stop: asyncio.Event, triage: Triage[Position], outage: OutageLog) -> None:
-        conn = await self.db.connect_dedicated()
-        outage.ok()
-        try:
-            lock_key = zlib.crc32(self.consumer.name.encode()) & 0x7FFFFFFF
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, lock_key):
-                if await _sleep_unless(stop, STANDBY_SECONDS):
-                    return
-            self.active = True
-            await conn.add_listener(OUTBOX_CHANNEL, self._notified)
-            position = await self.store.get_position(self.consumer.name)
-            cursor = position  # past `position` only by events being held
-            logger.info("outbox reader %s active", self.consumer.name)
-            while not stop.is_set():
-                if conn.is_closed():
-                    raise ConnectionError("listen connection closed")
-                # Cleared before reading, not before waiting: a NOTIFY that arrives while
-                # a batch is being handled must cut the next wait short.
-                self._wake.clear()
-                await triage.replay_requested()
-                batch = await self.store.get_batch(cursor, BATCH_SIZE)
-                if batch:
-                    position = await self._deliver(triage, batch, position)
-                    cursor = batch[-1][0]
-                    if len(batch) == BATCH_SIZE:
-                        continue
-                woken = await self._wait(stop, POLL_SECONDS)
-                if woken:
-                    await _sleep_unless(stop, REPOLL_SECONDS)
-        finally:
-            self.active = False
-            if not conn.is_closed():
-                await conn.close(timeout=5)
+    async def _run_session(self, stop: asyncio.Event, triage: Triage[Position], outage: OutageLog) -> None:
+        async with self.store.reader_session(self.consumer.name) as session:
+            outage.ok()
+            try:
+                await self._read(stop, triage, session)
+            finally:
+                self.active = False
+
+    async def _read(self, stop: asyncio.Event, triage: Triage[Position], session: ReaderSession) -> None:
+        while not await session.try_lock():
+            if await sleep_unless(stop, STANDBY_SECONDS):
+                return
+        self.active = True
+        await session.listen(self._wake.set)
+        position = await self.store.get_position(self.consumer.name)
+        cursor = position  # past `position` only by events being held
+        logger.info("outbox reader %s active", self.consumer.name)
+        while not stop.is_set():
+            if session.is_closed():
+                raise ConnectionError("listen connection closed")
+            # Cleared before reading, not before waiting: a notification that arrives while
+            # a batch is being handled must cut the next wait short.
+            self._wake.clear()
+            await triage.replay_requested()
+            batch = await self.store.get_batch(cursor, BATCH_SIZE)
+            if batch:
+                position = await self._deliver(triage, batch, position)
+                cursor = batch[-1].position
+                if len(batch) == BATCH_SIZE:
+                    continue
+            woken = await self._wait(stop, POLL_SECONDS)
+            if woken:
+                await sleep_unless(stop, REPOLL_SECONDS)
 
     async def _deliver(
-        self, triage: Triage[Position], batch: list[tuple[Position, Envelope | Unreadable]], position: Position
+        self, triage: Triage[Position], batch: list[OutboxEntry], position: Position
     ) -> Position:
         """Hand `batch` to the consumer; the position saved afterwards."""
-        envelopes = [envelope for _, envelope in batch if isinstance(envelope, Envelope)]
+        envelopes = [e.envelope for e in batch if isinstance(e.envelope, Envelope)]
         if not triage.held and len(envelopes) == len(batch):
             try:
                 await self.consumer.handle_batch(envelopes)
@@ -131,28 +127,25 @@ class OutboxSource(EventSource):
                     raise
             else:
                 triage.note_passed(envelopes[-1])
-                await self.store.update_position(self.consumer.name, batch[-1][0])
-                return batch[-1][0]
+                await self.store.update_position(self.consumer.name, batch[-1].position)
+                return batch[-1].position
         # Event by event (consumers are idempotent: those before the failure were
         # handled already, and are again).
         saved = position
-        for where, envelope in batch:
-            if await triage.deliver(where, envelope):
-                position = where
+        for entry in batch:
+            if await triage.deliver(entry.position, entry.envelope):
+                position = entry.position
         if triage.held:
             await triage.check_held()
             if not triage.held:
-                position = batch[-1][0]
+                position = batch[-1].position
         if position != saved:
             await self.store.update_position(self.consumer.name, position)
         return position
 
-    def _notified(self, *args: object) -> None:
-        self._wake.set()
-
     async def _wait(self, stop: asyncio.Event, seconds: float) -> bool:
-        """Sleep until a NOTIFY (or one since the last read), `stop`, or the timeout;
-        True when woken by a NOTIFY."""
+        """Sleep until a notification (or one since the last read), `stop`, or the
+        timeout; True when woken by a notification."""
         waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -160,12 +153,3 @@ class OutboxSource(EventSource):
             for w in waiters:
                 w.cancel()
         return self._wake.is_set()
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` or until `stop`; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True

@@ -35,10 +35,11 @@ it is settled, so after a restart it and the events after it are delivered again
 the relay: publish it twice). A run of more than `MAX_HELD` poison events with nothing
 good between them is indistinguishable from a broken consumer and holds the stream.
 
-Dead letters go to `DeadLetterStore`; `socialhub events retry` marks them, and the
-running reader of that consumer (`replay_requested`, polled every `replay_poll` seconds)
-claims and handles them again. Without a store (`dead_letters=None`, tests of a source
-alone) a failing event is retried until it passes, as before dead letters existed.
+Dead letters go to a `stores.DeadLetterBook` (storage's `DeadLetterStore`, handed in by
+app.py); `socialhub events retry` marks them, and the running reader of that consumer
+(`replay_requested`, polled every `replay_poll` seconds) claims and handles them again.
+Without a store (`dead_letters=None`, tests of a source alone) a failing event is
+retried until it passes, as before dead letters existed.
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ import aiokafka.errors as kafka_errors
 import asyncpg
 import redis.exceptions
 
+from socialhub.domain.delivery import DeadLetter
 from socialhub.domain.events import Envelope, Unreadable
 from socialhub.errors import Unavailable
 from socialhub.infra.events.base import Consumer
 from socialhub.infra.events.metrics import DEAD_LETTERED, EVENT_ERRORS, REPLAYS
-from socialhub.storage.deadletters import DeadLetter, DeadLetterStore
+from socialhub.infra.events.stores import DeadLetterBook
+from socialhub.supervisor import sleep_unless
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +166,7 @@ class Triage(Generic[W]):
     """One reader's retries, held events and dead letters (see the module docstring)."""
 
     def __init__(
-        self, consumer: Consumer, dead_letters: DeadLetterStore | None, policy: RetryPolicy, stop: asyncio.Event
+        self, consumer: Consumer, dead_letters: DeadLetterBook | None, policy: RetryPolicy, stop: asyncio.Event
     ) -> None:
         self.consumer = consumer
         self.dead_letters = dead_letters
@@ -318,7 +321,7 @@ class Triage(Generic[W]):
                     error,
                     exc_info=n == count,
                 )
-            if n < count and await _sleep_unless(self.stop, self.policy.delay(n)):
+            if n < count and await sleep_unless(self.stop, self.policy.delay(n)):
                 raise Stopped
         assert first is not None
         return Failure(count, first, error)
@@ -331,7 +334,7 @@ class Triage(Generic[W]):
         if store is None or now - self._replay_checked < self.policy.replay_poll:
             return
         self._replay_checked = now
-        for dead in await store.claim_retries(self.consumer.name, REPLAY_BATCH):
+        for dead in await store.update_claimed_retries(self.consumer.name, REPLAY_BATCH):
             if isinstance(dead.envelope, Unreadable):
                 # Still not an event this version can read: nothing to try.
                 await store.update_failed_again(dead.id, dead.envelope.error, 1)
@@ -359,17 +362,8 @@ class Triage(Generic[W]):
                 logger.error("consumer %s failed dead letter %d again: %s", self.consumer.name, dead.id, failure.error)
 
 
-async def _release(store: DeadLetterStore, dead: DeadLetter) -> None:
+async def _release(store: DeadLetterBook, dead: DeadLetter) -> None:
     try:
         await store.update_released(dead.id)
     except Exception as exc:  # the database is away: the claim times out instead
         logger.debug("could not release dead letter %d: %r", dead.id, exc)
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` or until `stop`; True when stopped."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True

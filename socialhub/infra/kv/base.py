@@ -1,8 +1,15 @@
-"""The key-value port: rate limits, small shared caches, timelines and counters.
+"""The ports on small shared state with expiry, one per purpose:
 
-Two implementations: `memory.MemoryKV` (one process; the default) and
-`redis.RedisKV` (shared by every instance). Both are real and pass the same
-contract tests (tests/contract/test_kv.py).
+- `RateLimiter`: rate limits (GCRA), for the HTTP limits and the login throttle;
+- `Values`: plain values with an optional expiry: caches, one-time markers, flags;
+- `Timelines`: capped sets of ids read newest first, for the home feed;
+- `Counters`: hashes of counters their owners bring back to zero, for presence.
+
+Each has two implementations: in `memory` (one process; the default) and in `redis`
+(shared by every instance, all four over the one Redis client). Both are real and
+pass the same contract tests (tests/contract/test_{rate_limiter,values,timelines,counters}.py).
+A caller takes only the port it uses. Keys are plain strings; the Redis
+implementations put each port under its own namespace of the configured prefix.
 """
 
 from __future__ import annotations
@@ -25,16 +32,32 @@ class RateDecision(msgspec.Struct, frozen=True):
     retry_after: float  # seconds until the next request would be allowed (0 when allowed)
 
 
-class KeyValue(abc.ABC):
-    """Shared state with expiry. Keys are plain strings; the implementation adds its prefix."""
+def gcra_interval(rate: Rate, unit: int) -> int:
+    """The emission interval in whole `unit`s per second (at least one unit)."""
+    return max(1, round(rate.interval * unit))
+
+
+def check_cost(rate: Rate, cost: int) -> None:
+    """Refuse a cost no burst could ever allow: it would be denied forever."""
+    if not 0 <= cost <= rate.burst:
+        raise ValueError(f"cost must be 0..burst ({rate.burst}), got {cost}")
+
+
+class RateLimiter(abc.ABC):
+    """Rate limits under the generic cell rate algorithm."""
 
     @abc.abstractmethod
     async def rate_limit(self, key: str, rate: Rate, cost: int = 1) -> RateDecision:
         """Count `cost` against `key` under the generic cell rate algorithm, atomically.
 
         A denied request is not counted. `rate.burst` requests may come at once; after
-        that one more is allowed every `rate.interval` seconds.
+        that one more is allowed every `rate.interval` seconds. A cost above the burst
+        raises ValueError.
         """
+
+
+class Values(abc.ABC):
+    """Byte values with an optional expiry."""
 
     @abc.abstractmethod
     async def get(self, key: str) -> bytes | None:
@@ -56,36 +79,44 @@ class KeyValue(abc.ABC):
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """The value of each key, in order (None when absent or expired), in one round trip."""
 
-    # -- timelines: capped sets of ids, read newest first --------------------------------
-    # A timeline exists once created (it may be empty); adding to a missing timeline does
-    # nothing, so fan-out never resurrects one that expired: it is rebuilt on read.
+
+class Timelines(abc.ABC):
+    """Capped sets of ids, read newest first.
+
+    A timeline exists once created (it may be empty); adding to a missing timeline does
+    nothing, so fan-out never resurrects one that expired: it is rebuilt on read.
+    """
 
     @abc.abstractmethod
-    async def timeline_create(self, key: str, ids: Sequence[int], cap: int, ttl: float) -> None:
+    async def create(self, key: str, ids: Sequence[int], cap: int, ttl: float) -> None:
         """Create (or merge into) the timeline, keep the newest `cap` ids, expire after `ttl`."""
 
     @abc.abstractmethod
-    async def timeline_add(self, key: str, ids: Sequence[int], cap: int) -> bool:
+    async def add(self, key: str, ids: Sequence[int], cap: int) -> bool:
         """Add ids to an existing timeline and trim it to `cap`; False when it does not exist."""
 
     @abc.abstractmethod
-    async def timeline_remove(self, key: str, ids: Sequence[int]) -> None:
+    async def remove(self, key: str, ids: Sequence[int]) -> None:
         """Remove ids (absent ones are ignored)."""
 
     @abc.abstractmethod
-    async def timeline_range(self, key: str, before: int | None, limit: int) -> list[int] | None:
+    async def range(self, key: str, before: int | None, limit: int) -> list[int] | None:
         """Up to `limit` ids below `before`, newest first; None when the timeline does not exist."""
 
     @abc.abstractmethod
-    async def timeline_touch(self, key: str, ttl: float) -> None:
+    async def touch(self, key: str, ttl: float) -> None:
         """Push the timeline's expiry to `ttl` from now (no-op when it does not exist)."""
 
-    # -- hashes of counters: key -> {field: int} ---------------------------------------------
-    # Counters that their owners bring back to zero (sockets, joins), so a field that
-    # reaches exactly 0 is deleted and a hash with no field is gone: absent reads as 0,
-    # and increments commute (-1 then +1 ends at 0 and absent, like +1 then -1). A
-    # negative count is kept. Hashes do not expire and are not evicted: evicting a
-    # counter would corrupt it.
+
+class Counters(abc.ABC):
+    """Hashes of counters: key -> {field: int}.
+
+    Counters that their owners bring back to zero (sockets, joins), so a field that
+    reaches exactly 0 is deleted and a hash with no field is gone: absent reads as 0,
+    and increments commute (-1 then +1 ends at 0 and absent, like +1 then -1). A
+    negative count is kept. Hashes do not expire and are not evicted: evicting a
+    counter would corrupt it.
+    """
 
     @abc.abstractmethod
     async def hash_incr_many(self, changes: Sequence[tuple[str, str, int]]) -> list[int]:
@@ -113,10 +144,3 @@ class KeyValue(abc.ABC):
     async def hash_delete(self, key: str, fields: Sequence[str]) -> None:
         """Delete `fields` of one hash (absent ones are ignored)."""
         await self.hash_delete_many([(key, f) for f in fields])
-
-    @abc.abstractmethod
-    async def ping(self) -> bool:
-        """True when the store answers (for /readyz)."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook, most stores have nothing to release
-        """Release connections."""

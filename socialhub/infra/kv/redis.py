@@ -1,4 +1,5 @@
-"""The Redis key-value store: rate limits and caches shared by every instance.
+"""The Redis implementations of the key-value ports: rate limits, values, timelines and
+counters shared by every instance, all over the process's one Redis client.
 
 Rate limits run as one Lua script, so a check and its update are atomic however many
 instances hit the same key, and the script reads the server's `TIME` rather than
@@ -19,21 +20,20 @@ from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from socialhub.config import Rate
 from socialhub.errors import Unavailable
-from socialhub.infra.kv.base import KeyValue, RateDecision
-from socialhub.infra.kv.memory import check_cost, gcra_interval
-
-# Fail fast when Redis is gone: a request waiting on a dead Redis holds a worker, and
-# the caller turns Unavailable into a 503 anyway. Two quick retries ride out a
-# connection the server just closed (idle timeout, failover) without a user noticing.
-CONNECT_TIMEOUT = 2.0
-COMMAND_TIMEOUT = 5.0
-RETRIES = 2
+from socialhub.infra.kv.base import (
+    Counters,
+    RateDecision,
+    RateLimiter,
+    Timelines,
+    Values,
+    check_cost,
+    gcra_interval,
+)
+from socialhub.infra.redis_client import check_binary
 
 _US = 1_000_000
 
@@ -66,22 +66,6 @@ end
 local remaining = math.max(0, math.floor((tolerance - (stored - now)) / interval))
 return {allowed and 1 or 0, remaining, stored - now, retry_after}
 """
-
-
-def client_from_url(url: str) -> aioredis.Redis:
-    """A command client with this project's timeouts and retry policy."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=COMMAND_TIMEOUT,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES),
-    )
-
-
-def check_binary(client: aioredis.Redis) -> None:
-    """Values are bytes end to end; a decoding client would hand back str."""
-    if client.connection_pool.connection_kwargs.get("decode_responses", False):
-        raise ValueError("the Redis client must be created with decode_responses=False")
 
 
 def _ttl_ms(ttl: float | None) -> int | None:
@@ -126,28 +110,26 @@ def _pad(value: int) -> bytes:
     return str(value).zfill(ID_WIDTH).encode()
 
 
-class RedisKV(KeyValue):
-    """Rate limits and values in Redis, shared by every instance using `prefix`."""
+async def _call(pending: Awaitable[Any]) -> Any:
+    try:
+        return await pending
+    except (RedisError, OSError) as exc:
+        raise Unavailable(f"key-value store unavailable: {exc}") from exc
 
-    def __init__(self, client: aioredis.Redis, prefix: str, *, owns_client: bool = False) -> None:
+
+class RedisRateLimiter(RateLimiter):
+    """Rate limits in Redis, shared by every instance using `prefix`."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         check_binary(client)
-        self._client = client
         self._prefix = prefix
-        self._owns_client = owns_client
         self._gcra = client.register_script(GCRA_SCRIPT)
-        self._timeline_add = client.register_script(TIMELINE_ADD_SCRIPT)
-        self._hash_incr = client.register_script(HASH_INCR_SCRIPT)
-
-    @classmethod
-    def from_url(cls, url: str, prefix: str) -> RedisKV:
-        """A store with its own connection pool, closed by `close()`."""
-        return cls(client_from_url(url), prefix, owns_client=True)
 
     async def rate_limit(self, key: str, rate: Rate, cost: int = 1) -> RateDecision:
         check_cost(rate, cost)
         args = [rate.burst, gcra_interval(rate, _US), cost]
         try:
-            reply: Any = await self._gcra(keys=[self._rate_key(key)], args=args)
+            reply: Any = await self._gcra(keys=[f"{self._prefix}rl:{key}"], args=args)
         except (RedisError, OSError) as exc:
             raise Unavailable(f"rate limiter unavailable: {exc}") from exc
         allowed, remaining, reset_after, retry_after = (int(x) for x in reply)
@@ -158,6 +140,15 @@ class RedisKV(KeyValue):
             reset_after=reset_after / _US,
             retry_after=retry_after / _US,
         )
+
+
+class RedisValues(Values):
+    """Values in Redis, shared by every instance using `prefix`."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        check_binary(client)
+        self._client = client
+        self._prefix = prefix
 
     async def get(self, key: str) -> bytes | None:
         try:
@@ -183,13 +174,78 @@ class RedisKV(KeyValue):
         return bool(stored)
 
     async def delete(self, key: str) -> bool:
-        return bool(await self._call(self._client.delete(self._value_key(key))))
+        return bool(await _call(self._client.delete(self._value_key(key))))
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values = await self._call(self._client.mget([self._value_key(k) for k in keys]))
+        values = await _call(self._client.mget([self._value_key(k) for k in keys]))
         return cast(list[bytes | None], values)
+
+    def _value_key(self, key: str) -> str:
+        return f"{self._prefix}kv:{key}"
+
+
+class RedisTimelines(Timelines):
+    """Timelines in Redis, shared by every instance using `prefix`."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        check_binary(client)
+        self._client = client
+        self._prefix = prefix
+        self._timeline_add = client.register_script(TIMELINE_ADD_SCRIPT)
+
+    async def create(self, key: str, ids: Sequence[int], cap: int, ttl: float) -> None:
+        ms = _ttl_ms(ttl) or 1
+        k = self._timeline_key(key)
+        members: dict[bytes, float] = {SENTINEL: 0, **{_pad(i): 0 for i in ids}}
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zadd(k, members)
+                pipe.zremrangebyrank(k, 1, -(cap + 1))
+                pipe.pexpire(k, ms)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"key-value store unavailable: {exc}") from exc
+
+    async def add(self, key: str, ids: Sequence[int], cap: int) -> bool:
+        if not ids:
+            return bool(await _call(self._client.exists(self._timeline_key(key))))
+        reply = await _call(self._timeline_add(keys=[self._timeline_key(key)], args=[cap, *(_pad(i) for i in ids)]))
+        return bool(reply)
+
+    async def remove(self, key: str, ids: Sequence[int]) -> None:
+        if ids:
+            await _call(self._client.zrem(self._timeline_key(key), *(_pad(i) for i in ids)))
+
+    async def range(self, key: str, before: int | None, limit: int) -> list[int] | None:
+        # One command: the range reaches down to the sentinel, which every timeline holds,
+        # so an empty answer means there is no timeline (one more member is asked for in
+        # case the sentinel is among them).
+        top = b"(" + _pad(before) if before is not None else b"+"
+        members = await _call(
+            self._client.zrevrangebylex(self._timeline_key(key), top, b"[" + SENTINEL, start=0, num=limit + 1)
+        )
+        if not members:
+            return None
+        return [int(m) for m in members if m != SENTINEL][:limit]
+
+    async def touch(self, key: str, ttl: float) -> None:
+        ms = _ttl_ms(ttl) or 1
+        await _call(self._client.pexpire(self._timeline_key(key), ms))
+
+    def _timeline_key(self, key: str) -> str:
+        return f"{self._prefix}tl:{key}"
+
+
+class RedisCounters(Counters):
+    """Hashes of counters in Redis, shared by every instance using `prefix`."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        check_binary(client)
+        self._client = client
+        self._prefix = prefix
+        self._hash_incr = client.register_script(HASH_INCR_SCRIPT)
 
     async def hash_incr_many(self, changes: Sequence[tuple[str, str, int]]) -> list[int]:
         if not changes:
@@ -198,7 +254,7 @@ class RedisKV(KeyValue):
         args: list[str | int] = []
         for _, field, delta in changes:
             args += [field, delta]
-        reply = await self._call(self._hash_incr(keys=keys, args=args))
+        reply = await _call(self._hash_incr(keys=keys, args=args))
         return [int(v) for v in reply]
 
     async def hash_get_many(self, keys: Sequence[str]) -> list[dict[str, int]]:
@@ -226,72 +282,6 @@ class RedisKV(KeyValue):
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable(f"key-value store unavailable: {exc}") from exc
-
-    async def timeline_create(self, key: str, ids: Sequence[int], cap: int, ttl: float) -> None:
-        ms = _ttl_ms(ttl) or 1
-        k = self._timeline_key(key)
-        members: dict[bytes, float] = {SENTINEL: 0, **{_pad(i): 0 for i in ids}}
-        try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.zadd(k, members)
-                pipe.zremrangebyrank(k, 1, -(cap + 1))
-                pipe.pexpire(k, ms)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"key-value store unavailable: {exc}") from exc
-
-    async def timeline_add(self, key: str, ids: Sequence[int], cap: int) -> bool:
-        if not ids:
-            return bool(await self._call(self._client.exists(self._timeline_key(key))))
-        reply = await self._call(
-            self._timeline_add(keys=[self._timeline_key(key)], args=[cap, *(_pad(i) for i in ids)])
-        )
-        return bool(reply)
-
-    async def timeline_remove(self, key: str, ids: Sequence[int]) -> None:
-        if ids:
-            await self._call(self._client.zrem(self._timeline_key(key), *(_pad(i) for i in ids)))
-
-    async def timeline_range(self, key: str, before: int | None, limit: int) -> list[int] | None:
-        # One command: the range reaches down to the sentinel, which every timeline holds,
-        # so an empty answer means there is no timeline (one more member is asked for in
-        # case the sentinel is among them).
-        top = b"(" + _pad(before) if before is not None else b"+"
-        members = await self._call(
-            self._client.zrevrangebylex(self._timeline_key(key), top, b"[" + SENTINEL, start=0, num=limit + 1)
-        )
-        if not members:
-            return None
-        return [int(m) for m in members if m != SENTINEL][:limit]
-
-    async def timeline_touch(self, key: str, ttl: float) -> None:
-        ms = _ttl_ms(ttl) or 1
-        await self._call(self._client.pexpire(self._timeline_key(key), ms))
-
-    async def _call(self, pending: Awaitable[Any]) -> Any:
-        try:
-            return await pending
-        except (RedisError, OSError) as exc:
-            raise Unavailable(f"key-value store unavailable: {exc}") from exc
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self._client.ping())
-        except (RedisError, OSError):
-            return False
-
-    async def close(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    def _rate_key(self, key: str) -> str:
-        return f"{self._prefix}rl:{key}"
-
-    def _value_key(self, key: str) -> str:
-        return f"{self._prefix}kv:{key}"
-
-    def _timeline_key(self, key: str) -> str:
-        return f"{self._prefix}tl:{key}"
 
     def _hash_key(self, key: str) -> str:
         return f"{self._prefix}h:{key}"

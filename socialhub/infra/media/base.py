@@ -44,6 +44,10 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 
+import msgspec
+
+from socialhub.domain.filetypes import Kind
+
 # Letters, digits, "_" and "-" only: no "/", "." or "\" can reach a path or an object
 # name, so a key cannot walk out of the store. 16..64 leaves room for other key schemes
 # (e.g. a content hash) while new_media_key() gives 22 characters.
@@ -162,3 +166,22 @@ class MediaStore(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook; the disk store has nothing to release
         """Release connections."""
+
+
+class UploadedFile(msgspec.Struct, frozen=True):
+    """A received file, staged but not yet stored under a key, with what was learned of
+    it on the way in (the HTTP upload code makes it; services commit or discard it).
+
+    `content_type` is the sniffed type (the declared one is ignored); `filename` is the
+    client's name for it (base name only, for display, never for storage).
+    """
+
+    staged: StagedFile
+    field: str
+    filename: str
+    content_type: str
+    kind: Kind
+    size: int
+    sha256: str
+    width: int | None = None
+    height: int | None = None

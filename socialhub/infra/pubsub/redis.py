@@ -1,7 +1,7 @@
 """Redis pub/sub: live fan-out between every instance sharing a Redis.
 
 One dedicated connection per process carries every SUBSCRIBE; one reader task reads
-it and hands each message to the local `Fanout` (memory.py), whose per-listener
+it and hands each message to the local `Fanout` (fanout.py), whose per-listener
 inboxes keep a slow handler from ever stalling the reader. A channel is subscribed
 at the broker once, when its first local listener arrives, and unsubscribed when the
 last one leaves. Channel names on the wire are `<prefix><channel>`.
@@ -36,9 +36,9 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from socialhub.errors import Unavailable
-from socialhub.infra.kv.redis import check_binary, client_from_url
 from socialhub.infra.pubsub.base import Handler, PubSub, ResetCallback, Subscription
-from socialhub.infra.pubsub.memory import INBOX_LIMIT, Fanout, cancel_and_wait
+from socialhub.infra.pubsub.fanout import INBOX_LIMIT, Fanout, cancel_and_wait
+from socialhub.infra.redis_client import check_binary, client_from_url
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-from socialhub.services.imagemeta import COPY_CHUNK, Buffer, MalformedImage
+from socialhub.domain.imagemeta import COPY_CHUNK, Buffer, MalformedImage
 
 # An EXIF item: a 4-byte offset to the TIFF header (0), then a big-endian TIFF header
 # whose first IFD holds no entry and links to none.

@@ -1,4 +1,4 @@
-"""Media policy: which files are accepted, decided from their first bytes.
+"""File types: which files are accepted, decided from their first bytes.
 
 The type a client declares (and the file name) is never believed: `sniff` reads the
 magic bytes and answers the real type, or None for anything that is not an image,
@@ -17,8 +17,6 @@ import struct
 from typing import Literal
 
 import msgspec
-
-from socialhub.infra.media.base import StagedFile
 
 Kind = Literal["image", "video", "audio"]
 ALL_KINDS: frozenset[Kind] = frozenset(("image", "video", "audio"))
@@ -39,24 +37,6 @@ class Sniffed(msgspec.Struct, frozen=True):
 
     content_type: str
     kind: Kind
-
-
-class UploadedFile(msgspec.Struct, frozen=True):
-    """A received file, staged but not yet stored under a key.
-
-    `content_type` is the sniffed type (the declared one is ignored); `filename` is the
-    client's name for it (base name only, for display, never for storage).
-    """
-
-    staged: StagedFile
-    field: str
-    filename: str
-    content_type: str
-    kind: Kind
-    size: int
-    sha256: str
-    width: int | None = None
-    height: int | None = None
 
 
 PNG = Sniffed("image/png", "image")

@@ -1,0 +1,43 @@
+"""Start-up and shutdown written down as data: an ordered list of steps, each with one
+owner. Steps start in order; the ones that started stop in reverse order, also when a
+later step fails to start or the server is stopping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One part of the process's life: `start` runs at start-up (None: nothing to do),
+    `stop` at shutdown once `start` has run."""
+
+    name: str
+    start: Callable[[], Awaitable[None]] | None = None
+    stop: Callable[[], Awaitable[None]] | None = None
+
+
+@asynccontextmanager
+async def running(steps: Sequence[Step]) -> AsyncIterator[None]:
+    """Start `steps` in order; on leaving, stop those that started, last first."""
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two steps share a name: {names}")
+    async with AsyncExitStack() as stack:
+        for step in steps:
+            if step.start is not None:
+                logger.debug("starting %s", step.name)
+                await step.start()
+            if step.stop is not None:
+                stack.push_async_callback(_stopping, step.name, step.stop)
+        yield
+
+
+async def _stopping(name: str, stop: Callable[[], Awaitable[None]]) -> None:
+    logger.debug("stopping %s", name)
+    await stop()
