@@ -1,6 +1,6 @@
 """`python -m bench <scenario> [options]`: the one entry point of the benchmarks.
 
-Scenarios: rest-read, rest-write, login, ws-idle, ws-chat, post-to-feed, calls. Each is a
+Scenarios: rest-read, rest-write, login, ws-idle, ws-chat, post-to-feed, calls, vs-socketio. Each is a
 module of this package called here with its options (`add_options`, then `run`): it
 starts its own server (or measures `--url`), loads it from separate client processes,
 shows progress and fills the one report (bench.report): a summary with socialhub as a
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from bench import calls, post_to_feed, rest, sockets
+from bench import calls, post_to_feed, rest, sockets, vs_socketio
 from bench.load import WorkerError
 from bench.progress import Progress
 from bench.report import Report, Series, default_json_path, format_report, plot, write_json
@@ -32,6 +32,7 @@ SCENARIOS = {
     "ws-chat": "send -> receive one-to-one and fan-out to a room, vs a bare websockets relay",
     "post-to-feed": "write -> visible in followers' GET /feed, outbox or --kafka, vs an in-memory feed",
     "calls": "call_invite -> both aiortc peers connected, N concurrent calls",
+    "vs-socketio": "one-to-one latency, fan-out CPU, idle RSS: socialhub vs Socket.IO 4 + Redis adapter",
 }
 # The module that runs each scenario: `add_options(parser, scenario)` and
 # `run(scenario, args, progress) -> (Report, Series)`.
@@ -43,6 +44,7 @@ MODULES: dict[str, ModuleType] = {
     "ws-chat": sockets,
     "post-to-feed": post_to_feed,
     "calls": calls,
+    "vs-socketio": vs_socketio,
 }
 # What stops a run early with a one-line message (exit 2) rather than a traceback.
 STOPS = (TargetError, ServerStartError, WorkerError)
