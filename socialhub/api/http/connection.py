@@ -42,11 +42,16 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     _in_head = True
     _messages = 0
     _refused = False
+    _read = 0  # the size of the read being parsed
+    _reads = 0  # reads so far, and the one in which the current head began
+    _head_read = 0
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
         messages = self._messages
+        self._read = len(data)
+        self._reads += 1
         super().data_received(data)
         if self._refused or not self._in_head or self.transport.is_closing():
             return
@@ -62,16 +67,23 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         self._messages += 1
         self._in_head = True
         self._head_bytes = 0
+        self._head_read = self._reads
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        size = len(self.url) + sum(len(name) + len(value) + _LINE_OVERHEAD for name, value in self.headers)
-        if size > MAX_HEAD_BYTES:
+        # A head that began and ended in one read within the limit cannot pass it: the
+        # common request, whole in a read of a few hundred bytes, costs nothing here. A
+        # head that spanned reads, or came in one big read, is measured exactly.
+        whole_in_small_read = self._head_read == self._reads and self._read <= MAX_HEAD_BYTES
+        if not whole_in_small_read and self._head_size() > MAX_HEAD_BYTES:
             self._refuse()
             # The parser wraps this in HttpParserCallbackError; data_received's 400 for it
             # is suppressed below, and no app sees the request.
             raise _HeadTooLarge
         super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + _LINE_OVERHEAD for name, value in self.headers)
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:
