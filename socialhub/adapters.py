@@ -23,7 +23,6 @@ from socialhub.infra.kv.base import Counters, RateLimiter, Timelines, Values
 from socialhub.infra.mail.base import Mailer
 from socialhub.infra.media.base import MediaStore
 from socialhub.infra.pubsub.base import PubSub
-from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.outbox import OutboxStore
 
@@ -121,17 +120,21 @@ def _policy(settings: Settings) -> RetryPolicy:
     )
 
 
-def _outbox_path(settings: Settings, db: Database, consumers: list[Consumer]) -> EventPath:
+def _outbox_path(
+    settings: Settings, outbox: OutboxStore, dead: DeadLetterStore, consumers: list[Consumer]
+) -> EventPath:
     """Each consumer reads the outbox itself."""
-    outbox, dead, policy = OutboxStore(db), DeadLetterStore(db), _policy(settings)
+    policy = _policy(settings)
     return EventPath({c.name: OutboxSource(outbox, c, dead_letters=dead, policy=policy) for c in consumers}, None)
 
 
-def _kafka_path(settings: Settings, db: Database, consumers: list[Consumer]) -> EventPath:
+def _kafka_path(
+    settings: Settings, outbox: OutboxStore, dead: DeadLetterStore, consumers: list[Consumer]
+) -> EventPath:
     """A relay forwards the outbox to Kafka; each consumer is a Kafka consumer group."""
     from socialhub.infra.events.kafka import KafkaPublisher, KafkaSource
 
-    outbox, dead, policy = OutboxStore(db), DeadLetterStore(db), _policy(settings)
+    policy = _policy(settings)
     kafka = settings.kafka
     topics = {events.POSTS: kafka.posts_topic, events.USERS: kafka.users_topic}
     publisher = KafkaPublisher(
@@ -157,7 +160,7 @@ MAILERS: dict[MailBackendName, Callable[[Settings], Mailer]] = {
     "file": _file_mailer,
     "smtp": _smtp_mailer,
 }
-EVENT_PATHS: dict[EventPathName, Callable[[Settings, Database, list[Consumer]], EventPath]] = {
+EVENT_PATHS: dict[EventPathName, Callable[[Settings, OutboxStore, DeadLetterStore, list[Consumer]], EventPath]] = {
     "outbox": _outbox_path,
     "kafka": _kafka_path,
 }
@@ -175,5 +178,7 @@ def mailer(settings: Settings) -> Mailer:
     return MAILERS[settings.mail.backend](settings)
 
 
-def event_path(settings: Settings, db: Database, consumers: list[Consumer]) -> EventPath:
-    return EVENT_PATHS[settings.kafka.backend](settings, db, consumers)
+def event_path(
+    settings: Settings, outbox: OutboxStore, dead: DeadLetterStore, consumers: list[Consumer]
+) -> EventPath:
+    return EVENT_PATHS[settings.kafka.backend](settings, outbox, dead, consumers)

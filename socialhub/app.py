@@ -205,7 +205,8 @@ def build(settings: Settings) -> Parts:
     )  # fmt: skip
     feed = FeedService(posts=post_store, timelines=shared.timelines, values=shared.values, cache=cache)
     notifications = NotificationService(store=NotificationStore(db), pubsub=pubsub)
-    path = adapters.event_path(settings, db, [feed, notifications])
+    outbox_store, dead_letters = OutboxStore(db), DeadLetterStore(db)
+    path = adapters.event_path(settings, outbox_store, dead_letters, [feed, notifications])
     ledger = InstanceLedger(shared.counters, shared.values, instance_id=f"{socket.gethostname()}-{os.getpid()}")
     presence = PresenceService(
         ledger, shared.counters, shared.values, pubsub,
@@ -257,14 +258,14 @@ def build(settings: Settings) -> Parts:
     for name, source in path.sources.items():
         supervisor.add(f"events:{name}", source.run)
     monitor = PipelineMonitor(
-        OutboxStore(db),
-        DeadLetterStore(db),
+        outbox_store,
+        dead_letters,
         readers=[name for name, source in path.sources.items() if isinstance(source, OutboxSource)],
         consumers=list(path.sources),
         interval=settings.events.metrics_interval,
     )
     supervisor.add("events:metrics", monitor.run)
-    janitor = Janitor(posts=post_store, outbox=OutboxStore(db), media=media, dead_letters=DeadLetterStore(db))
+    janitor = Janitor(posts=post_store, outbox=outbox_store, media=media, dead_letters=dead_letters)
     supervisor.add("janitor", janitor.run)
 
     authenticator, max_body = Authenticator(guard), settings.server.max_body_bytes
