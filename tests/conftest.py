@@ -22,6 +22,7 @@ from asgi_lifespan import LifespanManager
 
 from socialhub.app import create_app
 from socialhub.config import Settings, load_settings, with_overrides
+from socialhub.storage.database import Database
 
 pytest_plugins = ["tests.conftest_kafka", "tests.private_redis", "tests.private_postgres"]
 ADMIN_URL = os.environ.get("SOCIALHUB_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
@@ -82,6 +83,17 @@ async def connected(url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def pool(url: str, **options: Any) -> AsyncIterator[Database]:
+    """socialhub's own pool on `url` (Database.open's options), closed after the block."""
+    database = Database()
+    await database.open(url, **options)
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 @pytest.fixture(scope="session")

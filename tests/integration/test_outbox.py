@@ -35,12 +35,11 @@ from socialhub.services.notifications import NotificationService
 from socialhub.services.readcache import ReadCache
 from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
-from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
 from socialhub.storage.outbox import OutboxStore, insert_event
 from socialhub.storage.posts import PostStore
 from socialhub.storage.units import UnitOfWork, Units
-from tests.conftest import REDIS_URL, fresh_database, signup
+from tests.conftest import REDIS_URL, migrated_database, pool, signup
 
 DEADLINE = 10.0
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -164,19 +163,14 @@ async def test_every_write_stores_exactly_one_event_of_the_spec_shape(
 
 @pytest.fixture(scope="module")
 async def outbox_url() -> AsyncIterator[str]:
-    async with fresh_database("socialhub_outbox") as url:
-        await migrate(url)
+    async with migrated_database("socialhub_outbox") as url:
         yield url
 
 
 @pytest.fixture
 async def db(outbox_url: str) -> AsyncIterator[Database]:
-    database = Database()
-    await database.open(outbox_url, min_size=1, max_size=8)
-    try:
+    async with pool(outbox_url, min_size=1, max_size=8) as database:
         yield database
-    finally:
-        await database.close()
 
 
 def synthetic(n: int) -> NewEvent:

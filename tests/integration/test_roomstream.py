@@ -29,7 +29,7 @@ from socialhub.storage.chat import ChatStore
 from socialhub.storage.database import Database
 from socialhub.storage.users import UserStore
 from socialhub.supervisor import Supervisor
-from tests.conftest import migrated_database
+from tests.conftest import migrated_database, pool
 from tests.contract.conftest import eventually
 
 
@@ -106,10 +106,8 @@ class Env:
 @pytest.fixture(scope="module")
 async def db() -> AsyncIterator[Database]:
     async with migrated_database("socialhub_roomstream") as url:
-        database = Database()
-        await database.open(url)
-        yield database
-        await database.close()
+        async with pool(url) as database:
+            yield database
 
 
 @pytest.fixture

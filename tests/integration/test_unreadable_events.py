@@ -33,7 +33,7 @@ from socialhub.storage.database import Database
 from socialhub.storage.deadletters import DeadLetterStore
 from socialhub.storage.outbox import OutboxStore, insert_event
 from socialhub.storage.units import Units
-from tests.conftest import connected, migrated_database, running_app
+from tests.conftest import connected, migrated_database, pool, running_app
 from tests.integration.test_dead_letters import FAST, _true, cli, post_notified
 from tests.integration.test_kafka import FAST_GROUP, Recorder, group_prefix, publisher, read_all, running, topic_names
 from tests.integration.test_kafka_path import feed_ids, follow, new_post, reader
@@ -57,12 +57,8 @@ async def conn(own_db_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 async def db(own_db_url: str) -> AsyncIterator[Database]:
-    database = Database()
-    await database.open(own_db_url, min_size=1, max_size=4)
-    try:
+    async with pool(own_db_url, min_size=1, max_size=4) as database:
         yield database
-    finally:
-        await database.close()
 
 
 async def write_row(conn: asyncpg.Connection, kind: str, actor: int, data: object, key: str = "1") -> int:
