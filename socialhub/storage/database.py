@@ -138,7 +138,7 @@ class Database:
             yield conn
         except _CONNECTION_ERRORS as exc:
             if is_lost(exc, conn):
-                raise self._unavailable(exc) from exc
+                raise self._lost(exc, conn) from exc
             raise
         finally:
             await self.pool.release(conn)
@@ -159,7 +159,7 @@ class Database:
             await tx.commit()
         except _CONNECTION_ERRORS as exc:
             if is_lost(exc, conn):
-                raise self._unavailable(exc) from exc
+                raise self._lost(exc, conn) from exc
             raise
         finally:
             await self.pool.release(conn)
@@ -274,6 +274,12 @@ class Database:
             finally:
                 await self.pool.release(conn)
         raise AssertionError("unreachable")
+
+    def _lost(self, exc: BaseException, conn: asyncpg.Connection) -> Unavailable:
+        """A connection found lost: closed so that the pool opens a fresh one in its place
+        rather than hand it out again, and the error every caller sees."""
+        _discard(conn)
+        return self._unavailable(exc)
 
     def _unavailable(self, exc: BaseException) -> Unavailable:
         """The error every caller sees; the first of an outage is logged (one line, no
