@@ -9,6 +9,7 @@ looks at (an image's filter drops them: they are after its end).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -211,8 +212,11 @@ def camera_exif(orientation: int = 6) -> bytes:
     return exif.tobytes()
 
 
+@functools.cache
 def icc_profile() -> bytes:
-    """A real sRGB ICC profile (LittleCMS)."""
+    """A real sRGB ICC profile (LittleCMS). Made once: its header holds the time it was
+    made, so two made either side of a minute differ (a test that made one for the upload
+    and another to compare failed so in CI)."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
