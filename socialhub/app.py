@@ -14,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -23,6 +24,7 @@ from starlette.middleware import Middleware
 
 from socialhub import adapters
 from socialhub.adapters import SharedState
+from socialhub.api.http.asyncapi import AsyncApiRoutes, build_asyncapi
 from socialhub.api.http.auth import AuthRoutes
 from socialhub.api.http.calls import CallRoutes
 from socialhub.api.http.chat import ChatRoutes
@@ -340,17 +342,36 @@ def steps(parts: Parts) -> list[Step]:
     return out
 
 
+def asyncapi_document(settings: Settings) -> dict[str, Any]:
+    """The AsyncAPI document of this configuration: its address (`server.public_url`, else
+    host:port) and its Kafka topic names (as the Kafka adapter is given them)."""
+    public = urlsplit(settings.server.public_url)
+    host = public.netloc or f"{settings.server.host}:{settings.server.port}"
+    return build_asyncapi(
+        adapters.kafka_topics(settings),
+        host=host,
+        secure=public.scheme == "https",
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+    )
+
+
 def create_app(settings: Settings) -> Starlette:
     parts = build(settings)
     health = HealthRoutes(readiness(parts), metrics=settings.metrics.enabled)
-    operations = [*health.operations(), *(op for group in parts.groups for op in group.operations())]
-    docs = OpenApiRoutes(operations, rate_limits=settings.ratelimit.enabled)
+    asyncapi = AsyncApiRoutes(asyncapi_document(settings))
+    operations = [
+        *health.operations(),
+        *(op for group in parts.groups for op in group.operations()),
+        *asyncapi.operations(),
+    ]
+    docs = OpenApiRoutes(operations, rate_limits=settings.ratelimit.enabled, asyncapi=asyncapi.document)
     routes = one_route_per_path(
         [
             *(route for group in parts.busiest_first for route in group.routes()),
             *parts.sockets.routes(),
             *health.routes(),
             *docs.routes(),
+            *asyncapi.routes(),
         ]
     )
     life = steps(parts)
@@ -384,4 +405,5 @@ def create_app(settings: Settings) -> Starlette:
     )
     # The document this app serves, for the tests that hold it against the routes.
     app.state.openapi = docs.document
+    app.state.asyncapi = asyncapi.document
     return app
