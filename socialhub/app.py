@@ -28,6 +28,7 @@ from socialhub.api.http.asyncapi import AsyncApiRoutes, build_asyncapi
 from socialhub.api.http.auth import AuthRoutes
 from socialhub.api.http.calls import CallRoutes
 from socialhub.api.http.chat import ChatRoutes
+from socialhub.api.http.cors import Cors
 from socialhub.api.http.errors import handle_http_exception, handle_socialhub_error, handle_unexpected
 from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import Check, HealthRoutes
@@ -383,11 +384,15 @@ def create_app(settings: Settings) -> Starlette:
             yield
             logger.info("socialhub stopping")
 
+    # CORS wraps everything below the access log, so a preflight is never rate-limited
+    # nor authenticated, and every answer to a listed origin (429 and 503 too) says so.
+    cors = [Middleware(Cors, origins=settings.server.cors_origins)] if settings.server.cors_origins else []
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
             Middleware(AccessLog),
+            *cors,
             Middleware(StorableText),
             Middleware(
                 RateLimitMiddleware,
