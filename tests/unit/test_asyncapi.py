@@ -66,6 +66,13 @@ def test_the_document_is_valid_asyncapi_3(validator: jsonschema.Draft7Validator,
         assert not validator.is_valid(broken), path
 
 
+def test_the_document_speaks_for_itself(doc: dict[str, Any]) -> None:
+    """It is read by people without this repository's other files: no "SPEC:" marks."""
+    assert "SPEC" not in json.dumps(doc)
+    socket = doc["channels"]["socket"]["description"]
+    assert "30 frames a second, bursts of 60" in socket
+
+
 def test_every_ref_resolves_and_operations_use_their_channels_messages(doc: dict[str, Any]) -> None:
     refs: list[str] = []
 

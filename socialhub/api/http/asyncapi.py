@@ -53,8 +53,8 @@ notifications and call signaling. Every frame is a JSON object with a `type`.
   unauthenticated`, then close {close_unauthenticated}.
 - **refs**: a client may add `ref` (a string of at most {max_ref} characters) to any frame;
   the direct reply to it (`ack`, `joined`, `pong` or `error`) carries it back.
-- **Rate**: {rate.limit} frames per {rate.period:g} s, bursts of {rate.burst} (the
-  `ws_frames` limit): a frame over it is answered `error rate_limited` and dropped.
+- **Rate**: {rate.limit} frames {per}, bursts of {rate.burst} (the `ws_frames`
+  limit, by default): a frame over it is answered `error rate_limited` and dropped.
 - **Resume**: after a reconnect, `join_room` with the last `seq` seen as `since_seq`
   replays exactly what was missed, then the live stream.
 - While an instance has lost its broker it refuses new sockets: the upgrade is answered
@@ -86,8 +86,17 @@ def constant_notes(module: ModuleType) -> dict[str, str]:
         if not isinstance(target, ast.Name):
             continue
         if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
-            notes[target.id] = inspect.cleandoc(after.value.value)
+            notes[target.id] = _public(inspect.cleandoc(after.value.value))
     return notes
+
+
+def _public(note: str) -> str:
+    """A note as a reader of the document sees it: without the "SPEC:" mark the code uses
+    for a number the contract fixes (the reader has no such file)."""
+    if note.startswith("SPEC: "):
+        note = note[len("SPEC: ") :]
+        return note[:1].upper() + note[1:]
+    return note
 
 
 def close_codes() -> dict[str, int]:
@@ -207,12 +216,15 @@ def build_asyncapi(
             }
 
     rate = parse_rate(DEFAULT_RATES["ws_frames"], "ratelimit.ws_frames")
+    if rate is None:
+        raise ValueError("the ws_frames limit has no default rate")
     socket_description = SOCKET_DESCRIPTION.format(
         auth_timeout=protocol.AUTH_TIMEOUT_SECONDS,
         close_unauthenticated=protocol.CLOSE_UNAUTHENTICATED,
         close_later=protocol.CLOSE_TRY_AGAIN_LATER,
         max_ref=protocol.MAX_REF_CHARS,
         rate=rate,
+        per="a second" if rate.period == 1 else f"per {rate.period:g} s",
         close_table=_close_table(notes),
     )
     channels: dict[str, Any] = {

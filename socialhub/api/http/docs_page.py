@@ -24,7 +24,7 @@ details>div{padding:0 .8rem .6rem}.m{display:inline-block;width:4.5rem;font-weig
 pre{background:#f8f8f8;padding:.5rem;overflow-x:auto;margin:.2rem 0}table{border-collapse:collapse}
 td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
 nav{padding:.4rem 0;border-bottom:1px solid #ccc}h1{margin-top:2rem}h3{margin-top:1.6rem}
-.dir{color:#888;font-size:.85em}
+.dir{color:#888;font-size:.85em}pre.text{white-space:pre-wrap}
 """
 
 SCRIPT = """
@@ -156,7 +156,7 @@ if (asyncapi) {
     const servers = (ch.servers || []).map((s) => resolve(s.$ref));
     add(root, el("h2", (ch.title || name) + "  " + servers.map((s) => s.protocol + "://" + s.host).join(", ") +
       (servers.length && servers[0].protocol.startsWith("ws") ? ch.address : "")));
-    add(root, el("pre", ch.description || ""));
+    add(root, el("pre", ch.description || "", "text"));
     const limitRows = (ch["x-limits"] || []).map((l) => [l.name, l.value, l.description]);
     if (limitRows.length) add(root, el("h3", "Limits"), table(["name", "value", "note"], limitRows));
     const closeRows = (ch["x-close-codes"] || []).map((c) => [c.code, c.name, c.description]);
