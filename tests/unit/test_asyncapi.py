@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from socialhub.api.http.asyncapi import always_sent, build_asyncapi, constant_notes
+from socialhub.api.ws.dispatch import Dispatcher
 from socialhub.app import create_app
 from socialhub.config import load_settings, with_overrides
 from socialhub.domain import events, protocol
@@ -138,6 +139,20 @@ def test_every_frame_both_ways_and_nothing_else(doc: dict[str, Any]) -> None:
     assert set(joined["required"]) == {"type", "room_id", "last_seq"}  # ref only when the frame had one
     _, error = payload_of(doc, "#/channels/socket/messages/Error")
     assert set(error["required"]) == {"type", "code", "message"}
+
+
+def test_every_client_frame_names_its_replies(doc: dict[str, Any]) -> None:
+    """protocol.REPLIES covers every client frame (those the dispatcher serves and
+    `authenticate`), answers with server frames only, and the operations say the same."""
+    assert set(protocol.REPLIES) == set(protocol.CLIENT_FRAMES)
+    assert set(Dispatcher.HANDLERS) | {protocol.Authenticate} == set(protocol.REPLIES)
+    for frame, answers in protocol.REPLIES.items():
+        assert set(answers) <= set(protocol.SERVER_FRAMES) and protocol.Error in answers, frame.__name__
+        reply = doc["operations"][f"client_{frame.__struct_config__.tag}"]["reply"]
+        assert reply["channel"] == {"$ref": "#/channels/socket"}
+        assert [m["$ref"].rsplit("/", 1)[1] for m in reply["messages"]] == [a.__name__ for a in answers]
+    assert protocol.REPLIES[protocol.JoinRoom] == (protocol.Joined, protocol.Error)
+    assert not any("reply" in op for name, op in doc["operations"].items() if not name.startswith("client_"))
 
 
 def test_every_close_code_is_described(doc: dict[str, Any]) -> None:

@@ -199,6 +199,7 @@ def build_asyncapi(
     messages: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     socket_messages: dict[str, Any] = {}
+    replies = {frame.__name__: [r.__name__ for r in answers] for frame, answers in protocol.REPLIES.items()}
     for direction, action, frames in (("client", "receive", client), ("server", "send", server)):
         for struct in frames:
             kind = frame_type(struct)
@@ -206,7 +207,7 @@ def build_asyncapi(
             messages[key] = _message(struct, kind, {"tags": [{"name": f"{direction} frame"}]})
             socket_messages[key] = {"$ref": f"#/components/messages/{key}"}
             summary, _ = _doc(struct)
-            operations[f"{direction}_{kind}"] = {
+            operation: dict[str, Any] = {
                 "action": action,
                 "channel": {"$ref": "#/channels/socket"},
                 "title": f"{'Client sends' if direction == 'client' else 'Server sends'} {kind}",
@@ -214,6 +215,13 @@ def build_asyncapi(
                 "messages": [{"$ref": f"#/channels/socket/messages/{key}"}],
                 "tags": [{"name": f"{direction} frame"}],
             }
+            if direction == "client" and key in replies:
+                # AsyncAPI's request/reply: the frames that answer this one, with its ref.
+                operation["reply"] = {
+                    "channel": {"$ref": "#/channels/socket"},
+                    "messages": [{"$ref": f"#/channels/socket/messages/{name}"} for name in replies[key]],
+                }
+            operations[f"{direction}_{kind}"] = operation
 
     rate = parse_rate(DEFAULT_RATES["ws_frames"], "ratelimit.ws_frames")
     if rate is None:

@@ -131,6 +131,14 @@ function resolve(ref) {
   for (const part of ref.slice(2).split("/")) node = node[part];
   return node;
 }
+function deref(node) {
+  while (node && node.$ref) node = resolve(node.$ref);
+  return node;
+}
+const repliesOf = {};
+for (const op of Object.values((asyncapi || {}).operations || {}))
+  if (op.reply)
+    for (const m of op.messages) repliesOf[m.$ref.split("/").pop()] = op.reply.messages.map((r) => deref(r).name);
 function table(head, rows) {
   const t = add(el("table"), add(el("tr"), ...head.map((h) => el("th", h))));
   for (const row of rows) add(t, add(el("tr"), ...row.map((c) => el("td", String(c)))));
@@ -142,6 +150,7 @@ function message(key, m) {
   add(d, add(el("summary"), el("code", m.name), document.createTextNode(" " + (m.summary || "")),
     el("span", tags.length ? "  (" + tags.join(", ") + ")" : "", "dir")));
   const body = add(el("div"), el("p", m.description || ""));
+  if (repliesOf[key]) add(body, el("p", "Answered by: " + repliesOf[key].join(", ")));
   add(body, el("h4", "Payload"), el("pre", show(m.payload, 0, [])));
   const key_ = ((m.bindings || {}).kafka || {}).key;
   if (key_) add(body, el("h4", "Key"), el("pre", show(key_, 0, []) + "    // " + (key_.description || "")));
