@@ -128,6 +128,12 @@ def _outbox_path(
     return EventPath({c.name: OutboxSource(outbox, c, dead_letters=dead, policy=policy) for c in consumers}, None)
 
 
+def kafka_topics(settings: Settings) -> dict[str, str]:
+    """Each logical topic (events.POSTS, events.USERS) -> its Kafka topic name; what the
+    Kafka adapter is given, and what the AsyncAPI document names."""
+    return {events.POSTS: settings.kafka.posts_topic, events.USERS: settings.kafka.users_topic}
+
+
 def _kafka_path(
     settings: Settings, outbox: OutboxStore, dead: DeadLetterStore, consumers: list[Consumer]
 ) -> EventPath:
@@ -136,7 +142,7 @@ def _kafka_path(
 
     policy = _policy(settings)
     kafka = settings.kafka
-    topics = {events.POSTS: kafka.posts_topic, events.USERS: kafka.users_topic}
+    topics = kafka_topics(settings)
     publisher = KafkaPublisher(
         kafka.bootstrap_servers, topics, partitions=kafka.partitions, replication_factor=kafka.replication_factor
     )

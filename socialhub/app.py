@@ -14,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -23,9 +24,11 @@ from starlette.middleware import Middleware
 
 from socialhub import adapters
 from socialhub.adapters import SharedState
+from socialhub.api.http.asyncapi import AsyncApiRoutes, build_asyncapi
 from socialhub.api.http.auth import AuthRoutes
 from socialhub.api.http.calls import CallRoutes
 from socialhub.api.http.chat import ChatRoutes
+from socialhub.api.http.cors import Cors
 from socialhub.api.http.errors import handle_http_exception, handle_socialhub_error, handle_unexpected
 from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import Check, HealthRoutes
@@ -340,17 +343,36 @@ def steps(parts: Parts) -> list[Step]:
     return out
 
 
+def asyncapi_document(settings: Settings) -> dict[str, Any]:
+    """The AsyncAPI document of this configuration: its address (`server.public_url`, else
+    host:port) and its Kafka topic names (as the Kafka adapter is given them)."""
+    public = urlsplit(settings.server.public_url)
+    host = public.netloc or f"{settings.server.host}:{settings.server.port}"
+    return build_asyncapi(
+        adapters.kafka_topics(settings),
+        host=host,
+        secure=public.scheme == "https",
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+    )
+
+
 def create_app(settings: Settings) -> Starlette:
     parts = build(settings)
     health = HealthRoutes(readiness(parts), metrics=settings.metrics.enabled)
-    operations = [*health.operations(), *(op for group in parts.groups for op in group.operations())]
-    docs = OpenApiRoutes(operations, rate_limits=settings.ratelimit.enabled)
+    asyncapi = AsyncApiRoutes(asyncapi_document(settings))
+    operations = [
+        *health.operations(),
+        *(op for group in parts.groups for op in group.operations()),
+        *asyncapi.operations(),
+    ]
+    docs = OpenApiRoutes(operations, rate_limits=settings.ratelimit.enabled, asyncapi=asyncapi.document)
     routes = one_route_per_path(
         [
             *(route for group in parts.busiest_first for route in group.routes()),
             *parts.sockets.routes(),
             *health.routes(),
             *docs.routes(),
+            *asyncapi.routes(),
         ]
     )
     life = steps(parts)
@@ -362,11 +384,15 @@ def create_app(settings: Settings) -> Starlette:
             yield
             logger.info("socialhub stopping")
 
+    # CORS wraps everything below the access log, so a preflight is never rate-limited
+    # nor authenticated, and every answer to a listed origin (429 and 503 too) says so.
+    cors = [Middleware(Cors, origins=settings.server.cors_origins)] if settings.server.cors_origins else []
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
             Middleware(AccessLog),
+            *cors,
             Middleware(StorableText),
             Middleware(
                 RateLimitMiddleware,
@@ -384,4 +410,5 @@ def create_app(settings: Settings) -> Starlette:
     )
     # The document this app serves, for the tests that hold it against the routes.
     app.state.openapi = docs.document
+    app.state.asyncapi = asyncapi.document
     return app

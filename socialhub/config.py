@@ -19,6 +19,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -68,6 +69,9 @@ class ServerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_level: str = "info"
     # Absolute base URL used in links (media URLs); empty: paths relative to the server.
     public_url: str = ""
+    # Origins whose web pages may call the API (CORS, preflight included), each written as
+    # a browser sends it: scheme://host[:port]. Empty: no cross-origin access.
+    cors_origins: tuple[str, ...] = ()
 
 
 class DatabaseSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -377,8 +381,35 @@ def _explain(section: str, exc: msgspec.ValidationError, types: dict[str, Any]) 
     return f"{section}: {text}"
 
 
+def _origin_problem(origin: str) -> str | None:
+    """Why `origin` is not an origin as a browser writes it in `Origin` (RFC 6454:
+    scheme://host[:port], lower case, no default port, nothing after), or None."""
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "needs http:// or https:// and a host"
+    if parts.username is not None or parts.password is not None or parts.path or parts.query or parts.fragment:
+        return "an origin has no path, query, fragment or user"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme]
+    canonical = f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != default else "")
+    if origin != canonical:
+        return f"a browser sends it as {canonical!r}"
+    return None
+
+
 def _check(settings: Settings) -> None:
     s = settings
+    for origin in s.server.cors_origins:
+        problem = _origin_problem(origin)
+        if problem is not None:
+            raise ConfigError(
+                f'server.cors_origins: expected origins such as "https://app.example" or "http://127.0.0.1:3000", '
+                f"got {origin!r} ({problem})"
+            )
     if s.server.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"server.log_level: expected debug|info|warning|error|critical, got {s.server.log_level!r}")
     if s.database.url and not s.database.url.startswith(("postgresql://", "postgres://")):

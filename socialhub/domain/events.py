@@ -51,12 +51,16 @@ class PostData(msgspec.Struct, frozen=True):
 
 
 class CommentData(msgspec.Struct, frozen=True):
+    """Data of comment.created."""
+
     post_id: Id
     comment_id: Id
     post_author_id: Id
 
 
 class LikeData(msgspec.Struct, frozen=True):
+    """Data of like.created."""
+
     post_id: Id
     post_author_id: Id
 
@@ -88,31 +92,48 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PostCreated(_Event, frozen=True, kw_only=True):
+    """A post was created (actor: its author). Feed fan-out adds it to the followers'
+    timelines; the author is notified that it is out (`post`)."""
+
     type: Literal["post.created"] = "post.created"
     data: PostData
 
 
 class PostDeleted(_Event, frozen=True, kw_only=True):
+    """A post was deleted (actor: its author). Feed fan-out takes it out of the timelines."""
+
     type: Literal["post.deleted"] = "post.deleted"
     data: PostData
 
 
 class CommentCreated(_Event, frozen=True, kw_only=True):
+    """A comment was made on a post (actor: the commenter). The post's author is
+    notified (`comment`), unless they commented themselves."""
+
     type: Literal["comment.created"] = "comment.created"
     data: CommentData
 
 
 class LikeCreated(_Event, frozen=True, kw_only=True):
+    """A post was liked (actor: the liker). The post's author is notified (`like`),
+    unless they liked their own post."""
+
     type: Literal["like.created"] = "like.created"
     data: LikeData
 
 
 class FollowCreated(_Event, frozen=True, kw_only=True):
+    """A user followed another (actor: the follower). The followee is notified (`follow`);
+    the followee's recent posts enter the follower's timeline."""
+
     type: Literal["follow.created"] = "follow.created"
     data: FollowData
 
 
 class UnfollowCreated(_Event, frozen=True, kw_only=True):
+    """A user stopped following another (actor: the follower). The followee's posts leave
+    the follower's timeline."""
+
     type: Literal["unfollow.created"] = "unfollow.created"
     data: FollowData
 

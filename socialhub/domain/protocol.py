@@ -377,3 +377,23 @@ CLOSE_CODES: Final[dict[str, int]] = {
 }
 """Error code -> the close code that follows it (STYLE rule 7: one table). An error of
 a single frame (`too_large`, `unavailable`) leaves the socket open all the same."""
+
+# -- replies --------------------------------------------------------------------------
+
+REPLIES: Final[dict[type[Frame], tuple[type[msgspec.Struct], ...]]] = {
+    Authenticate: (Authenticated, Error),
+    JoinRoom: (Joined, Error),
+    LeaveRoom: (Ack, Error),
+    SendMessage: (Ack, Error),
+    Typing: (Ack, Error),
+    Read: (Ack, Error),
+    SubscribePresence: (Ack, Error),
+    CallInvite: (Ack, Error),
+    CallAnswer: (Ack, Error),
+    CallCandidate: (Ack, Error),
+    CallReject: (Ack, Error),
+    CallHangup: (Ack, Error),
+    Ping: (Pong, Error),
+}
+"""Client frame -> the frames that answer it directly, with its `ref` (a bare `ack`
+only when the frame had one). Everything else the server sends comes unasked."""

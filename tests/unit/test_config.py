@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from socialhub.cli import main
 from socialhub.config import ConfigError, Rate, load_settings, parse_duration, parse_rate
 
 
@@ -74,6 +76,14 @@ def test_config_path_from_env(tmp_path: Path) -> None:
         ({"SOCIALHUB_RATELIMIT_BOGUS": "1/1s"}, "ratelimit.bogus"),
         ({"SOCIALHUB_RATELIMIT_ENABLED": "maybe"}, "ratelimit.enabled"),
         ({"SOCIALHUB_METRICS_ENABLED": "perhaps"}, "metrics.enabled"),
+        ({"SOCIALHUB_SERVER_CORS_ORIGINS": "app.example"}, "server.cors_origins"),
+        ({"SOCIALHUB_SERVER_CORS_ORIGINS": "https://app.example/"}, "server.cors_origins"),
+        ({"SOCIALHUB_SERVER_CORS_ORIGINS": "https://app.example, *"}, "server.cors_origins"),
+        ({"SOCIALHUB_SERVER_CORS_ORIGINS": "ftp://app.example"}, "server.cors_origins"),
+        ({"SOCIALHUB_SERVER_CORS_ORIGINS": "https://App.Example"}, "server.cors_origins"),
+        ({"SOCIALHUB_SERVER_CORS_ORIGINS": "https://app.example:443"}, "server.cors_origins"),
+        ({"SOCIALHUB_SERVER_CORS_ORIGINS": "https://app.example:99999"}, "server.cors_origins"),
+        ({"SOCIALHUB_SERVER_CORS_ORIGINS": "https://me@app.example"}, "server.cors_origins"),
     ],
 )
 def test_bad_values_name_their_key(env: dict[str, str], key: str) -> None:
@@ -121,3 +131,29 @@ def test_example_file_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "socialhub.toml"
     s = load_settings(example, env={})
     assert s.server.port == 8000
+
+
+def test_cors_origins() -> None:
+    assert load_settings(env={}).server.cors_origins == ()
+    env = {"SOCIALHUB_SERVER_CORS_ORIGINS": "https://app.example, http://127.0.0.1:3000,http://[::1]:8080"}
+    assert load_settings(env=env).server.cors_origins == (
+        "https://app.example",
+        "http://127.0.0.1:3000",
+        "http://[::1]:8080",
+    )
+    with pytest.raises(
+        ConfigError, match=r"^server\.cors_origins: .*'https://app\.example:443'.*'https://app\.example'"
+    ):
+        load_settings(env={"SOCIALHUB_SERVER_CORS_ORIGINS": "https://app.example:443"})
+
+
+def test_a_bad_cors_origin_stops_the_server_with_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("SOCIALHUB_")]:
+        monkeypatch.delenv(name)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[server]\ncors_origins = ["https://app.example/path"]\n')
+    assert main(["serve", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "server.cors_origins" in err and len(err.strip().splitlines()) == 1

@@ -17,6 +17,7 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from socialhub.api.http.asyncapi import AsyncApiRoutes, build_asyncapi
 from socialhub.api.http.auth import AuthRoutes
 from socialhub.api.http.calls import CallRoutes
 from socialhub.api.http.chat import ChatRoutes
@@ -49,6 +50,7 @@ PUBLIC = {
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
+    ("GET", "/asyncapi.json"),
     ("GET", "/media/{key}"),
 }
 
@@ -74,12 +76,13 @@ def route_classes() -> list[Any]:
         HealthRoutes({}, metrics=True),
         HealthRoutes({}, metrics=False),
         OpenApiRoutes([]),
+        AsyncApiRoutes({}),
     ]
 
 
 def all_operations() -> list[Operation]:
-    # In app.py's order: health, then the API groups.
-    groups = [HealthRoutes({}, metrics=True), *route_classes()[:-3]]
+    # In app.py's order: health, then the API groups, then the AsyncAPI document.
+    groups = [HealthRoutes({}, metrics=True), *route_classes()[:-4], AsyncApiRoutes({})]
     return [op for group in groups for op in group.operations()]
 
 
@@ -100,7 +103,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Starlette:
 
 @pytest.fixture(scope="module")
 def docs() -> OpenApiRoutes:
-    return OpenApiRoutes(all_operations())
+    return OpenApiRoutes(all_operations(), asyncapi=build_asyncapi({"posts": "posts", "users": "users"}))
 
 
 def test_the_app_serves_the_document_of_every_route_group(app: Starlette, docs: OpenApiRoutes) -> None:
@@ -295,7 +298,10 @@ async def test_served_document_and_page(docs: OpenApiRoutes) -> None:
     embedded = re.search(r'<script type="application/json" id="doc">(.*?)</script>', page, re.S)
     assert embedded is not None
     assert json.loads(embedded.group(1)) == docs.document
-    assert page.count("</script>") == 2
+    embedded = re.search(r'<script type="application/json" id="asyncapi">(.*?)</script>', page, re.S)
+    assert embedded is not None
+    assert json.loads(embedded.group(1)) == build_asyncapi({"posts": "posts", "users": "users"})
+    assert page.count("</script>") == 3
 
 
 def test_parameters_state_what_the_routes_accept(docs: OpenApiRoutes) -> None:

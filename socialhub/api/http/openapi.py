@@ -269,6 +269,11 @@ def build_document(
     }
 
 
+def _embeddable(document: bytes) -> str:
+    # "<" only occurs inside JSON strings, where \u003c means the same: no "</script>" can end the block.
+    return document.decode().replace("<", "\\u003c")
+
+
 def _sha256(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
@@ -283,12 +288,18 @@ class OpenApiRoutes(RouteGroup):
         title: str = "socialhub",
         version: str = __version__,
         rate_limits: bool = True,
+        asyncapi: dict[str, Any] | None = None,
     ) -> None:
+        """`asyncapi`: the AsyncAPI document (asyncapi.py) that /docs shows beside this one."""
         self.document = build_document([*operations, *self.operations()], title, version, rate_limits=rate_limits)
         self.json = msgspec.json.encode(self.document)
-        # "<" only occurs inside JSON strings, where \u003c means the same: no "</script>" can end the block.
-        embedded = self.json.decode().replace("<", "\\u003c")
-        self.html = PAGE.format(title=html.escape(title), doc=embedded, style=STYLE, script=SCRIPT).encode()
+        self.html = PAGE.format(
+            title=html.escape(title),
+            doc=_embeddable(self.json),
+            asyncapi=_embeddable(msgspec.json.encode(asyncapi)),
+            style=STYLE,
+            script=SCRIPT,
+        ).encode()
         self.csp = (
             f"default-src 'none'; script-src {_sha256(SCRIPT)}; style-src {_sha256(STYLE)}; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
