@@ -8,6 +8,7 @@
 import { me, sh } from "./client.js";
 import { avatar, busy, clock, displayName, errorText, h, toast, uuid } from "./dom.js";
 import { startCall } from "./calls.js";
+import { icon } from "./icons.js";
 import { go } from "./router.js";
 
 const TYPING_SEND_EVERY = 4000; // the server ends `typing true` by itself after 6 s
@@ -258,7 +259,7 @@ export function roomScreen(view, { id }) {
   openRoomId = roomId;
   const self = me();
   const title = h("h1", { testid: "room-title" }, "…");
-  const back = h("a", { href: "#/chat", class: "button", testid: "room-back", "aria-label": "Back to rooms" }, "←");
+  const back = h("a", { href: "#/chat", class: "button", testid: "room-back", "aria-label": "Back to rooms" }, icon("back", 18));
   const headExtra = h("span", { class: "row" });
   const more = h("button", { type: "button", class: "link", testid: "history-more", hidden: true }, "Load older messages");
   const messages = h("div", { class: "messages", testid: "messages", role: "log", "aria-label": "Messages", "aria-live": "polite", tabindex: "0" });
@@ -382,8 +383,8 @@ export function roomScreen(view, { id }) {
       const status = presence.get(peer.id) || "offline";
       headExtra.append(
         h("span", { class: "dot", testid: "room-presence-dot", dataset: { status }, role: "img", "aria-label": status, title: status }),
-        h("button", { type: "button", testid: "room-call-audio", "aria-label": `Voice call ${displayName(peer)}`, onclick: () => startCall(peer, "audio") }, "📞"),
-        h("button", { type: "button", testid: "room-call-video", "aria-label": `Video call ${displayName(peer)}`, onclick: () => startCall(peer, "video") }, "🎥"),
+        h("button", { type: "button", testid: "room-call-audio", "aria-label": `Voice call ${displayName(peer)}`, onclick: () => startCall(peer, "audio") }, icon("phone", 18)),
+        h("button", { type: "button", testid: "room-call-video", "aria-label": `Video call ${displayName(peer)}`, onclick: () => startCall(peer, "video") }, icon("video", 18)),
       );
     } else {
       headExtra.append(h("span", { class: "muted" }, `${room.members.length} members`));

@@ -3,6 +3,7 @@
 
 import { sh } from "./client.js";
 import { errorText, h, uuid } from "./dom.js";
+import { icon } from "./icons.js";
 
 const MAX_FILES = 10;
 const MAX_BYTES = 10 * 1024 * 1024;
@@ -24,7 +25,7 @@ export function composer(onPosted) {
     type: "file", multiple: true, accept: ACCEPT, testid: "composer-file-input", class: "sr-only", tabindex: "-1",
     "aria-hidden": "true",
   });
-  const attach = h("button", { type: "button", testid: "composer-attach" }, h("span", { "aria-hidden": "true" }, "📎"), "Photo/video");
+  const attach = h("button", { type: "button", testid: "composer-attach" }, icon("clip", 18), "Photo/video");
   const previews = h("div", { class: "previews", testid: "composer-previews", "aria-label": "Attached files" });
   const progress = h("progress", { testid: "composer-progress", max: 100, value: 0, hidden: true, "aria-label": "Upload progress" });
   const error = h("p", { class: "error", testid: "composer-error", role: "alert" });

@@ -7,6 +7,7 @@ import { roomScreen, roomsScreen, startChat } from "./chat.js";
 import { me, sh } from "./client.js";
 import { errorText, toast } from "./dom.js";
 import { feedScreen } from "./feed.js";
+import { fillIcons } from "./icons.js";
 import { notificationsScreen, setUnread, startBadge } from "./notifications.js";
 import { followListScreen, postScreen, profileScreen, settingsScreen } from "./profile.js";
 import { go, rerender, route, setGuard, start } from "./router.js";
@@ -69,6 +70,8 @@ sh.on("state", ({ state }) => {
   conn.dataset.state = shown;
   const label = { open: "Online", connecting: "Connecting…", reconnecting: "Reconnecting…", closed: "Offline" }[shown] || shown;
   conn.title = label;
+  // Words only when something is wrong; the green dot says "live" by itself.
+  conn.textContent = shown === "open" || !sh.signedIn ? "" : label;
   conn.setAttribute("aria-label", label);
 });
 
@@ -111,6 +114,7 @@ find.addEventListener("submit", async (ev) => {
   }
 });
 
+fillIcons();
 await sh.ready;
 if (sh.signedIn) signedIn();
 start();

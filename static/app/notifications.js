@@ -22,6 +22,7 @@ function link(n) {
 }
 
 export function describe(n) {
+  if (n.type === "post") return "Your post is published";
   return `${displayName(n.actor)}${TEXT[n.type] || ` (${n.type})`}`;
 }
 

@@ -2,6 +2,7 @@
 
 import { me, sh } from "./client.js";
 import { avatar, busy, displayName, errorText, h, timeEl, toast } from "./dom.js";
+import { icon } from "./icons.js";
 
 function mediaEl(m) {
   const type = m.content_type || "";
@@ -49,7 +50,7 @@ export function postCard(post, { onDelete, openComments = false } = {}) {
       type: "button", class: "post-like", testid: "post-like", "aria-pressed": String(!!post.liked),
       "aria-label": post.liked ? "Unlike" : "Like",
     },
-    h("span", { "aria-hidden": "true" }, "♥"),
+    icon("heart", 18),
     likeCount,
   );
   like.addEventListener("click", () =>
@@ -70,7 +71,7 @@ export function postCard(post, { onDelete, openComments = false } = {}) {
   const commentsToggle = h(
     "button",
     { type: "button", testid: "post-comments-toggle", "aria-expanded": "false" },
-    h("span", { "aria-hidden": "true" }, "💬"),
+    icon("comment", 18),
     h("span", { class: "sr-only" }, "Comments"),
     commentsCount,
   );
@@ -120,7 +121,7 @@ export function postCard(post, { onDelete, openComments = false } = {}) {
         h("a", { href: `#/u/${post.author.username}`, testid: "post-author" }, displayName(post.author)),
         " ",
         h("span", { class: "handle" }, `@${post.author.username}`),
-        h("div", { class: "muted" }, h("a", { href: `#/post/${post.id}`, class: "muted" }, timeEl(post.created_at, "post-time"))),
+        h("div", { class: "when" }, h("a", { href: `#/post/${post.id}`, "aria-label": "Open post" }, timeEl(post.created_at, "post-time"))),
       ),
     ),
     post.content ? h("div", { class: "post-content", testid: "post-content" }, post.content) : null,

@@ -4,6 +4,7 @@
 import { startCall } from "./calls.js";
 import { me, sh } from "./client.js";
 import { avatar, busy, displayName, errorText, field, h, showFieldErrors, toast, whenVisible } from "./dom.js";
+import { icon } from "./icons.js";
 import { postCard } from "./post.js";
 import { go } from "./router.js";
 
@@ -50,7 +51,7 @@ export function profileScreen(view, { name }) {
     if (mine) {
       actions.append(h("a", { href: "#/settings", class: "button", testid: "profile-edit" }, "Edit profile"));
     } else {
-      const follow = h("button", { type: "button", class: "primary toggle", testid: "profile-follow" });
+      const follow = h("button", { type: "button", class: "primary", testid: "profile-follow" });
       const render = (on) => {
         follow.setAttribute("aria-pressed", String(on));
         follow.textContent = on ? "Unfollow" : "Follow";
@@ -81,8 +82,8 @@ export function profileScreen(view, { name }) {
           }
         }),
       );
-      const audio = h("button", { type: "button", testid: "profile-call-audio", "aria-label": `Voice call ${displayName(user)}` }, "📞 Call");
-      const video = h("button", { type: "button", testid: "profile-call-video", "aria-label": `Video call ${displayName(user)}` }, "🎥 Video");
+      const audio = h("button", { type: "button", testid: "profile-call-audio", "aria-label": `Voice call ${displayName(user)}` }, icon("phone", 18), "Call");
+      const video = h("button", { type: "button", testid: "profile-call-video", "aria-label": `Video call ${displayName(user)}` }, icon("video", 18), "Video");
       audio.addEventListener("click", () => startCall(user, "audio"));
       video.addEventListener("click", () => startCall(user, "video"));
       actions.append(follow, message, audio, video);
