@@ -83,8 +83,12 @@ async function render(force = false) {
     if (p === href || (href !== "/" && p.startsWith(href + "/"))) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
+  window.scrollTo(0, 0);
   const done = found.r.screen(view, found.params);
   cleanup = typeof done === "function" ? done : null;
+  // Keyboard and screen-reader users land on the new screen, unless it focused a field.
+  const active = document.activeElement;
+  if (!active || active === document.body || !active.isConnected) view.focus({ preventScroll: true });
   if (done && typeof done.then === "function") {
     // An async screen resolves to its cleanup; if the route changed meanwhile, run it now.
     done.then((fn) => {
