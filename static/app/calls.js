@@ -60,7 +60,18 @@ function newPeer(servers) {
   pc.addEventListener("connectionstatechange", () => {
     if (!call || call.pc !== pc) return;
     const s = pc.connectionState;
-    if (s === "connected") setStatus("connected", "Connected");
+    if (s === "connected") {
+      setStatus("connected", "Connected");
+      if (!call.timer) {
+        const since = Date.now();
+        const tick = () => {
+          const t = Math.floor((Date.now() - since) / 1000);
+          call.ui.duration.textContent = `${Math.floor(t / 60)}:${String(t % 60).padStart(2, "0")}`;
+        };
+        tick();
+        call.timer = setInterval(tick, 1000);
+      }
+    }
     else if (s === "connecting") setStatus("connecting", "Connecting…");
     else if (s === "failed") {
       if (call.id) sh.calls.hangup(call.id).catch(() => {});
@@ -99,12 +110,17 @@ function callScreen(peer, media) {
   const hangup = h("button", { type: "button", class: "danger", testid: "call-hangup" }, "Hang up");
   const reason = h("p", { testid: "call-ended-reason", hidden: true, role: "alert" });
   const close = h("button", { type: "button", testid: "call-close", hidden: true }, "Close");
+  const stage = h("div", { class: `call-stage ${media}` }, remote, local);
+  const face = h("div", { class: `call-face${media === "audio" ? " show" : ""}` }, avatar(peer, 120));
+  const duration = h("span", { class: "call-duration", testid: "call-duration" });
   const el = h(
     "div",
     { class: "overlay", testid: "call-screen", role: "dialog", "aria-modal": "true", "aria-label": `Call with ${displayName(peer)}` },
-    h("div", { class: "who row", testid: "call-peer" }, avatar(peer, 40), displayName(peer)),
+    h("div", { class: "who row", testid: "call-peer" }, media === "video" ? avatar(peer, 40) : null, displayName(peer)),
+    face,
     status,
-    h("div", { class: `call-stage ${media}` }, remote, local),
+    duration,
+    stage,
     reason,
     h("div", { class: "controls" }, mute, camera, hangup, close),
   );
@@ -130,7 +146,7 @@ function callScreen(peer, media) {
   });
   root().replaceChildren(el);
   hangup.focus();
-  return { el, status, remote, local, mute, camera, hangup, reason, close };
+  return { el, status, remote, local, mute, camera, hangup, reason, close, stage, face, duration };
 }
 
 function setStatus(state, text) {
@@ -147,10 +163,19 @@ function closeScreen() {
   if (back && document.contains(back)) back.focus();
 }
 
+/** Take an ended call's screen away without moving focus (a new call takes its place). */
+function dismissEnded() {
+  call = null;
+  root().replaceChildren();
+}
+
 /** End the call here: stop media, show why. */
 function end(reason, { local = false } = {}) {
   if (!call || call.ended) return;
   call.ended = true;
+  clearInterval(call.timer);
+  call.ui.stage.classList.add("ended");
+  call.ui.face.classList.add("show");
   try {
     call.pc?.close();
   } catch {
@@ -177,6 +202,7 @@ function end(reason, { local = false } = {}) {
 
 /** Call `peer` (a User summary) with "audio" or "video". */
 export async function startCall(peer, media) {
+  if (call && call.ended) dismissEnded();
   if (call || incoming) return;
   const returnFocus = document.activeElement;
   call = { id: null, peer, media, role: "caller", pc: null, local: null, outbox: [], inbox: [], ended: false, returnFocus };
@@ -277,6 +303,7 @@ async function answer() {
 export function startCalls() {
   const offs = [
     sh.on("call_incoming", ({ call: c, sdp }) => {
+      if (call && call.ended) dismissEnded();
       if (call || incoming) {
         // Busy here: the server rings every socket of the user; decline only a second call.
         if (call && call.id === c.id) return;
