@@ -9,6 +9,7 @@ import { me, sh } from "./client.js";
 import { avatar, busy, clock, displayName, errorText, h, toast, uuid } from "./dom.js";
 import { startCall } from "./calls.js";
 import { icon } from "./icons.js";
+import { roomSeen } from "./notifications.js";
 import { go } from "./router.js";
 
 const TYPING_SEND_EVERY = 4000; // the server ends `typing true` by itself after 6 s
@@ -366,6 +367,7 @@ export function roomScreen(view, { id }) {
       myReadSeq = top;
       sh.chat.markRead(roomId, top).catch(() => {});
     }
+    roomSeen(roomId);
     const r = rooms.get(roomId);
     if (r && r.unread_count) {
       r.unread_count = 0;

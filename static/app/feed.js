@@ -48,6 +48,7 @@ export function feedScreen(view) {
 
   function renderBar() {
     bar.hidden = pending.length === 0;
+    if (pending.length) empty.hidden = true;
     bar.textContent = pending.length === 1 ? "1 new post" : `${pending.length} new posts`;
   }
 

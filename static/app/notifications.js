@@ -40,6 +40,17 @@ function render() {
   if (link) link.setAttribute("aria-label", count ? `Notifications, ${count} unread` : "Notifications");
 }
 
+/** room id -> ids of unread `message` notifications heard live for it */
+const byRoom = new Map();
+
+/** The user opened this room: its `message` notifications are read now. */
+export function roomSeen(roomId) {
+  const ids = byRoom.get(roomId);
+  if (!ids || !ids.length) return;
+  byRoom.delete(roomId);
+  sh.notifications.markRead(ids).then(() => setUnread(count - ids.length), () => {});
+}
+
 export function setUnread(n) {
   count = Math.max(0, n);
   render();
@@ -52,13 +63,23 @@ export function startBadge() {
   const offs = [
     sh.on("notification", ({ notification }) => {
       if (location.hash.startsWith("#/notifications")) return; // the open list shows it
+      if (notification.type === "message" && notification.room_id) {
+        if (location.hash === `#/chat/${notification.room_id}`) {
+          sh.notifications.markRead([notification.id]).catch(() => {});
+          return;
+        }
+        byRoom.set(notification.room_id, [...(byRoom.get(notification.room_id) || []), notification.id]);
+      }
       setUnread(count + 1);
       if (notification.type !== "post") toast(describe(notification));
     }),
     // After a reconnect, frames sent while away are lost: ask again.
     sh.on("state", ({ state, previous }) => state === "open" && previous !== "open" && refresh()),
   ];
-  return () => offs.forEach((off) => off());
+  return () => {
+    offs.forEach((off) => off());
+    byRoom.clear();
+  };
 }
 
 // -- the list ---------------------------------------------------------------------------
