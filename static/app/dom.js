@@ -29,15 +29,6 @@ function append(el, children) {
   }
 }
 
-export function clear(el) {
-  while (el.firstChild) el.firstChild.remove();
-  return el;
-}
-
-export function $(root, testid) {
-  return root.querySelector(`[data-testid="${testid}"]`);
-}
-
 /** "3m", "2h", "Dec 4": short relative times for lists. */
 export function ago(iso) {
   if (!iso) return "";
