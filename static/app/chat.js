@@ -6,7 +6,7 @@
 // rooms it joined: that is how unread counts and the badge stay live.
 
 import { me, sh } from "./client.js";
-import { avatar, busy, clock, displayName, errorText, h, toast, uuid } from "./dom.js";
+import { avatar, busy, clock, displayName, errorText, h, toast, updateTitle, uuid } from "./dom.js";
 import { startCall } from "./calls.js";
 import { icon } from "./icons.js";
 import { roomSeen } from "./notifications.js";
@@ -43,6 +43,7 @@ function renderBadge() {
   badge.textContent = total > 99 ? "99+" : String(total);
   badge.hidden = total === 0;
   badge.closest("a")?.setAttribute("aria-label", total ? `Chat, ${total} unread` : "Chat");
+  updateTitle();
 }
 
 function otherMembers(room) {

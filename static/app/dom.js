@@ -153,3 +153,13 @@ export function whenVisible(el, fn, rootMargin = "400px") {
 export function uuid() {
   return crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random().toString(36).slice(2)}`;
 }
+
+/** "(3) socialhub": the unread notifications and chat messages in the tab's title. */
+export function updateTitle() {
+  let total = 0;
+  for (const id of ["notif-badge", "chat-badge"]) {
+    const b = document.querySelector(`[data-testid="${id}"]`);
+    if (b && !b.hidden) total += parseInt(b.textContent, 10) || 0;
+  }
+  document.title = total ? `(${total}) socialhub` : "socialhub";
+}

@@ -2,7 +2,7 @@
 // unread badge in the navigation.
 
 import { sh } from "./client.js";
-import { avatar, busy, displayName, errorText, h, timeEl, toast } from "./dom.js";
+import { avatar, busy, displayName, errorText, h, timeEl, toast, updateTitle } from "./dom.js";
 
 const TEXT = {
   post: "'s post is published",
@@ -38,6 +38,7 @@ function render() {
   badge.hidden = count === 0;
   const link = badge.closest("a");
   if (link) link.setAttribute("aria-label", count ? `Notifications, ${count} unread` : "Notifications");
+  updateTitle();
 }
 
 /** room id -> ids of unread `message` notifications heard live for it */
