@@ -6,7 +6,7 @@
 // local video, mute, camera, hang up; then why it ended: busy, missed, rejected...).
 
 import { sh } from "./client.js";
-import { avatar, displayName, errorText, h } from "./dom.js";
+import { avatar, displayName, errorText, h, trapFocus } from "./dom.js";
 
 const ENDED_TEXT = {
   busy: "Busy: they are in another call.",
@@ -22,9 +22,15 @@ let call = null; // the one call of this page: {id, peer, media, role, pc, local
 let incoming = null; // {call, sdp, candidates: []} ringing here, not yet answered
 let layer = null;
 
-function root() {
+/** Show a call screen (or none); the page behind it is inert while one shows. */
+function showLayer(el) {
   layer = layer || document.getElementById("calls");
-  return layer;
+  if (el) layer.replaceChildren(el);
+  else layer.replaceChildren();
+  for (const sel of [".top", ".nav", "#view"]) {
+    const part = document.querySelector(sel);
+    if (part) part.inert = !!el;
+  }
 }
 
 // -- media and the peer connection --------------------------------------------------------
@@ -144,7 +150,7 @@ function callScreen(peer, media) {
   el.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape" && !close.hidden) closeScreen();
   });
-  root().replaceChildren(el);
+  showLayer(trapFocus(el));
   hangup.focus();
   return { el, status, remote, local, mute, camera, hangup, reason, close, stage, face, duration };
 }
@@ -159,14 +165,14 @@ function closeScreen() {
   if (call && !call.ended) return;
   const back = call?.returnFocus;
   call = null;
-  root().replaceChildren();
+  showLayer(null);
   if (back && document.contains(back)) back.focus();
 }
 
 /** Take an ended call's screen away without moving focus (a new call takes its place). */
 function dismissEnded() {
   call = null;
-  root().replaceChildren();
+  showLayer(null);
 }
 
 /** End the call here: stop media, show why. */
@@ -256,10 +262,10 @@ function incomingScreen(c) {
   reject.addEventListener("click", () => {
     const id = incoming?.call.id;
     incoming = null;
-    root().replaceChildren();
+    showLayer(null);
     if (id) sh.calls.reject(id).catch(() => {});
   });
-  root().replaceChildren(el);
+  showLayer(trapFocus(el));
   accept.focus();
 }
 
@@ -332,7 +338,7 @@ export function startCalls() {
     sh.on("call_ended", ({ call_id, reason }) => {
       if (incoming && incoming.call.id === call_id) {
         incoming = null;
-        root().replaceChildren();
+        showLayer(null);
         return;
       }
       if (call && call.id === call_id) end(reason);
@@ -345,6 +351,6 @@ export function startCalls() {
     if (call) end("hangup", { local: true });
     call = null;
     incoming = null;
-    root().replaceChildren();
+    showLayer(null);
   };
 }

@@ -163,3 +163,24 @@ export function updateTitle() {
   }
   document.title = total ? `(${total}) socialhub` : "socialhub";
 }
+
+/** Keep Tab and Shift+Tab inside a modal layer (the call screens). */
+export function trapFocus(el) {
+  el.addEventListener("keydown", (ev) => {
+    if (ev.key !== "Tab") return;
+    const items = [...el.querySelectorAll("button, a[href], input, textarea, select, [tabindex]")].filter(
+      (x) => !x.disabled && !x.hidden && x.tabIndex >= 0 && x.offsetParent !== null,
+    );
+    if (!items.length) return;
+    const first = items[0];
+    const last = items[items.length - 1];
+    if (ev.shiftKey && (document.activeElement === first || !el.contains(document.activeElement))) {
+      ev.preventDefault();
+      last.focus();
+    } else if (!ev.shiftKey && (document.activeElement === last || !el.contains(document.activeElement))) {
+      ev.preventDefault();
+      first.focus();
+    }
+  });
+  return el;
+}
