@@ -80,6 +80,10 @@ export function errorText(err) {
   if (status === 413 || code === "too_large") return err.message || "That is too large.";
   if (status === 415 || code === "unsupported_media_type") return err.message || "That kind of file is not supported.";
   if (status === 503 || code === "unavailable") return "The service is briefly unavailable. Try again in a moment.";
+  if (code === "network") return "Cannot reach socialhub. Check your connection and try again.";
+  if (code === "timeout") return "socialhub did not answer in time. Try again.";
+  if (code === "disconnected") return "Not connected right now. Try again in a moment.";
+  if (status >= 500) return "Something went wrong on the server. Try again.";
   if (err.message) return err.message;
   return "Something went wrong.";
 }

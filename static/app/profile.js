@@ -3,7 +3,7 @@
 
 import { startCall } from "./calls.js";
 import { me, sh } from "./client.js";
-import { avatar, busy, displayName, errorText, field, h, showFieldErrors, toast, whenVisible } from "./dom.js";
+import { ago, avatar, busy, displayName, errorText, field, h, showFieldErrors, toast, whenVisible } from "./dom.js";
 import { icon } from "./icons.js";
 import { postCard } from "./post.js";
 import { go } from "./router.js";
@@ -15,7 +15,9 @@ function userRef(name) {
 function presenceText(p) {
   if (!p) return "";
   if (p.status === "online") return "Online";
-  return p.last_seen ? `Last seen ${new Date(p.last_seen).toLocaleString()}` : "Offline";
+  if (!p.last_seen) return "Offline";
+  const when = ago(p.last_seen);
+  return when === "now" ? "Last seen just now" : `Last seen ${when}${/^\d/.test(when) ? " ago" : ""}`;
 }
 
 export function profileScreen(view, { name }) {
