@@ -87,8 +87,7 @@ async function render(force = false) {
   const done = found.r.screen(view, found.params);
   cleanup = typeof done === "function" ? done : null;
   // Keyboard and screen-reader users land on the new screen, unless it focused a field.
-  const active = document.activeElement;
-  if (!active || active === document.body || !active.isConnected) view.focus({ preventScroll: true });
+  if (!view.contains(document.activeElement)) view.focus({ preventScroll: true });
   if (done && typeof done.then === "function") {
     // An async screen resolves to its cleanup; if the route changed meanwhile, run it now.
     done.then((fn) => {
