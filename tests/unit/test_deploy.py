@@ -8,6 +8,7 @@ run for real by tests/e2e/test_gateway.py."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -284,3 +285,40 @@ def test_the_compose_settings_load() -> None:
     env = {k: interpolate(str(v), example) for k, v in compose()["services"]["socialhub-1"]["environment"].items()}
     assert env["SOCIALHUB_MEDIA_STORE"] == "s3" and env["SOCIALHUB_REDIS_URL"].startswith("redis://")
     check_settings(env)
+
+
+# -- monitoring ------------------------------------------------------------------------------------
+
+
+def exported_metrics() -> set[str]:
+    """The names of the series socialhub's /metrics can hold (the process's registry once
+    the app is built), by family type."""
+    from prometheus_client import REGISTRY
+
+    app_paths()  # builds the app: every metric of socialhub registered
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    names = {"up"}  # Prometheus's own, per scrape target
+    for family in REGISTRY.collect():
+        names |= {family.name + s for s in suffixes.get(family.type, [""])}
+    return names
+
+
+def expressions() -> dict[str, str]:
+    rules = yaml.safe_load((DEPLOY / "alerts.yaml").read_text())
+    out = {r["alert"]: r["expr"] for group in rules["groups"] for r in group["rules"]}
+    dashboard = json.loads((DEPLOY / "grafana" / "socialhub.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            out[f"panel {panel['title']}"] = target["expr"]
+    return out
+
+
+def test_alerts_and_dashboard_use_metrics_socialhub_exports() -> None:
+    exported = exported_metrics()
+    assert "socialhub_ws_sockets" in exported and "socialhub_http_request_seconds_bucket" in exported
+    assert "process_cpu_seconds_total" in exported and "process_resident_memory_bytes" in exported
+    functions = {"rate", "sum", "max", "by", "histogram_quantile", "increase", "le"}
+    for name, expr in expressions().items():
+        used = set(re.findall(r"\b([a-z_]+[a-z])\b(?=\s*[{\[)]|\s*[<>=]|\s*$|\s*/)", re.sub(r'"[^"]*"', "", expr)))
+        unknown = used - exported - functions - {"instance", "consumer", "route", "status", "kind", "job"}
+        assert not unknown, (name, unknown)
