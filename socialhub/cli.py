@@ -69,11 +69,14 @@ def serve(settings: Settings) -> int:
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             loop = self._loop
-            if sig != signal.SIGTERM or self._draining is not None or self.drain.seconds <= 0 or loop is None:
+            # Not yet serving (still migrating, say): nothing to drain, stop at once.
+            at_once = loop is None or not self.started or self.drain.seconds <= 0
+            if sig != signal.SIGTERM or self._draining is not None or at_once:
                 super().handle_exit(sig, frame)
                 return
             # A signal handler runs between two steps of the loop's thread: hand the drain
             # to the loop, which stops the server when it is done.
+            assert loop is not None
             self._draining = loop.create_task(self._drain())
             loop.call_soon_threadsafe(lambda: None)  # wake the loop if it sleeps
 
