@@ -133,6 +133,7 @@ class SpawnedServer:
         env = {key: value for key, value in os.environ.items() if not key.startswith("SOCIALHUB_")}
         env["SOCIALHUB_SERVER_DATA_DIR"] = str(self.data_dir)
         env["SOCIALHUB_RATELIMIT_ENABLED"] = "false"
+        env["SOCIALHUB_SERVER_DRAIN_SECONDS"] = "0"  # a benchmark's server stops at once on SIGTERM
         env.update(self.env)
         cmd = [sys.executable, "-m", "socialhub.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_path, "wb") as log:

@@ -45,13 +45,14 @@ from socialhub.api.ws.dispatch import Dispatcher
 from socialhub.api.ws.endpoint import SocketEndpoint
 from socialhub.api.ws.hub import Hub
 from socialhub.config import ConfigError, Settings
+from socialhub.domain.protocol import CLOSE_RESTART
 from socialhub.errors import SocialhubError
 from socialhub.infra.events.base import Publisher
 from socialhub.infra.events.metrics import PipelineMonitor
 from socialhub.infra.events.outbox import OutboxSource
 from socialhub.infra.mail.base import Mailer
 from socialhub.infra.media.base import MediaStore
-from socialhub.lifecycle import Step, running
+from socialhub.lifecycle import Drain, Step, running
 from socialhub.secrets_file import load_or_create_secret
 from socialhub.services.accounts import AccountService
 from socialhub.services.calls import CallService
@@ -294,14 +295,15 @@ def build(settings: Settings) -> Parts:
     )  # fmt: skip
 
 
-def readiness(parts: Parts) -> dict[str, Check]:
-    """What /readyz asks: the database, and Redis and Kafka where configured."""
+def readiness(parts: Parts, drain: Drain) -> dict[str, Check]:
+    """What /readyz asks: that the instance is not draining, the database, and Redis and
+    Kafka where configured."""
     pubsub = parts.shared.pubsub
 
     async def pubsub_ok() -> bool:
         return pubsub.healthy
 
-    checks: dict[str, Check] = {"database": parts.db.ping}
+    checks: dict[str, Check] = {"serving": drain.serving, "database": parts.db.ping}
     if parts.shared.ping is not None:
         checks["redis"] = parts.shared.ping
         checks["pubsub"] = pubsub_ok
@@ -358,7 +360,12 @@ def asyncapi_document(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings) -> Starlette:
     parts = build(settings)
-    health = HealthRoutes(readiness(parts), metrics=settings.metrics.enabled)
+
+    async def close_sockets(window: float) -> None:
+        await parts.hub.close_spread(CLOSE_RESTART, "server restarting", window)
+
+    drain = Drain(settings.server.drain_seconds, close_sockets)
+    health = HealthRoutes(readiness(parts, drain), metrics=settings.metrics.enabled)
     asyncapi = AsyncApiRoutes(asyncapi_document(settings))
     operations = [
         *health.operations(),
@@ -411,4 +418,6 @@ def create_app(settings: Settings) -> Starlette:
     # The document this app serves, for the tests that hold it against the routes.
     app.state.openapi = docs.document
     app.state.asyncapi = asyncapi.document
+    # What `socialhub serve` runs on SIGTERM before the server stops (cli.py).
+    app.state.drain = drain
     return app

@@ -8,10 +8,12 @@ import gc
 import importlib.util
 import logging
 import signal
+import socket
 import subprocess
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
+from types import FrameType
 
 from socialhub import __version__, cli_events
 from socialhub.config import ConfigError, Settings, load_settings, with_overrides
@@ -48,6 +50,42 @@ def tune_gc() -> None:
 def serve(settings: Settings) -> int:
     import uvicorn
 
+    from socialhub.lifecycle import Drain
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn's server, with the first SIGTERM draining the instance before it stops
+        (`Drain`: not ready, still serving, then sockets closed with 1012 a few at a time).
+        SIGINT (Ctrl-C), a second signal, or a drain of 0 s stop at once, as uvicorn does."""
+
+        def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+            super().__init__(config)
+            self.drain = drain
+            self._draining: asyncio.Task[None] | None = None
+            self._loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            loop = self._loop
+            # Not yet serving (still migrating, say): nothing to drain, stop at once.
+            at_once = loop is None or not self.started or self.drain.seconds <= 0
+            if sig != signal.SIGTERM or self._draining is not None or at_once:
+                super().handle_exit(sig, frame)
+                return
+            # A signal handler runs between two steps of the loop's thread: hand the drain
+            # to the loop, which stops the server when it is done.
+            assert loop is not None
+            self._draining = loop.create_task(self._drain())
+            loop.call_soon_threadsafe(lambda: None)  # wake the loop if it sleeps
+
+        async def _drain(self) -> None:
+            try:
+                await self.drain.run()
+            finally:
+                self.should_exit = True
+
     from socialhub.api.http.connection import HeadLimitedProtocol
     from socialhub.app import create_app
 
@@ -78,7 +116,7 @@ def serve(settings: Settings) -> int:
         # frame once per member (`python -m bench ws-idle` / `ws-chat --deflate`).
         ws_per_message_deflate=False,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.drain)
     tune_gc()
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal under the
     # handler that was there before it; a quiet one makes a clean stop exit 0.

@@ -31,7 +31,8 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
 
 
 class Server:
-    """`socialhub serve` on a free port; env adds SOCIALHUB_* settings."""
+    """`socialhub serve` on a free port; env adds SOCIALHUB_* settings. Its SIGTERM stops
+    it at once (`server.drain_seconds` 0) unless env sets a drain (tests/e2e/test_drain.py)."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
         self.data_dir = data_dir
@@ -47,7 +48,12 @@ class Server:
     def start(self, timeout: float = 90) -> Server:
         exe = shutil.which("socialhub", path=str(Path(sys.executable).parent)) or "socialhub"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "SOCIALHUB_SERVER_DATA_DIR": str(self.data_dir), **self.env}
+        env = {
+            **os.environ,
+            "SOCIALHUB_SERVER_DATA_DIR": str(self.data_dir),
+            "SOCIALHUB_SERVER_DRAIN_SECONDS": "0",
+            **self.env,
+        }
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [exe, "serve", "--host", "127.0.0.1", "--port", str(self.port)],

@@ -40,6 +40,12 @@ def test_file_then_env(tmp_path: Path) -> None:
     assert off.ratelimit.rule("login") is None
 
 
+def test_drain_seconds() -> None:
+    assert load_settings(env={}).server.drain_seconds == 10.0
+    assert load_settings(env={"SOCIALHUB_SERVER_DRAIN_SECONDS": "0"}).server.drain_seconds == 0.0  # stop at once
+    assert load_settings(env={"SOCIALHUB_SERVER_DRAIN_SECONDS": "1m"}).server.drain_seconds == 60.0
+
+
 def test_config_path_from_env(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[server]\nhost = '0.0.0.0'\n")
@@ -58,6 +64,8 @@ def test_config_path_from_env(tmp_path: Path) -> None:
         ({"SOCIALHUB_AUTH_JWT_SECRET": "short"}, "auth.jwt_secret"),
         ({"SOCIALHUB_AUTH_ACCESS_TTL": "soon"}, "auth.access_ttl"),
         ({"SOCIALHUB_AUTH_ACCESS_TTL": "0"}, "auth.access_ttl"),
+        ({"SOCIALHUB_SERVER_DRAIN_SECONDS": "-1"}, "server.drain_seconds"),
+        ({"SOCIALHUB_SERVER_DRAIN_SECONDS": "soon"}, "server.drain_seconds"),
         ({"SOCIALHUB_MEDIA_STORE": "ftp"}, "media.store"),
         ({"SOCIALHUB_MEDIA_STORE": "s3"}, "media.store"),
         ({"SOCIALHUB_MEDIA_MAX_FILES": "-1"}, "media.max_files"),

@@ -35,7 +35,8 @@ class HealthRoutes(RouteGroup):
             Endpoint(self.readyz, Operation(
                 method="GET", path="/readyz", summary="Readiness: the database (and Redis) answer", tag="health",
                 response=Status, auth=False, also=(503,), static=True,
-                description="503 with each check's result when not ready.",
+                description="503 with each check's result when not ready: a dependency down, or `serving` "
+                "false while the instance drains after SIGTERM.",
             )),
         ]  # fmt: skip
         if self.metrics:

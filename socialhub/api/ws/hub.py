@@ -221,6 +221,20 @@ class Hub:
             for session in list(sessions):
                 session.close(code, reason)
 
+    async def close_spread(self, code: int, reason: str, window: float) -> None:
+        """Close every socket with `code`, evenly spread over `window` seconds (the drain
+        of a stopping instance: its clients reconnect elsewhere a few at a time, not in one
+        burst). New sockets are turned away from the start (`closing`)."""
+        self.closing = True
+        sessions = [s for mine in list(self.users.values()) for s in mine]
+        loop = asyncio.get_running_loop()
+        start, n = loop.time(), len(sessions)
+        for i, session in enumerate(sessions):
+            delay = start + window * i / n - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            session.close(code, reason)
+
     async def shutdown(self) -> None:
         """Server stopping: 1012 tells clients to reconnect (elsewhere) and resume."""
         self.closing = True
