@@ -29,7 +29,7 @@ from socialhub.api.http.chat import ChatRoutes
 from socialhub.api.http.errors import handle_http_exception, handle_socialhub_error, handle_unexpected
 from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import Check, HealthRoutes
-from socialhub.api.http.media import MediaRoutes
+from socialhub.api.http.media import PRESIGNED_REDIRECT_CACHE, PUBLIC_REDIRECT_CACHE, MediaRoutes
 from socialhub.api.http.middleware import AccessLog, StorableText
 from socialhub.api.http.notifications import NotificationRoutes
 from socialhub.api.http.openapi import OpenApiRoutes
@@ -141,6 +141,14 @@ async def open_database(settings: Settings, db: Database, stack: AsyncExitStack)
     stack.push_async_callback(db.close)
 
 
+def redirect_cache(settings: Settings) -> str:
+    """Cache-Control of GET /media/{key}'s redirects (api/http/media.py says why)."""
+    m = settings.media
+    if m.public_base_url:
+        return PUBLIC_REDIRECT_CACHE
+    return PRESIGNED_REDIRECT_CACHE.format(seconds=int(m.presign_ttl // 2))
+
+
 @dataclass
 class Parts:
     """Everything `create_app` builds before it lays out routes and the lifecycle."""
@@ -149,6 +157,7 @@ class Parts:
     db: Database
     shared: SharedState
     media: MediaStore
+    media_ping: Check | None  # for /readyz; None when the store is local
     mailer: Mailer
     publisher: Publisher | None
     supervisor: Supervisor
@@ -171,7 +180,8 @@ def build(settings: Settings) -> Parts:
             "instances that do not share that file will refuse each other's tokens"
         )
     db, supervisor = Database(), Supervisor()
-    shared, media, mailer = adapters.shared_state(settings), adapters.media_store(settings), adapters.mailer(settings)
+    shared, media_backend, mailer = adapters.shared_state(settings), adapters.media(settings), adapters.mailer(settings)
+    media = media_backend.store
     pubsub = shared.pubsub
     media_base = settings.server.public_url.rstrip("/")
     user_store, auth_store, post_store = UserStore(db), AuthStore(db), PostStore(db)
@@ -273,7 +283,10 @@ def build(settings: Settings) -> Parts:
     post_routes = PostRoutes(posts, authenticator, media, settings.media, max_body)
     user_routes = UserRoutes(users, authenticator, media, settings.media.max_file_bytes, max_body)
     notification_routes = NotificationRoutes(notifications, authenticator, max_body)
-    chat_routes, media_routes = ChatRoutes(chat, authenticator, max_body), MediaRoutes(media)
+    chat_routes, media_routes = (
+        ChatRoutes(chat, authenticator, max_body),
+        MediaRoutes(media, redirect=media_backend.redirect, redirect_cache=redirect_cache(settings)),
+    )
     call_routes, auth_routes = CallRoutes(calls, authenticator), AuthRoutes(accounts, authenticator, max_body)
     # The document lists the groups in reading order; Starlette tries routes in turn, so
     # they are routed busiest first (the groups' paths never overlap).
@@ -284,15 +297,15 @@ def build(settings: Settings) -> Parts:
         feed_routes, post_routes, user_routes, notification_routes, chat_routes, media_routes, call_routes, auth_routes,
     ]  # fmt: skip
     return Parts(
-        settings=settings, db=db, shared=shared, media=media, mailer=mailer, publisher=path.publisher,
-        supervisor=supervisor, guard=guard, cache=cache, chat=chat, hub=hub, groups=groups,
+        settings=settings, db=db, shared=shared, media=media, media_ping=media_backend.ping, mailer=mailer,
+        publisher=path.publisher, supervisor=supervisor, guard=guard, cache=cache, chat=chat, hub=hub, groups=groups,
         busiest_first=busiest_first, sockets=sockets,
         tokens=tokens,
     )  # fmt: skip
 
 
 def readiness(parts: Parts) -> dict[str, Check]:
-    """What /readyz asks: the database, and Redis and Kafka where configured."""
+    """What /readyz asks: the database, and Redis, Kafka and the S3 bucket where configured."""
     pubsub = parts.shared.pubsub
 
     async def pubsub_ok() -> bool:
@@ -304,6 +317,8 @@ def readiness(parts: Parts) -> dict[str, Check]:
         checks["pubsub"] = pubsub_ok
     if parts.publisher is not None:
         checks["kafka"] = parts.publisher.ping
+    if parts.media_ping is not None:
+        checks["media"] = parts.media_ping
     return checks
 
 

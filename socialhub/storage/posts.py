@@ -133,9 +133,7 @@ class PostStore:
         )
         return found
 
-    async def insert_media(
-        self, uow: UnitOfWork, post_id: int, owner_id: int, files: Sequence[NewMedia]
-    ) -> None:
+    async def insert_media(self, uow: UnitOfWork, post_id: int, owner_id: int, files: Sequence[NewMedia]) -> None:
         await uow.executemany(
             """INSERT INTO media (post_id, owner_id, storage_key, content_type, size, width, height, position)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
@@ -296,9 +294,7 @@ class PostStore:
 
     # -- comments ---------------------------------------------------------------
 
-    async def insert_comment(
-        self, uow: UnitOfWork, post_id: int, author_id: int, content: str
-    ) -> InsertedComment:
+    async def insert_comment(self, uow: UnitOfWork, post_id: int, author_id: int, content: str) -> InsertedComment:
         """NotFound when the post is gone."""
         try:
             row = await uow.fetchrow(
@@ -369,9 +365,7 @@ class PostStore:
         """As `insert_like`, in a statement of its own: an unlike writes no event."""
         return await self._like(self.db, post_id, user_id, like=False)
 
-    async def _like(
-        self, on: Database | UnitOfWork, post_id: int, user_id: int, *, like: bool
-    ) -> LikeChange:
+    async def _like(self, on: Database | UnitOfWork, post_id: int, user_id: int, *, like: bool) -> LikeChange:
         change = (
             """INSERT INTO likes (post_id, user_id) SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM posts WHERE id = $1)
                ON CONFLICT DO NOTHING RETURNING 1"""
