@@ -60,6 +60,7 @@ from socialhub.services.notifications import NotificationService
 from socialhub.services.passwords import Passwords
 from socialhub.services.posts import PostService
 from socialhub.services.presence import PresenceService
+from socialhub.services.previews import PreviewService
 from socialhub.services.readcache import ReadCache
 from socialhub.services.roomjoins import RoomJoins
 from socialhub.services.roomstream import RoomStream
@@ -77,6 +78,7 @@ from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
 from socialhub.storage.outbox import OutboxStore
 from socialhub.storage.posts import PostStore
+from socialhub.storage.previews import PreviewStore
 from socialhub.storage.units import Units
 from socialhub.storage.users import UserStore
 from socialhub.supervisor import Supervisor
@@ -209,8 +211,9 @@ def build(settings: Settings) -> Parts:
     cache = ReadCache(
         post_store, pubsub, media_base, max_posts=feed_cfg.cache_posts, max_viewers=feed_cfg.cache_viewers
     )
+    previews = PreviewService(media=media, store=PreviewStore(db), cache=cache, widths=settings.media.preview_widths)
     posts = PostService(
-        units=Units(db), posts=post_store, users=user_store, media=media, cache=cache,
+        units=Units(db), posts=post_store, users=user_store, media=media, cache=cache, previews=previews,
         fanout_threshold=feed_cfg.fanout_threshold,
     )  # fmt: skip
     feed = FeedService(posts=post_store, timelines=shared.timelines, values=shared.values, cache=cache)
@@ -277,6 +280,7 @@ def build(settings: Settings) -> Parts:
     supervisor.add("events:metrics", monitor.run)
     janitor = Janitor(posts=post_store, outbox=outbox_store, media=media, dead_letters=dead_letters)
     supervisor.add("janitor", janitor.run)
+    supervisor.add("previews", previews.run)
 
     authenticator, max_body = Authenticator(guard), settings.server.max_body_bytes
     feed_routes = FeedRoutes(feed, authenticator)

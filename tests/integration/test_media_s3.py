@@ -22,7 +22,7 @@ from socialhub.storage.outbox import OutboxStore
 from socialhub.storage.posts import PostStore
 from tests import media_samples as s
 from tests.conftest import connected, pool, running_app, signup
-from tests.integration.test_posts import FileSpec, app_answering_500s, key_of, post_form, row_counts
+from tests.integration.test_posts import FileSpec, app_answering_500s, key_of, post_form, post_keys, row_counts
 from tests.s3_server import S3Server
 
 
@@ -60,7 +60,8 @@ async def test_a_post_made_on_one_instance_is_served_by_the_other(
         r = await post_form(alice, {"content": "from A"}, files)
         assert r.status_code == 201, r.text
         post = r.json()
-        stored_keys = [key_of(m["url"]) for m in post["media"]]
+        stored_keys = post_keys(post)  # the files and the image's previews
+        assert len(stored_keys) == 4
         assert set(stored_keys) <= set(await bucket_objects(s3_server, s3_bucket))
         for m, data in zip(post["media"], (png, video), strict=True):
             got = await b_client.get(m["url"])
@@ -115,7 +116,7 @@ async def test_the_janitor_sweeps_orphans_from_the_bucket(
     async with running_app(settings) as client:
         a = await signup(client)
         r = await post_form(a, {"content": "kept"}, [("media", "a.png", s.png(), "image/png")])
-        kept = key_of(r.json()["media"][0]["url"])
+        kept = post_keys(r.json())  # the file and its previews
     cfg = settings.media
     store = S3MediaStore(
         bucket=cfg.s3_bucket,
@@ -140,11 +141,11 @@ async def test_the_janitor_sweeps_orphans_from_the_bucket(
     unfinished = await crashed.stage()
     await unfinished.write(os.urandom(PART_SIZE))
     await crashed.close()
-    assert len(await bucket_objects(s3_server, s3_bucket)) == 3
+    assert len(await bucket_objects(s3_server, s3_bucket)) == len(kept) + 2
     async with pool(database_url) as database:
         janitor = Janitor(posts=PostStore(database), outbox=OutboxStore(database), media=store)
         assert await janitor.sweep_once(staging_age=0, orphan_age=0) >= 2
-    assert await bucket_objects(s3_server, s3_bucket) == [kept]
+    assert await bucket_objects(s3_server, s3_bucket) == sorted(kept)
     await store.close()
 
 
