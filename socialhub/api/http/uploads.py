@@ -10,7 +10,8 @@ the store. An image part is spooled to an anonymous temp file (unlinked at creat
 a crash leaves nothing), and at its end `scrub_image` strips it and checks it with
 Pillow in a worker thread; the cleaned bytes are what is staged, and the size, hash,
 width and height given back are theirs. (The store's staged file is not read back:
-an object store's multipart upload cannot be.)
+an object store's multipart upload cannot be. The cleaned temp file is kept instead, as
+UploadedFile.source, for the previews of small images, and closed with the upload.)
 
 Refusals come as soon as the reader knows, and it stops reading the body then:
 
