@@ -21,8 +21,9 @@ from socialhub.services.janitor import Janitor
 from socialhub.storage.outbox import OutboxStore
 from socialhub.storage.posts import PostStore
 from tests import media_samples as s
-from tests.conftest import connected, pool, running_app, signup
+from tests.conftest import connected, error_code, pool, running_app, signup
 from tests.integration.test_posts import FileSpec, app_answering_500s, key_of, post_form, post_keys, row_counts
+from tests.ports import free_port
 from tests.s3_server import S3Server
 
 
@@ -194,3 +195,17 @@ async def test_readiness_reports_the_bucket(make_settings: Callable[..., Setting
         r = await client.get("/readyz")
         assert r.status_code == 503, r.text
         assert "media" in r.text
+
+
+async def test_a_store_that_does_not_answer_is_503_and_nothing_is_half_made(
+    make_settings: Callable[..., Settings], db: asyncpg.Connection
+) -> None:
+    down = S3Server(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    async with running_app(make_settings(media=down.settings("gone"))) as client:
+        a = await signup(client)
+        r = await post_form(a, {"content": "x"}, [("media", "a.png", s.png(), "image/png")])
+        assert r.status_code == 503 and error_code(r) == "unavailable", r.text
+        assert "127.0.0.1" not in r.text and "gone" not in r.text
+        assert await row_counts(db, a.id) == {"posts": 0, "media": 0, "events": 0, "posts_count": 0}
+        r = await client.get(f"/media/{new_media_key()}")
+        assert r.status_code == 503 and error_code(r) == "unavailable"

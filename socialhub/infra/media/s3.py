@@ -53,6 +53,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from socialhub.errors import Unavailable
 from socialhub.infra.media.base import MediaStore, StagedFile, StoredFile, check_key, is_media_key
 
 logger = logging.getLogger(__name__)
@@ -72,9 +73,15 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _os_error(exc: Exception, what: str) -> OSError:
-    """Storage failures are OSError at the port (base.py)."""
-    return OSError(f"S3 {what} failed: {exc}")
+class StoreUnavailable(Unavailable, OSError):
+    """The bucket did not answer or refused: an OSError at the port (storage failures are,
+    base.py), and to a client 503 `unavailable`, as any dependency that is down."""
+
+
+def _os_error(exc: Exception, what: str) -> StoreUnavailable:
+    # The detail (endpoint, bucket, S3's message) goes to the log, never to a client.
+    logger.warning("S3 %s failed: %s", what, exc)
+    return StoreUnavailable("the media store is unavailable")
 
 
 class S3StagedFile(StagedFile):
@@ -252,7 +259,7 @@ class S3MediaStore(MediaStore):
                 # Path-style works on every S3-compatible server (MinIO, Ceph, moto) and
                 # needs no wildcard DNS; AWS accepts it too.
                 s3={"addressing_style": "path"},
-                retries={"max_attempts": 4, "mode": "standard"},
+                retries={"max_attempts": 3, "mode": "standard"},
                 max_pool_connections=MAX_CONNECTIONS,
                 connect_timeout=5,
                 read_timeout=30,
