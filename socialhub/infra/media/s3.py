@@ -19,12 +19,13 @@ Keys cannot contain "." or "/", so a staging name never collides with a key, and
 
 The life of a staged file (see base.py):
 
-- Bytes are buffered in memory up to PART_SIZE (5 MiB, S3's smallest part). A file that
-  ends within it is sent by commit in one PutObject to its final key: one request, and
-  nothing in the bucket before commit.
-- Past PART_SIZE, a multipart upload is created under `.staging/`, and every full
-  buffer is sent as a part as the upload goes on: at most one part of any upload is in
-  memory, whatever the file's size, and the bytes travel while the client still sends.
+- Bytes are gathered into a part of PART_SIZE (5 MiB, S3's smallest): the first
+  SPOOL_MEMORY (256 KiB) in memory, the rest in an anonymous temp file, so no upload
+  holds more memory than that, however large. A file that ends within one part is sent
+  by commit in one PutObject to its final key: one request, and nothing in the bucket
+  before commit.
+- Past PART_SIZE, a multipart upload is created under `.staging/`, and every full part
+  is sent as the upload goes on: the bytes travel while the client still sends.
   Commit sends the last part, completes the upload, copies it server-side to its key
   with its content type and SHA-256, and deletes the staging object.
 - Discard aborts the multipart upload (or just drops the buffer).
@@ -34,8 +35,8 @@ once older than its age (ListMultipartUploads; the age is read from the name, no
 `Initiated`, which some S3-compatible servers do not keep), and a staging object left
 between complete and delete is deleted the same way; a bucket lifecycle rule
 (AbortIncompleteMultipartUpload) is a second net (docs/operations.md). Staged files of
-this process idle for longer than the age are dropped too (their memory released), so a
-request hung forever does not hold a buffer forever.
+this process idle for longer than the age are dropped too (their buffers released), so a
+request hung forever does not hold one forever.
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ import asyncio
 import hashlib
 import logging
 import secrets
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, BinaryIO
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -59,8 +61,11 @@ from socialhub.infra.media.base import MediaStore, StagedFile, StoredFile, check
 logger = logging.getLogger(__name__)
 
 STAGING = ".staging/"
-# S3's smallest part (every part but the last); also the most of one upload held in memory.
+# S3's smallest part (every part but the last).
 PART_SIZE = 5 * 1024 * 1024
+# What of a part is kept in memory before it goes to a temp file: small files (most
+# avatars, thumbnails, voice notes) never touch the disk, big ones never fill the memory.
+SPOOL_MEMORY = 256 * 1024
 # What each read hands the HTTP response (the disk store's figure).
 READ_CHUNK = 64 * 1024
 # Connections to the store per instance; aiohttp's pool queues beyond it.
@@ -84,13 +89,47 @@ def _os_error(exc: Exception, what: str) -> StoreUnavailable:
     return StoreUnavailable("the media store is unavailable")
 
 
+class _PartBuffer:
+    """The bytes of the part being received: in memory up to SPOOL_MEMORY, then in an
+    anonymous temp file (written in a worker thread), so no upload holds more than
+    SPOOL_MEMORY of memory whatever its size. Sent as a request body as it is: aiohttp
+    reads a file body in its executor, and aiobotocore keeps it open for retries."""
+
+    def __init__(self) -> None:
+        self.memory = bytearray()
+        self.file: BinaryIO | None = None
+        self.size = 0
+
+    async def write(self, chunk: bytes) -> None:
+        if self.file is None and len(self.memory) + len(chunk) > SPOOL_MEMORY:
+            self.file = await asyncio.to_thread(tempfile.TemporaryFile)
+            await asyncio.to_thread(self.file.write, bytes(self.memory))
+            self.memory = bytearray()
+        if self.file is not None:
+            await asyncio.to_thread(self.file.write, chunk)
+        else:
+            self.memory += chunk
+        self.size += len(chunk)
+
+    async def body(self) -> bytes | BinaryIO:
+        if self.file is None:
+            return bytes(self.memory)
+        await asyncio.to_thread(self.file.seek, 0)
+        return self.file
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.file, self.memory, self.size = None, bytearray(), 0
+
+
 class S3StagedFile(StagedFile):
-    """An upload being received: a memory buffer, then a multipart upload under `.staging/`."""
+    """An upload being received: a part buffer, then a multipart upload under `.staging/`."""
 
     def __init__(self, store: S3MediaStore, name: str) -> None:
         self.store = store
         self.name = name
-        self._buffer = bytearray()
+        self._part = _PartBuffer()
         self._hash = hashlib.sha256()
         self._size = 0
         self.upload_id: str | None = None
@@ -118,16 +157,16 @@ class S3StagedFile(StagedFile):
         if not chunk:
             return
         self.touched = time.time()
-        self._buffer += chunk
-        self._hash.update(chunk)
-        self._size += len(chunk)
-        if len(self._buffer) >= PART_SIZE:
-            async with self._lock:
-                try:
+        async with self._lock:
+            try:
+                await self._part.write(chunk)
+                self._hash.update(chunk)
+                self._size += len(chunk)
+                if self._part.size >= PART_SIZE:
                     await self._send_part()
-                except BaseException:
-                    await self.discard()
-                    raise
+            except BaseException:
+                await self._drop()
+                raise
 
     async def _send_part(self) -> None:
         client = await self.store.client()
@@ -137,22 +176,30 @@ class S3StagedFile(StagedFile):
                 created = await client.create_multipart_upload(Bucket=bucket, Key=self.name)
                 self.upload_id = str(created["UploadId"])
             number = len(self._parts) + 1
-            body, self._buffer = bytes(self._buffer), bytearray()
             sent = await client.upload_part(
-                Bucket=bucket, Key=self.name, UploadId=self.upload_id, PartNumber=number, Body=body
+                Bucket=bucket, Key=self.name, UploadId=self.upload_id, PartNumber=number, Body=await self._part.body()
             )
         except (ClientError, BotoCoreError) as exc:
             raise _os_error(exc, "upload part") from exc
+        finally:
+            self._part.close()
         self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+
+    def release(self) -> None:
+        """Free the buffer and leave the store's list of live uploads."""
+        self.store.forget(self)
+        self._part.close()
+
+    async def _drop(self) -> None:
+        self.discarded = True
+        self.release()
+        if self.upload_id is not None:
+            await self.store.abort(self.name, self.upload_id)
 
     async def discard(self) -> None:
         if self.done:
             return
-        self.discarded = True
-        self.store.forget(self)
-        self._buffer = bytearray()
-        if self.upload_id is not None:
-            await self.store.abort(self.name, self.upload_id)
+        await self._drop()
 
     async def finish_into(self, final: str, content_type: str) -> None:
         """Put the bytes under `final` (commit's work; the store checked the key is free)."""
@@ -162,14 +209,16 @@ class S3StagedFile(StagedFile):
         if self.upload_id is None:
             try:
                 await client.put_object(
-                    Bucket=bucket, Key=final, Body=bytes(self._buffer), ContentType=content_type, Metadata=meta
+                    Bucket=bucket, Key=final, Body=await self._part.body(), ContentType=content_type, Metadata=meta
                 )
             except (ClientError, BotoCoreError) as exc:
                 raise _os_error(exc, "put") from exc
+            finally:
+                self._part.close()
             return
         completed = False
         try:
-            if self._buffer:
+            if self._part.size:
                 await self._send_part()
             await client.complete_multipart_upload(
                 Bucket=bucket, Key=self.name, UploadId=self.upload_id, MultipartUpload={"Parts": self._parts}
@@ -185,11 +234,13 @@ class S3StagedFile(StagedFile):
                 ContentType=content_type,
                 Metadata=meta,
             )
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, OSError) as exc:
             if not completed:
                 await self.store.abort(self.name, self.upload_id)
             else:
                 await self.store.delete_staging(self.name)
+            if isinstance(exc, OSError):
+                raise
             raise _os_error(exc, "commit") from exc
         await self.store.delete_staging(self.name)
 
@@ -341,11 +392,12 @@ class S3MediaStore(MediaStore):
             try:
                 await staged.finish_into(final, content_type)
             except BaseException:
+                # finish_into removed what it had sent; the staged file is spent.
                 staged.discarded = True
-                self.forget(staged)
+                staged.release()
                 raise
             staged.committed = True
-        self.forget(staged)
+        staged.release()
 
     async def open(self, key: str) -> StoredFile | None:
         if not is_media_key(key):
