@@ -49,13 +49,17 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from socialhub.errors import Unavailable
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
 from socialhub.infra.media.base import MediaStore, StagedFile, StoredFile, check_key, is_media_key
 
 logger = logging.getLogger(__name__)
@@ -133,7 +137,7 @@ class S3StagedFile(StagedFile):
         self._hash = hashlib.sha256()
         self._size = 0
         self.upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
+        self._parts: list[CompletedPartTypeDef] = []
         self.committed = False
         self.discarded = False
         self.touched = time.time()
@@ -320,12 +324,12 @@ class S3MediaStore(MediaStore):
                 response_checksum_validation="when_required",
             ),
         }
-        self._client: Any = None
+        self._client: S3Client | None = None
         self._stack = AsyncExitStack()
         self._opening = asyncio.Lock()
         self._live: set[S3StagedFile] = set()
 
-    async def client(self) -> Any:
+    async def client(self) -> S3Client:
         """The aiobotocore client, made on first use (it must be made inside the loop)."""
         if self._client is None:
             async with self._opening:
@@ -462,8 +466,8 @@ class S3MediaStore(MediaStore):
                     await self.abort(upload["Key"], upload["UploadId"])
                     removed += 1
             objects = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.staging)
-            async for page in objects:
-                for obj in page.get("Contents", ()):
+            async for listing in objects:
+                for obj in listing.get("Contents", ()):
                     if self._began(obj["Key"]) <= cutoff:
                         await client.delete_object(Bucket=self.bucket, Key=obj["Key"])
                         removed += 1
