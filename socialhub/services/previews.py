@@ -50,8 +50,9 @@ from socialhub.supervisor import OutageLog
 
 logger = logging.getLogger(__name__)
 
-# 2 MP (e.g. 1600 x 1250): decoded and encoded twice in ~50 ms on one core, an acceptable
-# part of an upload's time; anything larger goes to the worker.
+# 2 MP (e.g. 1600 x 1250, a phone's "large" share size): the work grows with the pixels
+# decoded, and a photo at full camera resolution (12-50 MP) is what must stay off the
+# request; anything over this goes to the worker. Not measured by a bench/ run yet.
 INLINE_PIXELS = 2_000_000
 # WebP at 80: Mastodon's and Google's recommended trade of size against artefacts.
 WEBP_QUALITY = 80
