@@ -83,10 +83,50 @@ def _memory_state(settings: Settings) -> SharedState:
     )
 
 
-def _disk_media(settings: Settings) -> MediaStore:
+@dataclass(frozen=True)
+class Media:
+    """The media store, where GET /media/{key} sends clients instead of streaming the file
+    (None: it streams it), and how /readyz checks the store (None: nothing to check)."""
+
+    store: MediaStore
+    redirect: Callable[[str], Awaitable[str]] | None
+    ping: Check | None
+
+
+def _public_base(settings: Settings) -> Callable[[str], Awaitable[str]] | None:
+    base = settings.media.public_base_url.rstrip("/")
+    if not base:
+        return None
+
+    async def public_url(key: str) -> str:
+        return f"{base}/{key}"
+
+    return public_url
+
+
+def _disk_media(settings: Settings) -> Media:
     from socialhub.infra.media.disk import DiskMediaStore
 
-    return DiskMediaStore(settings.data_path / "media")
+    return Media(DiskMediaStore(settings.data_path / "media"), _public_base(settings), None)
+
+
+def _s3_media(settings: Settings) -> Media:
+    from socialhub.infra.media.s3 import S3MediaStore
+
+    m = settings.media
+    store = S3MediaStore(
+        bucket=m.s3_bucket,
+        endpoint=m.s3_endpoint,
+        region=m.s3_region,
+        access_key=m.s3_access_key,
+        secret_key=m.s3_secret_key,
+        prefix=m.s3_prefix,
+        presign_ttl=m.presign_ttl,
+    )
+    redirect = _public_base(settings)
+    if redirect is None and m.serve == "presigned":
+        redirect = store.presigned_url
+    return Media(store, redirect, store.ping)
 
 
 def _file_mailer(settings: Settings) -> Mailer:
@@ -159,8 +199,9 @@ SHARED_STATES: dict[SharedStateName, Callable[[Settings], SharedState]] = {
     "memory": _memory_state,
     "redis": _redis_state,
 }
-MEDIA_STORES: dict[MediaStoreName, Callable[[Settings], MediaStore]] = {
+MEDIA_STORES: dict[MediaStoreName, Callable[[Settings], Media]] = {
     "disk": _disk_media,
+    "s3": _s3_media,
 }
 MAILERS: dict[MailBackendName, Callable[[Settings], Mailer]] = {
     "file": _file_mailer,
@@ -176,7 +217,7 @@ def shared_state(settings: Settings) -> SharedState:
     return SHARED_STATES[settings.redis.backend](settings)
 
 
-def media_store(settings: Settings) -> MediaStore:
+def media(settings: Settings) -> Media:
     return MEDIA_STORES[settings.media.store](settings)
 
 
@@ -184,7 +225,5 @@ def mailer(settings: Settings) -> Mailer:
     return MAILERS[settings.mail.backend](settings)
 
 
-def event_path(
-    settings: Settings, outbox: OutboxStore, dead: DeadLetterStore, consumers: list[Consumer]
-) -> EventPath:
+def event_path(settings: Settings, outbox: OutboxStore, dead: DeadLetterStore, consumers: list[Consumer]) -> EventPath:
     return EVENT_PATHS[settings.kafka.backend](settings, outbox, dead, consumers)

@@ -32,7 +32,7 @@ from socialhub.api.http.cors import Cors
 from socialhub.api.http.errors import handle_http_exception, handle_socialhub_error, handle_unexpected
 from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import Check, HealthRoutes
-from socialhub.api.http.media import MediaRoutes
+from socialhub.api.http.media import PRESIGNED_REDIRECT_CACHE, PUBLIC_REDIRECT_CACHE, MediaRoutes
 from socialhub.api.http.middleware import AccessLog, StorableText
 from socialhub.api.http.notifications import NotificationRoutes
 from socialhub.api.http.openapi import OpenApiRoutes
@@ -64,6 +64,7 @@ from socialhub.services.notifications import NotificationService
 from socialhub.services.passwords import Passwords
 from socialhub.services.posts import PostService
 from socialhub.services.presence import PresenceService
+from socialhub.services.previews import PreviewService
 from socialhub.services.readcache import ReadCache
 from socialhub.services.roomjoins import RoomJoins
 from socialhub.services.roomstream import RoomStream
@@ -81,6 +82,7 @@ from socialhub.storage.migrate import migrate
 from socialhub.storage.notifications import NotificationStore
 from socialhub.storage.outbox import OutboxStore
 from socialhub.storage.posts import PostStore
+from socialhub.storage.previews import PreviewStore
 from socialhub.storage.units import Units
 from socialhub.storage.users import UserStore
 from socialhub.supervisor import Supervisor
@@ -145,6 +147,14 @@ async def open_database(settings: Settings, db: Database, stack: AsyncExitStack)
     stack.push_async_callback(db.close)
 
 
+def redirect_cache(settings: Settings) -> str:
+    """Cache-Control of GET /media/{key}'s redirects (api/http/media.py says why)."""
+    m = settings.media
+    if m.public_base_url:
+        return PUBLIC_REDIRECT_CACHE
+    return PRESIGNED_REDIRECT_CACHE.format(seconds=int(m.presign_ttl // 2))
+
+
 @dataclass
 class Parts:
     """Everything `create_app` builds before it lays out routes and the lifecycle."""
@@ -153,6 +163,7 @@ class Parts:
     db: Database
     shared: SharedState
     media: MediaStore
+    media_ping: Check | None  # for /readyz; None when the store is local
     mailer: Mailer
     publisher: Publisher | None
     supervisor: Supervisor
@@ -175,7 +186,8 @@ def build(settings: Settings) -> Parts:
             "instances that do not share that file will refuse each other's tokens"
         )
     db, supervisor = Database(), Supervisor()
-    shared, media, mailer = adapters.shared_state(settings), adapters.media_store(settings), adapters.mailer(settings)
+    shared, media_backend, mailer = adapters.shared_state(settings), adapters.media(settings), adapters.mailer(settings)
+    media = media_backend.store
     pubsub = shared.pubsub
     media_base = settings.server.public_url.rstrip("/")
     user_store, auth_store, post_store = UserStore(db), AuthStore(db), PostStore(db)
@@ -203,8 +215,9 @@ def build(settings: Settings) -> Parts:
     cache = ReadCache(
         post_store, pubsub, media_base, max_posts=feed_cfg.cache_posts, max_viewers=feed_cfg.cache_viewers
     )
+    previews = PreviewService(media=media, store=PreviewStore(db), cache=cache, widths=settings.media.preview_widths)
     posts = PostService(
-        units=Units(db), posts=post_store, users=user_store, media=media, cache=cache,
+        units=Units(db), posts=post_store, users=user_store, media=media, cache=cache, previews=previews,
         fanout_threshold=feed_cfg.fanout_threshold,
     )  # fmt: skip
     feed = FeedService(posts=post_store, timelines=shared.timelines, values=shared.values, cache=cache)
@@ -271,13 +284,17 @@ def build(settings: Settings) -> Parts:
     supervisor.add("events:metrics", monitor.run)
     janitor = Janitor(posts=post_store, outbox=outbox_store, media=media, dead_letters=dead_letters)
     supervisor.add("janitor", janitor.run)
+    supervisor.add("previews", previews.run)
 
     authenticator, max_body = Authenticator(guard), settings.server.max_body_bytes
     feed_routes = FeedRoutes(feed, authenticator)
     post_routes = PostRoutes(posts, authenticator, media, settings.media, max_body)
     user_routes = UserRoutes(users, authenticator, media, settings.media.max_file_bytes, max_body)
     notification_routes = NotificationRoutes(notifications, authenticator, max_body)
-    chat_routes, media_routes = ChatRoutes(chat, authenticator, max_body), MediaRoutes(media)
+    chat_routes, media_routes = (
+        ChatRoutes(chat, authenticator, max_body),
+        MediaRoutes(media, redirect=media_backend.redirect, redirect_cache=redirect_cache(settings)),
+    )
     call_routes, auth_routes = CallRoutes(calls, authenticator), AuthRoutes(accounts, authenticator, max_body)
     # The document lists the groups in reading order; Starlette tries routes in turn, so
     # they are routed busiest first (the groups' paths never overlap).
@@ -288,16 +305,16 @@ def build(settings: Settings) -> Parts:
         feed_routes, post_routes, user_routes, notification_routes, chat_routes, media_routes, call_routes, auth_routes,
     ]  # fmt: skip
     return Parts(
-        settings=settings, db=db, shared=shared, media=media, mailer=mailer, publisher=path.publisher,
-        supervisor=supervisor, guard=guard, cache=cache, chat=chat, hub=hub, groups=groups,
+        settings=settings, db=db, shared=shared, media=media, media_ping=media_backend.ping, mailer=mailer,
+        publisher=path.publisher, supervisor=supervisor, guard=guard, cache=cache, chat=chat, hub=hub, groups=groups,
         busiest_first=busiest_first, sockets=sockets,
         tokens=tokens,
     )  # fmt: skip
 
 
 def readiness(parts: Parts, drain: Drain) -> dict[str, Check]:
-    """What /readyz asks: that the instance is not draining, the database, and Redis and
-    Kafka where configured."""
+    """What /readyz asks: that the instance is not draining, the database, and Redis,
+    Kafka and the S3 bucket where configured."""
     pubsub = parts.shared.pubsub
 
     async def pubsub_ok() -> bool:
@@ -309,6 +326,8 @@ def readiness(parts: Parts, drain: Drain) -> dict[str, Check]:
         checks["pubsub"] = pubsub_ok
     if parts.publisher is not None:
         checks["kafka"] = parts.publisher.ping
+    if parts.media_ping is not None:
+        checks["media"] = parts.media_ping
     return checks
 
 

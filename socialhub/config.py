@@ -38,10 +38,13 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 # The names by which config picks an implementation; socialhub/adapters.py maps each to
 # its adapter (tests/unit/test_adapters.py checks the two agree). Redis and Kafka are
 # picked by whether their address is set (`redis.url`, `kafka.bootstrap_servers`).
-MediaStoreName = Literal["disk"]
+MediaStoreName = Literal["disk", "s3"]
+MediaServeName = Literal["proxy", "presigned"]
 MailBackendName = Literal["file", "smtp"]
 SharedStateName = Literal["memory", "redis"]
 EventPathName = Literal["outbox", "kafka"]
+# S3 copies an object server-side up to 5 GiB in one CopyObject (how the s3 store commits).
+S3_COPY_LIMIT = 5 << 30
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
@@ -145,11 +148,25 @@ class MediaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: MediaStoreName = "disk"
     max_file_bytes: Positive = 10 << 20
     max_files: Positive = 10
+    # The S3-compatible store (media.store = "s3"): its URL (empty: AWS for s3_region),
+    # the bucket (created by the operator), and a prefix for the objects in it. Empty
+    # keys: botocore's credential chain (AWS_* variables, an instance or pod role).
+    # s3_secret_key may come from a file instead: s3_secret_key_file (see SECRET_KEYS).
     s3_endpoint: str = ""
     s3_bucket: str = ""
     s3_region: str = ""
     s3_access_key: str = ""
     s3_secret_key: str = ""
+    s3_prefix: str = ""
+    # How GET /media/{key} answers: "proxy" streams the file through this server (Range,
+    # ETag); "presigned" redirects to a URL of the bucket signed for presign_ttl (S3 only).
+    serve: MediaServeName = "proxy"
+    presign_ttl: float = 3600.0
+    # Set: GET /media/{key} redirects to <public_base_url>/<key> (a CDN or a public bucket).
+    public_base_url: str = ""
+    # Previews of images (WebP, these widths, never upscaled) and a blurhash; see
+    # services/previews.py. Empty: none are made.
+    preview_widths: tuple[Positive, ...] = (400, 1200)
 
 
 class MailSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -257,6 +274,7 @@ DURATION_KEYS = {
     "auth.otp_ttl",
     "calls.turn_ttl",
     "calls.ring_timeout",
+    "media.presign_ttl",
     "events.retry_backoff",
     "events.retry_backoff_max",
     "events.replay_poll",
@@ -323,6 +341,9 @@ def _merge_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         if section not in SECTIONS or not key:
             raise ConfigError(f"{name}: no such setting (sections: {', '.join([*SECTIONS, 'ratelimit'])})")
         types = _field_types(SECTIONS[section])
+        if _secret_file_key(section, key):
+            raw.setdefault(section, {})[key] = value
+            continue
         if key not in types:
             raise ConfigError(f"{name}: {section} has no key {key!r} (keys: {', '.join(types)})")
         raw.setdefault(section, {})[key] = _env_value(value, types[key])
@@ -355,6 +376,31 @@ def _build_ratelimit(raw: Any) -> RateLimitSettings:
     return RateLimitSettings(enabled=enabled, rules=rules)
 
 
+# Secrets that may be given as a file's content instead (Docker and Kubernetes secrets are
+# mounted as files): `<key>_file = "/run/secrets/..."` in TOML, or SOCIALHUB_<SECTION>_<KEY>_FILE.
+SECRET_KEYS = frozenset({"auth.jwt_secret", "media.s3_secret_key", "media.s3_access_key"})
+FILE_SUFFIX = "_file"
+
+
+def _secret_file_key(section: str, key: str) -> bool:
+    return key.endswith(FILE_SUFFIX) and f"{section}.{key.removesuffix(FILE_SUFFIX)}" in SECRET_KEYS
+
+
+def _read_secret_files(section: str, raw: dict[str, Any]) -> None:
+    """Replace each `<secret>_file` in `raw` by the secret it names (the file's text, stripped)."""
+    for key in [k for k in raw if _secret_file_key(section, k)]:
+        path, secret = raw.pop(key), key.removesuffix(FILE_SUFFIX)
+        if not path:
+            continue
+        if raw.get(secret):
+            raise ConfigError(f"{section}.{key}: give {section}.{secret} or {section}.{key}, not both")
+        try:
+            raw[secret] = Path(str(path)).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            # The path is said, never the content.
+            raise ConfigError(f"{section}.{key}: cannot read {path}: {exc.strerror}") from None
+
+
 def _build_section(name: str, raw: Any) -> msgspec.Struct:
     cls = SECTIONS[name]
     if raw is None:
@@ -365,8 +411,7 @@ def _build_section(name: str, raw: Any) -> msgspec.Struct:
     for key in list(raw):
         if f"{name}.{key}" in DURATION_KEYS:
             raw[key] = parse_duration(raw[key], f"{name}.{key}", zero=f"{name}.{key}" in ZERO_DURATION_KEYS)
-    if name == "media" and raw.get("store") == "s3":  # named by the contract; not built yet
-        raise ConfigError("media.store: the s3 store is not available in this version; use disk")
+    _read_secret_files(name, raw)
     try:
         return msgspec.convert(raw, cls, strict=False)
     except msgspec.ValidationError as exc:
@@ -437,6 +482,17 @@ def _check(settings: Settings) -> None:
         raise ConfigError("events.retry_attempts: must be at least 2 (the last try comes after other events passed)")
     if s.events.retry_backoff_max < s.events.retry_backoff:
         raise ConfigError("events.retry_backoff_max: must be at least events.retry_backoff")
+    m = s.media
+    if m.store == "s3" and not m.s3_bucket:
+        raise ConfigError("media.s3_bucket: required for media.store = s3")
+    if m.s3_endpoint and not m.s3_endpoint.startswith(("http://", "https://")):
+        raise ConfigError("media.s3_endpoint: expected an http:// or https:// URL")
+    if m.serve == "presigned" and m.store != "s3":
+        raise ConfigError("media.serve: presigned needs media.store = s3")
+    if m.public_base_url and not m.public_base_url.startswith(("http://", "https://", "/")):
+        raise ConfigError("media.public_base_url: expected an http(s):// URL or a path")
+    if m.store == "s3" and m.max_file_bytes > S3_COPY_LIMIT:
+        raise ConfigError(f"media.max_file_bytes: at most {S3_COPY_LIMIT} with media.store = s3 (S3's CopyObject)")
     if s.mail.backend == "smtp" and not s.mail.smtp_url.startswith(("smtp://", "smtps://")):
         raise ConfigError("mail.smtp_url: required for mail.backend = smtp, as smtp://[user:pass@]host[:port]")
 

@@ -29,6 +29,8 @@ class Spawn(Protocol):
     """Supervisor.spawn as a service sees it: run a one-off job in the background."""
 
     def __call__(self, name: str, job: Coroutine[Any, Any, None], *, wait: bool = True) -> object: ...
+
+
 MAX_BACKOFF_SECONDS = 10.0
 # While an outage lasts, one reminder this often: enough to see it in a log tail, few
 # enough that an hour's outage is 60 lines per worker, not one per retry.

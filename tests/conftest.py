@@ -24,7 +24,7 @@ from socialhub.app import create_app
 from socialhub.config import Settings, load_settings, with_overrides
 from socialhub.storage.database import Database
 
-pytest_plugins = ["tests.conftest_kafka", "tests.private_redis", "tests.private_postgres"]
+pytest_plugins = ["tests.conftest_kafka", "tests.private_redis", "tests.private_postgres", "tests.s3_server"]
 ADMIN_URL = os.environ.get("SOCIALHUB_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SOCIALHUB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TEST_SECRET = "test-secret-" + "x" * 40

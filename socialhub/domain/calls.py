@@ -72,4 +72,3 @@ class Call(msgspec.Struct, frozen=True):
             answered_at=rfc3339_or_unset(c.answered_at),
             ended_at=rfc3339_or_unset(c.ended_at),
         )
-

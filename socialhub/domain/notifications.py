@@ -69,4 +69,3 @@ class Notification(msgspec.Struct, frozen=True):
             room_id=_opt(n.room_id),
             call_id=_opt(n.call_id),
         )
-

@@ -20,6 +20,14 @@ MAX_COMMENT_CHARS = 2000
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 
+class PreviewRecord(msgspec.Struct, frozen=True):
+    """A WebP preview of an image (services/previews.py)."""
+
+    key: str
+    width: int
+    height: int
+
+
 class MediaRecord(msgspec.Struct, frozen=True):
     id: int
     storage_key: str
@@ -27,6 +35,9 @@ class MediaRecord(msgspec.Struct, frozen=True):
     size: int
     width: int | None = None
     height: int | None = None
+    blurhash: str | None = None
+    previews: list[PreviewRecord] | None = None
+    """Narrowest first; None (or empty) when the file has none, or none yet."""
 
 
 class PostRecord(msgspec.Struct, frozen=True):
@@ -42,13 +53,43 @@ class PostRecord(msgspec.Struct, frozen=True):
     comments_count: int
 
 
+class PreviewView(msgspec.Struct, frozen=True):
+    url: str
+    width: int
+    height: int
+
+
 class MediaView(msgspec.Struct, frozen=True):
+    """A file of a post. Images also carry `preview_url` (a WebP copy for feeds, at most
+    400 px wide by default, never wider than the image), `previews` (every preview width,
+    narrowest first, for a srcset) and `blurhash` (a placeholder to show while loading);
+    absent for video and audio, and for a large image in the moments its previews are
+    still being made."""
+
     id: str
     url: str
     content_type: str
     size: int
     width: int | UnsetType = UNSET
     height: int | UnsetType = UNSET
+    preview_url: str | UnsetType = UNSET
+    blurhash: str | UnsetType = UNSET
+    previews: list[PreviewView] | UnsetType = UNSET
+
+    @classmethod
+    def of(cls, m: MediaRecord, media_base: str) -> MediaView:
+        previews = [PreviewView(f"{media_base}/media/{p.key}", p.width, p.height) for p in m.previews or ()]
+        return cls(
+            id=str(m.id),
+            url=f"{media_base}/media/{m.storage_key}",
+            content_type=m.content_type,
+            size=m.size,
+            width=m.width if m.width is not None else UNSET,
+            height=m.height if m.height is not None else UNSET,
+            preview_url=previews[0].url if previews else UNSET,
+            blurhash=m.blurhash if m.blurhash is not None else UNSET,
+            previews=previews if previews else UNSET,
+        )
 
 
 class Post(msgspec.Struct, frozen=True):
@@ -68,17 +109,7 @@ class Post(msgspec.Struct, frozen=True):
             id=str(p.id),
             author=p.author,
             content=p.content,
-            media=[
-                MediaView(
-                    id=str(m.id),
-                    url=f"{media_base}/media/{m.storage_key}",
-                    content_type=m.content_type,
-                    size=m.size,
-                    width=m.width if m.width is not None else UNSET,
-                    height=m.height if m.height is not None else UNSET,
-                )
-                for m in p.media
-            ],
+            media=[MediaView.of(m, media_base) for m in p.media],
             created_at=rfc3339(p.created_at),
             likes_count=p.likes_count,
             comments_count=p.comments_count,
@@ -113,11 +144,29 @@ class LikeState(msgspec.Struct, frozen=True):
     likes_count: int
 
 
+class NewPreview(msgspec.Struct, frozen=True):
+    """A preview already committed to the media store, to be recorded with its image."""
+
+    storage_key: str
+    width: int
+    height: int
+
+
 class NewMedia(msgspec.Struct, frozen=True):
-    """A file already committed to the media store, to be attached to a new post."""
+    """A file already committed to the media store, to be attached to a new post, with
+    its previews when they were made in the request, or `previews_pending` when the
+    preview worker is to make them."""
 
     storage_key: str
     content_type: str
     size: int
     width: int | None
     height: int | None
+    blurhash: str | None = None
+    previews: list[NewPreview] = []
+    previews_pending: bool = False
+
+    @property
+    def keys(self) -> list[str]:
+        """Every object stored for this file: the file and its previews."""
+        return [self.storage_key, *(p.storage_key for p in self.previews)]

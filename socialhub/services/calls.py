@@ -176,9 +176,7 @@ class CallService:
             raise Conflict(f"the call is {call.state} ({call.end_reason or 'answered'})")
         view = Call.of(answered)
         await self._send(call.caller_id, CallAnswered(call_id=view.id, sdp=sdp), only=call.caller_socket_id)
-        await self._send(
-            call.callee_id, CallEnded(call_id=view.id, reason=ANSWERED_ELSEWHERE), exclude=socket_id
-        )
+        await self._send(call.callee_id, CallEnded(call_id=view.id, reason=ANSWERED_ELSEWHERE), exclude=socket_id)
         return view
 
     async def candidate(self, viewer: Principal, call_id: int, candidate: Any) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import msgspec
+
 from socialhub.domain import events
 from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.posts import Comment, LikeState, NewMedia, Post
 from socialhub.domain.users import Principal
 from socialhub.errors import Forbidden, NotFound, ValidationFailed
 from socialhub.infra.media.base import MediaStore, UploadedFile, new_media_key
+from socialhub.services.previews import PreviewService
 from socialhub.services.readcache import Invalidation, ReadCache
 from socialhub.storage.outbox import insert_event
 from socialhub.storage.posts import PostStore
@@ -30,6 +33,7 @@ class PostService:
         users: UserStore,
         media: MediaStore,
         cache: ReadCache,
+        previews: PreviewService,
         fanout_threshold: int,
     ) -> None:
         self.units = units
@@ -37,6 +41,7 @@ class PostService:
         self.users = users
         self.media = media
         self.cache = cache
+        self.previews = previews
         # Authors with at least this many followers are not fanned out on write.
         self.fanout_threshold = fanout_threshold
 
@@ -54,9 +59,11 @@ class PostService:
     async def create(
         self, viewer: Principal, content: str, files: Sequence[UploadedFile] = (), idempotency_key: str | None = None
     ) -> tuple[Post, bool]:
-        """(post, created). Files are committed to the media store, then the post, its
-        media rows, its event and the idempotency key in one transaction; if that fails
-        the files are deleted again, and a retry with a used key gets the first post.
+        """(post, created). Files (and the previews of small images) are committed to the
+        media store, then the post, its media rows, its event and the idempotency key in
+        one transaction; if that fails the files are deleted again, and a retry with a
+        used key gets the first post. Large images' previews are left to the preview
+        worker (services/previews.py), woken once the post is committed.
         The text is stored stripped; a post needs text or at least one file (Mastodon's
         rule), else ValidationFailed."""
         content = content.strip()
@@ -74,7 +81,9 @@ class PostService:
             for f in files:
                 key = new_media_key()
                 await self.media.commit(f.staged, key, f.content_type)
+                # Committed at once, so that a failure below deletes it with the rest.
                 stored.append(NewMedia(key, f.content_type, f.size, f.width, f.height))
+                stored[-1] = await self._with_previews(f, stored[-1])
             async with self.units.begin() as uow:
                 post = await self.posts.insert_post(
                     uow, viewer.user_id, content, idempotency_key, self.fanout_threshold
@@ -85,13 +94,30 @@ class PostService:
                     await insert_event(uow, events.post_created(viewer.user_id, post.id))
         except BaseException:
             await self._discard(files)
-            await self._delete_keys([m.storage_key for m in stored])
+            await self._delete_keys([k for m in stored for k in m.keys])
             raise
         if not post.created:
-            await self._delete_keys([m.storage_key for m in stored])
-        elif not post.fanned_out:
-            await self.cache.changed(Invalidation(big_authors=[viewer.user_id]))
+            await self._delete_keys([k for m in stored for k in m.keys])
+        else:
+            if not post.fanned_out:
+                await self.cache.changed(Invalidation(big_authors=[viewer.user_id]))
+            if any(m.previews_pending for m in stored):
+                self.previews.wake()
         return await self._view(post.id, viewer.user_id), post.created
+
+    async def _with_previews(self, f: UploadedFile, media: NewMedia) -> NewMedia:
+        """`media` with the previews of `f` made now (a small image), or marked for the
+        preview worker (a large one), or as it is (not an image Pillow reads)."""
+        if not self.previews.wants(f):
+            return media
+        if not self.previews.inline(f):
+            return msgspec.structs.replace(media, previews_pending=True)
+        assert f.source is not None
+        made = await self.previews.make(f.source, f.content_type)
+        if made is None:
+            return media
+        previews, blurhash = made
+        return msgspec.structs.replace(media, previews=previews, blurhash=blurhash)
 
     async def _discard(self, files: Sequence[UploadedFile]) -> None:
         for f in files:

@@ -208,9 +208,7 @@ class PresenceService:
             await self._ledger.release()  # clears _local (our `release`), and the others'
             users = list(closed)
             online = await self._online(users)
-            await asyncio.gather(
-                *(self._save(u, closed[u]) for u, on in zip(users, online, strict=True) if not on)
-            )
+            await asyncio.gather(*(self._save(u, closed[u]) for u, on in zip(users, online, strict=True) if not on))
             # Our index stays: whoever sweeps us once this expires announces offline.
             await self._ledger.retire(self.grace)
         except Unavailable as exc:

@@ -67,9 +67,7 @@ class AuthStore:
         )
         return _session(row) if row else None
 
-    async def update_refresh_token(
-        self, old_hash: bytes, new_hash: bytes, expires_at: datetime
-    ) -> Rotation:
+    async def update_refresh_token(self, old_hash: bytes, new_hash: bytes, expires_at: datetime) -> Rotation:
         """Spend `old_hash` and issue `new_hash` in one transaction.
 
         A token already spent is a replay: whoever holds it may be a thief, so the
@@ -129,9 +127,7 @@ class AuthStore:
         )
         return [r["id"] for r in rows]
 
-    async def upsert_password_reset(
-        self, uow: UnitOfWork, user_id: int, otp_hash: bytes, expires_at: datetime
-    ) -> None:
+    async def upsert_password_reset(self, uow: UnitOfWork, user_id: int, otp_hash: bytes, expires_at: datetime) -> None:
         """A new code replaces the user's previous one (and its try counter): an upsert,
         the table holds one row per user. The row stays locked until the unit ends."""
         await uow.execute(
@@ -159,9 +155,7 @@ class AuthStore:
             spent_at=row["spent_at"],
         )
 
-    async def update_password_reset(
-        self, uow: UnitOfWork, user_id: int, *, attempts: int, spent: bool
-    ) -> None:
+    async def update_password_reset(self, uow: UnitOfWork, user_id: int, *, attempts: int, spent: bool) -> None:
         await uow.execute(
             """UPDATE password_resets SET attempts = $2,
                    spent_at = CASE WHEN $3 THEN now() ELSE spent_at END

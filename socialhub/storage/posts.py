@@ -27,7 +27,11 @@ POST_SELECT = """
            u.id AS author_id, u.username, u.name, u.avatar_url,
            (SELECT jsonb_agg(jsonb_build_object(
                         'id', m.id, 'storage_key', m.storage_key, 'content_type', m.content_type,
-                        'size', m.size, 'width', m.width, 'height', m.height) ORDER BY m.position)
+                        'size', m.size, 'width', m.width, 'height', m.height, 'blurhash', m.blurhash,
+                        'previews', (SELECT jsonb_agg(jsonb_build_object(
+                                             'key', mp.storage_key, 'width', mp.width, 'height', mp.height)
+                                             ORDER BY mp.width)
+                                     FROM media_previews mp WHERE mp.media_id = m.id)) ORDER BY m.position)
             FROM media m WHERE m.post_id = p.id) AS media
     FROM posts p JOIN users u ON u.id = p.author_id
 """
@@ -72,7 +76,7 @@ def post_from_row(row: asyncpg.Record) -> PostRecord:
         id=row["id"],
         author=summary_from_row(row, "author_id"),
         content=row["content"],
-        media=[MediaRecord(**m) for m in row["media"]] if row["media"] is not None else [],
+        media=[msgspec.convert(m, MediaRecord) for m in row["media"]] if row["media"] is not None else [],
         created_at=row["created_at"],
         likes_count=row["likes_count"],
         comments_count=row["comments_count"],
@@ -133,22 +137,30 @@ class PostStore:
         )
         return found
 
-    async def insert_media(
-        self, uow: UnitOfWork, post_id: int, owner_id: int, files: Sequence[NewMedia]
-    ) -> None:
+    async def insert_media(self, uow: UnitOfWork, post_id: int, owner_id: int, files: Sequence[NewMedia]) -> None:
         await uow.executemany(
-            """INSERT INTO media (post_id, owner_id, storage_key, content_type, size, width, height, position)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            """INSERT INTO media (post_id, owner_id, storage_key, content_type, size, width, height, position,
+                                  blurhash, previews_pending)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
             [
-                (post_id, owner_id, f.storage_key, f.content_type, f.size, f.width, f.height, i)
+                (post_id, owner_id, f.storage_key, f.content_type, f.size, f.width, f.height, i, f.blurhash,
+                 f.previews_pending)
                 for i, f in enumerate(files)
             ],
-        )
+        )  # fmt: skip
+        previews = [(p.storage_key, f.storage_key, p.width, p.height) for f in files for p in f.previews]
+        if previews:
+            await uow.executemany(
+                """INSERT INTO media_previews (storage_key, media_id, width, height)
+                   SELECT $1, id, $3, $4 FROM media WHERE storage_key = $2""",
+                previews,
+            )
 
     async def get_known_media_keys(self, keys: Sequence[str]) -> set[str]:
-        """Which of these storage keys a row refers to (media of a post, or an avatar)."""
+        """Which of these storage keys a row refers to (media of a post, their previews, or an avatar)."""
         rows = await self.db.fetch(
             """SELECT storage_key AS k FROM media WHERE storage_key = ANY($1::text[])
+               UNION SELECT storage_key FROM media_previews WHERE storage_key = ANY($1::text[])
                UNION SELECT avatar_key FROM users WHERE avatar_key = ANY($1::text[])""",
             list(keys),
         )
@@ -267,8 +279,14 @@ class PostStore:
         return result.endswith(" 1")
 
     async def delete_post(self, uow: UnitOfWork, post_id: int, author_id: int) -> list[str] | None:
-        """Delete the author's post; the storage keys of its media, or None when there was no such post."""
-        keys = await uow.fetch("SELECT storage_key FROM media WHERE post_id = $1", post_id)
+        """Delete the author's post; the storage keys of its media and their previews, or None
+        when there was no such post."""
+        keys = await uow.fetch(
+            """SELECT storage_key FROM media WHERE post_id = $1
+               UNION ALL SELECT mp.storage_key FROM media_previews mp JOIN media m ON m.id = mp.media_id
+                         WHERE m.post_id = $1""",
+            post_id,
+        )
         deleted = await uow.fetchval(
             """WITH d AS (DELETE FROM posts WHERE id = $1 AND author_id = $2 RETURNING author_id)
                UPDATE users SET posts_count = posts_count - 1 WHERE id = (SELECT author_id FROM d) RETURNING 1""",
@@ -296,9 +314,7 @@ class PostStore:
 
     # -- comments ---------------------------------------------------------------
 
-    async def insert_comment(
-        self, uow: UnitOfWork, post_id: int, author_id: int, content: str
-    ) -> InsertedComment:
+    async def insert_comment(self, uow: UnitOfWork, post_id: int, author_id: int, content: str) -> InsertedComment:
         """NotFound when the post is gone."""
         try:
             row = await uow.fetchrow(
@@ -369,9 +385,7 @@ class PostStore:
         """As `insert_like`, in a statement of its own: an unlike writes no event."""
         return await self._like(self.db, post_id, user_id, like=False)
 
-    async def _like(
-        self, on: Database | UnitOfWork, post_id: int, user_id: int, *, like: bool
-    ) -> LikeChange:
+    async def _like(self, on: Database | UnitOfWork, post_id: int, user_id: int, *, like: bool) -> LikeChange:
         change = (
             """INSERT INTO likes (post_id, user_id) SELECT $1, $2 WHERE EXISTS (SELECT 1 FROM posts WHERE id = $1)
                ON CONFLICT DO NOTHING RETURNING 1"""

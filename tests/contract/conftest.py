@@ -35,8 +35,9 @@ async def redis_url() -> str:
     try:
         await client.ping()
     except (RedisError, OSError) as exc:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); start redis-server or set "
-                    "SOCIALHUB_TEST_REDIS_URL")
+        pytest.fail(
+            f"Redis is not reachable at {REDIS_URL} ({exc}); start redis-server or set SOCIALHUB_TEST_REDIS_URL"
+        )
     finally:
         await client.aclose()
     return REDIS_URL

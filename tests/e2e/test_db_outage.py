@@ -37,6 +37,8 @@ ANSWER_WITHIN = 10.0
 AFTER = 3.0
 # The outbox readers retry with backoff capped at 10 s (infra/events/outbox.py); the rest is slack.
 WORKERS_BACK_WITHIN = 30.0
+
+
 @dataclass
 class Log:
     """What the writers saw, in order: (monotonic time, what, outcome)."""
@@ -192,7 +194,7 @@ async def test_postgres_restart_and_crash_under_traffic_lose_no_acknowledged_wri
             # After the first success nothing fails: no stale connection is handed out.
             after = log.outcomes(back, next_went)
             assert "ok" in after, f"nothing succeeded after the outage: {after}"
-            assert "unavailable" not in after[after.index("ok"):], f"after the outage: {after}"
+            assert "unavailable" not in after[after.index("ok") :], f"after the outage: {after}"
         assert log.ready[-1][1] == 200, log.ready[-5:]
 
         # The socket lived through both outages and still works.

@@ -122,9 +122,7 @@ class Recorder:
         return "250 OK"
 
 
-def authenticate(
-    server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-) -> AuthResult:
+def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
     ok = isinstance(auth_data, LoginPassword) and auth_data == (USER.encode(), PASSWORD.encode())
     # handled=False: aiosmtpd then answers 535 itself on a failure.
     return AuthResult(success=ok, handled=False, auth_data=auth_data)
@@ -216,9 +214,7 @@ async def test_smtp_sends_in_clear_when_no_starttls_is_offered() -> None:
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
-async def test_smtp_auth_over_starttls(
-    mechanism: str, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
-) -> None:
+async def test_smtp_auth_over_starttls(mechanism: str, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext) -> None:
     # aiosmtpd offers AUTH only after STARTTLS by default, so a pass proves both.
     recorder = Recorder()
     other = "LOGIN" if mechanism == "PLAIN" else "PLAIN"

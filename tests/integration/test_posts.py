@@ -31,6 +31,7 @@ RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 POST_KEYS = {"id", "author", "content", "media", "created_at", "likes_count", "comments_count", "liked"}
 COMMENT_KEYS = {"id", "post_id", "author", "content", "created_at"}
 SUMMARY_KEYS = {"id", "username", "name", "avatar_url"}
+MEDIA_KEYS = {"id", "url", "content_type", "size", "width", "height", "preview_url", "blurhash", "previews"}
 
 FileSpec = tuple[str, str, bytes, str]
 """(field, filename, bytes, declared content type) of a multipart file part."""
@@ -81,6 +82,16 @@ def key_of(url: str) -> str:
     return url.rsplit("/", 1)[-1]
 
 
+def post_keys(post: dict[str, Any]) -> set[str]:
+    """The storage keys of a post's files and of their previews."""
+    return {key_of(u) for m in post["media"] for u in [m["url"], *(p["url"] for p in m.get("previews", []))]}
+
+
+def data_files(root: pathlib.Path) -> set[str]:
+    """The names of the committed files (sidecars left out)."""
+    return {p.name for p in committed_files(root) if not p.name.endswith(".meta")}
+
+
 async def row_counts(db: asyncpg.Connection, user_id: str) -> dict[str, int]:
     uid = int(user_id)
     row = await db.fetchrow(
@@ -109,9 +120,7 @@ def assert_post_shape(post: dict[str, Any], author: Account) -> None:
     assert isinstance(post["likes_count"], int) and isinstance(post["comments_count"], int)
     assert isinstance(post["liked"], bool)
     for m in post["media"]:
-        assert (
-            {"id", "url", "content_type", "size"} <= set(m) <= {"id", "url", "content_type", "size", "width", "height"}
-        )
+        assert {"id", "url", "content_type", "size"} <= set(m) <= MEDIA_KEYS
         assert isinstance(m["id"], str) and m["id"].isdigit()
 
 
@@ -200,8 +209,11 @@ async def test_create_multipart_with_media_and_serve_the_bytes(
         assert got.status_code == 200 and got.content == data
         assert got.headers["content-type"] == m["content_type"]
         assert got.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
-    # Two files, each with its sidecar; nothing left staged.
-    assert len(committed_files(media_root)) == 4 and staged_files(media_root) == []
+    # Two files and their previews (each image: 400 px and its own width), each with its
+    # sidecar; nothing left staged.
+    assert [len(m["previews"]) for m in media] == [2, 2]
+    assert data_files(media_root) == post_keys(post) and len(post_keys(post)) == 6
+    assert len(committed_files(media_root)) == 12 and staged_files(media_root) == []
     assert await row_counts(db, a.id) == {"posts": 1, "media": 2, "events": 1, "posts_count": 1}
     # Another viewer sees the same post.
     seen = (await b.get(f"/posts/{post['id']}")).json()
@@ -280,12 +292,9 @@ async def test_concurrent_multipart_requests_with_one_key_leave_one_post_and_its
     assert len({p["id"] for p in posts}) == 1
     assert len({p["media"][0]["url"] for p in posts}) == 1
     assert await row_counts(db, a.id) == {"posts": 1, "media": 1, "events": 1, "posts_count": 1}
-    # One data file and its sidecar: the losers' files are gone.
+    # One file and its one preview, with their sidecars: the losers' files are gone.
     files = committed_files(media_root)
-    assert {p.name for p in files} == {
-        key_of(posts[0]["media"][0]["url"]),
-        key_of(posts[0]["media"][0]["url"]) + ".meta",
-    }
+    assert data_files(media_root) == post_keys(posts[0]) and len(files) == 4
     assert staged_files(media_root) == []
     assert (await client.get(posts[0]["media"][0]["url"])).content == png
 
@@ -512,7 +521,7 @@ async def test_delete(client: httpx.AsyncClient, db: asyncpg.Connection, media_r
     )
     post = r.json()
     urls = [m["url"] for m in post["media"]]
-    assert len(committed_files(media_root)) == 4
+    assert data_files(media_root) == post_keys(post) and len(post_keys(post)) == 5
     keep = (await a.post("/posts/", json={"content": "stays"})).json()
     await b.post(f"/posts/comment/{post['id']}", json={"content": "a comment"})
     await b.post(f"/posts/like/{post['id']}")

@@ -1,8 +1,11 @@
-"""Multipart uploads into a real disk store, and GET /media/{key}, over in-process HTTP.
+"""Multipart uploads into a real media store, and GET /media/{key}, over in-process HTTP;
+every test runs over the disk store and the S3 store (a real S3-protocol server, moto,
+over HTTP: tests/s3_server.py).
 
-The app is built here from the pieces (read_upload, DiskMediaStore, MediaRoutes and the
-shared error handlers), so these tests need no database. "Nothing left" means no file
-at all under the store's root: neither staged nor committed.
+The app is built here from the pieces (read_upload, the store, MediaRoutes and the
+shared error handlers), so these tests need no database. "Nothing left" means nothing
+at all in the store: no file under the disk store's root; no object and no multipart
+upload in the bucket.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from email.utils import formatdate
 from typing import Any
 
@@ -32,7 +35,9 @@ from socialhub.domain.filetypes import IMAGE_ONLY
 from socialhub.errors import SocialhubError
 from socialhub.infra.media.base import MediaStore, new_media_key
 from socialhub.infra.media.disk import DiskMediaStore
+from socialhub.infra.media.s3 import S3MediaStore
 from tests import media_samples as s
+from tests.s3_server import S3Server, drop_bucket, new_bucket
 
 LIMITS = MediaSettings()
 MiB = 1 << 20
@@ -91,18 +96,63 @@ def build_app(store: MediaStore) -> Starlette:
     )
 
 
-@pytest.fixture
-def root(tmp_path: pathlib.Path) -> pathlib.Path:
-    return tmp_path / "media"
+Leftovers = Callable[[], Awaitable[list[str]]]
+
+
+def files_under(root: pathlib.Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+class StoreEnv:
+    def __init__(self, store: MediaStore, leftovers: Leftovers) -> None:
+        self.store = store
+        self.leftovers = leftovers
+
+
+@pytest.fixture(params=["disk", "s3"])
+async def env(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[StoreEnv]:
+    if request.param == "disk":
+        root = tmp_path / "media"
+
+        async def on_disk() -> list[str]:
+            return files_under(root)
+
+        yield StoreEnv(DiskMediaStore(root), on_disk)
+        return
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket = await new_bucket(server)
+    cfg = server.settings(bucket)
+    s3 = S3MediaStore(
+        bucket=bucket,
+        endpoint=cfg["s3_endpoint"],
+        region=cfg["s3_region"],
+        access_key=cfg["s3_access_key"],
+        secret_key=cfg["s3_secret_key"],
+    )
+
+    async def in_bucket() -> list[str]:
+        async with server.client() as client:
+            objects = await client.list_objects_v2(Bucket=bucket)
+            uploads = await client.list_multipart_uploads(Bucket=bucket)
+        return [o["Key"] for o in objects.get("Contents", [])] + [u["Key"] for u in uploads.get("Uploads", [])]
+
+    yield StoreEnv(s3, in_bucket)
+    await s3.close()
+    await drop_bucket(server, bucket)
 
 
 @pytest.fixture
-def store(root: pathlib.Path) -> DiskMediaStore:
-    return DiskMediaStore(root)
+def store(env: StoreEnv) -> MediaStore:
+    return env.store
 
 
 @pytest.fixture
-def app(store: DiskMediaStore) -> Starlette:
+def leftovers(env: StoreEnv) -> Leftovers:
+    return env.leftovers
+
+
+@pytest.fixture
+def app(store: MediaStore) -> Starlette:
     return build_app(store)
 
 
@@ -113,12 +163,8 @@ async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def files_under(root: pathlib.Path) -> list[pathlib.Path]:
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
-
-
-async def assert_nothing_left(store: DiskMediaStore, root: pathlib.Path) -> None:
-    assert files_under(root) == []
+async def assert_nothing_left(store: MediaStore, leftovers: Leftovers) -> None:
+    assert await leftovers() == []
     assert [k async for k in store.list_keys(0)] == []
     assert await store.sweep_staging(0) == 0
 
@@ -172,7 +218,7 @@ class CountingBody:
 # -- uploads ----------------------------------------------------------------------------
 
 
-async def test_two_images_and_a_text_field(client: httpx.AsyncClient, store: DiskMediaStore) -> None:
+async def test_two_images_and_a_text_field(client: httpx.AsyncClient, store: MediaStore) -> None:
     png, jpeg = s.png(640, 480), s.jpeg(800, 600, orientation=6)
     r = await client.post(
         "/upload",
@@ -209,29 +255,29 @@ async def test_the_file_alias_and_the_declared_type_is_ignored(client: httpx.Asy
     assert got.content == mp4 and got.headers["content-type"] == "video/mp4"
 
 
-async def test_text_only_and_empty_file_inputs(client: httpx.AsyncClient, root: pathlib.Path) -> None:
+async def test_text_only_and_empty_file_inputs(client: httpx.AsyncClient, leftovers: Leftovers) -> None:
     body = multipart([("content", None, b"just text"), ("media", "", b"")])
     r = await client.post("/upload", content=body, headers=CTYPE)
     assert r.status_code == 201, r.text
     assert r.json() == {"fields": {"content": "just text"}, "files": []}
-    assert files_under(root) == []
+    assert await leftovers() == []
 
 
 async def test_eleven_files_is_413_and_nothing_is_left(
-    client: httpx.AsyncClient, store: DiskMediaStore, root: pathlib.Path
+    client: httpx.AsyncClient, store: MediaStore, leftovers: Leftovers
 ) -> None:
     image = s.pad(s.png(), 100_000)
     r = await client.post("/upload", files=[("media", (f"{i}.png", image, "image/png")) for i in range(11)])
     assert r.status_code == 413 and error_code(r) == "too_large"
     assert "10 files" in r.json()["error"]["message"]
-    await assert_nothing_left(store, root)
+    await assert_nothing_left(store, leftovers)
     # Ten is fine.
     r = await client.post("/upload", files=[("media", (f"{i}.png", image, "image/png")) for i in range(10)])
     assert r.status_code == 201 and len(r.json()["files"]) == 10
 
 
 async def test_a_file_one_byte_over_the_limit_is_413_and_nothing_is_left(
-    client: httpx.AsyncClient, store: DiskMediaStore, root: pathlib.Path
+    client: httpx.AsyncClient, store: MediaStore, leftovers: Leftovers
 ) -> None:
     small = s.png(10, 10)
     # A video: an image's size changes when its metadata filter drops what follows its end.
@@ -240,7 +286,7 @@ async def test_a_file_one_byte_over_the_limit_is_413_and_nothing_is_left(
         "/upload", files=[("media", ("ok.png", small, "image/png")), ("media", ("big.mp4", over, "video/mp4"))]
     )
     assert r.status_code == 413 and error_code(r) == "too_large"
-    await assert_nothing_left(store, root)
+    await assert_nothing_left(store, leftovers)
     # Exactly at the limit is accepted.
     exact = over[:-1]
     r = await client.post("/upload", files=[("media", ("exact.mp4", exact, "video/mp4"))])
@@ -249,17 +295,17 @@ async def test_a_file_one_byte_over_the_limit_is_413_and_nothing_is_left(
 
 
 async def test_an_oversized_file_stops_the_read(
-    client: httpx.AsyncClient, store: DiskMediaStore, root: pathlib.Path
+    client: httpx.AsyncClient, store: MediaStore, leftovers: Leftovers
 ) -> None:
     body = CountingBody(part_head("media", "huge.png") + s.png(), b"\x00" * MiB, 50, f"\r\n--{BOUNDARY}--\r\n".encode())
     r = await client.post("/upload", content=body, headers=CTYPE)
     assert r.status_code == 413
     assert body.pulled <= 12, body.pulled  # refused at 10 MiB, not after reading 50
-    await assert_nothing_left(store, root)
+    await assert_nothing_left(store, leftovers)
 
 
 async def test_an_exe_named_png_is_415_at_once_and_nothing_is_left(
-    client: httpx.AsyncClient, store: DiskMediaStore, root: pathlib.Path
+    client: httpx.AsyncClient, store: MediaStore, leftovers: Leftovers
 ) -> None:
     r = await client.post(
         "/upload",
@@ -268,7 +314,7 @@ async def test_an_exe_named_png_is_415_at_once_and_nothing_is_left(
     )
     assert r.status_code == 415 and error_code(r) == "unsupported_media_type"
     assert "cat.png" in r.json()["error"]["message"]
-    await assert_nothing_left(store, root)
+    await assert_nothing_left(store, leftovers)
     # Refused on the first bytes: the server does not read on.
     body = CountingBody(
         part_head("media", "cat.png", "image/png") + s.pad(s.EXE, 8192),
@@ -279,20 +325,20 @@ async def test_an_exe_named_png_is_415_at_once_and_nothing_is_left(
     r = await client.post("/upload", content=body, headers=CTYPE)
     assert r.status_code == 415
     assert body.pulled <= 2, body.pulled
-    await assert_nothing_left(store, root)
+    await assert_nothing_left(store, leftovers)
 
 
 @pytest.mark.parametrize(
     "bad", [s.SVG, s.HTML, s.PDF, s.ZIP, s.ELF, b""], ids=["svg", "html", "pdf", "zip", "elf", "empty"]
 )
-async def test_other_refused_types(client: httpx.AsyncClient, root: pathlib.Path, bad: bytes) -> None:
+async def test_other_refused_types(client: httpx.AsyncClient, leftovers: Leftovers, bad: bytes) -> None:
     r = await client.post("/upload", files=[("media", ("f.png", bad, "image/png"))])
     assert r.status_code == 415 and error_code(r) == "unsupported_media_type"
-    assert files_under(root) == []
+    assert await leftovers() == []
 
 
 async def test_truncated_multipart_is_400_and_nothing_is_left(
-    client: httpx.AsyncClient, store: DiskMediaStore, root: pathlib.Path
+    client: httpx.AsyncClient, store: MediaStore, leftovers: Leftovers
 ) -> None:
     body = multipart(
         [("content", None, b"hi"), ("media", "a.png", s.pad(s.png(), 200_000)), ("media", "b.png", s.png())]
@@ -300,7 +346,7 @@ async def test_truncated_multipart_is_400_and_nothing_is_left(
     for cut in (len(body) - 10, len(body) - 300, 150_000):
         r = await client.post("/upload", content=body[:cut], headers=CTYPE)
         assert r.status_code == 400 and error_code(r) == "bad_request", cut
-        await assert_nothing_left(store, root)
+        await assert_nothing_left(store, leftovers)
 
 
 @pytest.mark.parametrize(
@@ -318,11 +364,11 @@ async def test_truncated_multipart_is_400_and_nothing_is_left(
     ids=["garbage", "no-disposition", "not-utf8", "file-in-a-text-field", "no-boundary"],
 )
 async def test_bad_multipart_is_400(
-    client: httpx.AsyncClient, root: pathlib.Path, body: bytes, headers: dict[str, str]
+    client: httpx.AsyncClient, leftovers: Leftovers, body: bytes, headers: dict[str, str]
 ) -> None:
     r = await client.post("/upload", content=body, headers=headers)
     assert r.status_code == 400 and error_code(r) == "bad_request", r.text
-    assert files_under(root) == []
+    assert await leftovers() == []
 
 
 async def test_not_multipart_is_415(client: httpx.AsyncClient) -> None:
@@ -330,7 +376,7 @@ async def test_not_multipart_is_415(client: httpx.AsyncClient) -> None:
     assert r.status_code == 415 and error_code(r) == "unsupported_media_type"
 
 
-async def test_field_limits(client: httpx.AsyncClient, root: pathlib.Path) -> None:
+async def test_field_limits(client: httpx.AsyncClient, leftovers: Leftovers) -> None:
     r = await client.post("/upload", content=multipart([("content", None, b"x" * (64 * 1024 + 1))]), headers=CTYPE)
     assert r.status_code == 413
     r = await client.post("/upload", content=multipart([(f"f{i}", None, b"x") for i in range(33)]), headers=CTYPE)
@@ -339,7 +385,7 @@ async def test_field_limits(client: httpx.AsyncClient, root: pathlib.Path) -> No
     assert r.status_code == 201
 
 
-async def test_avatar_takes_one_image_only(client: httpx.AsyncClient, root: pathlib.Path) -> None:
+async def test_avatar_takes_one_image_only(client: httpx.AsyncClient, leftovers: Leftovers) -> None:
     r = await client.patch("/avatar", data={"bio": "b"}, files={"avatar": ("me.webp", s.webp_lossy(), "image/webp")})
     assert r.status_code == 200 and r.json() == {"fields": {"bio": "b"}, "types": ["image/webp"]}
     r = await client.patch("/avatar", files={"avatar": ("me.mp3", s.mp3_frames(5), "image/png")})
@@ -348,7 +394,7 @@ async def test_avatar_takes_one_image_only(client: httpx.AsyncClient, root: path
     assert r.status_code == 413
     r = await client.patch("/avatar", files={"media": ("a.png", s.png(), "image/png")})
     assert r.status_code == 400
-    assert files_under(root) == []
+    assert await leftovers() == []
 
 
 async def call_raw(app: Starlette, headers: dict[str, str], messages: list[Message]) -> int:
@@ -380,7 +426,7 @@ async def call_raw(app: Starlette, headers: dict[str, str], messages: list[Messa
     return int(next(m["status"] for m in sent if m["type"] == "http.response.start"))
 
 
-async def test_client_gone_mid_upload_leaves_nothing(app: Starlette, store: DiskMediaStore, root: pathlib.Path) -> None:
+async def test_client_gone_mid_upload_leaves_nothing(app: Starlette, store: MediaStore, leftovers: Leftovers) -> None:
     body = multipart([("media", "a.png", s.pad(s.png(), 300_000)), ("media", "b.png", s.pad(s.png(), 300_000))])
     messages: list[Message] = [
         {"type": "http.request", "body": body[:400_000], "more_body": True},
@@ -388,13 +434,13 @@ async def test_client_gone_mid_upload_leaves_nothing(app: Starlette, store: Disk
     ]
     status = await call_raw(app, CTYPE, messages)
     assert status == 400
-    await assert_nothing_left(store, root)
+    await assert_nothing_left(store, leftovers)
 
 
-async def test_declared_length_over_every_limit_is_refused_before_reading(app: Starlette, root: pathlib.Path) -> None:
+async def test_declared_length_over_every_limit_is_refused_before_reading(app: Starlette, leftovers: Leftovers) -> None:
     status = await call_raw(app, {**CTYPE, "Content-Length": str(200 * MiB)}, [])
     assert status == 413
-    assert files_under(root) == []
+    assert await leftovers() == []
 
 
 # -- GET /media/{key} -------------------------------------------------------------------
@@ -408,7 +454,7 @@ async def stored(store: MediaStore, data: bytes, content_type: str = "video/mp4"
     return key
 
 
-async def test_get_headers_etag_and_304(client: httpx.AsyncClient, store: DiskMediaStore) -> None:
+async def test_get_headers_etag_and_304(client: httpx.AsyncClient, store: MediaStore) -> None:
     data = os.urandom(300_000)
     key = await stored(store, data)
     r = await client.get(f"/media/{key}")
@@ -427,7 +473,7 @@ async def test_get_headers_etag_and_304(client: httpx.AsyncClient, store: DiskMe
     assert r.status_code == 200 and r.content == data
 
 
-async def test_head(client: httpx.AsyncClient, store: DiskMediaStore) -> None:
+async def test_head(client: httpx.AsyncClient, store: MediaStore) -> None:
     key = await stored(store, b"x" * 5000, "audio/mpeg")
     r = await client.head(f"/media/{key}")
     assert r.status_code == 200 and r.content == b""
@@ -437,7 +483,7 @@ async def test_head(client: httpx.AsyncClient, store: DiskMediaStore) -> None:
     assert r.headers["content-length"] == "10" and r.content == b""
 
 
-async def test_ranges(client: httpx.AsyncClient, store: DiskMediaStore) -> None:
+async def test_ranges(client: httpx.AsyncClient, store: MediaStore) -> None:
     data = os.urandom(100_000)
     key = await stored(store, data)
     cases = {
@@ -462,7 +508,7 @@ async def test_ranges(client: httpx.AsyncClient, store: DiskMediaStore) -> None:
         assert "content-range" not in r.headers
 
 
-async def test_unsatisfiable_range_is_416(client: httpx.AsyncClient, store: DiskMediaStore) -> None:
+async def test_unsatisfiable_range_is_416(client: httpx.AsyncClient, store: MediaStore) -> None:
     key = await stored(store, b"y" * 1000)
     for header in ("bytes=1000-", "bytes=5000-6000", "bytes=-0"):
         r = await client.get(f"/media/{key}", headers={"Range": header})
@@ -471,7 +517,7 @@ async def test_unsatisfiable_range_is_416(client: httpx.AsyncClient, store: Disk
         assert error_code(r) == "range_not_satisfiable"
 
 
-async def test_if_range(client: httpx.AsyncClient, store: DiskMediaStore) -> None:
+async def test_if_range(client: httpx.AsyncClient, store: MediaStore) -> None:
     data = os.urandom(10_000)
     key = await stored(store, data)
     head = await client.head(f"/media/{key}")
@@ -485,7 +531,7 @@ async def test_if_range(client: httpx.AsyncClient, store: DiskMediaStore) -> Non
         assert r.status_code == 200 and r.content == data, validator
 
 
-async def test_unknown_and_malformed_keys_are_404(client: httpx.AsyncClient, store: DiskMediaStore) -> None:
+async def test_unknown_and_malformed_keys_are_404(client: httpx.AsyncClient, store: MediaStore) -> None:
     await stored(store, b"z" * 100)
     for path in (
         f"/media/{new_media_key()}",

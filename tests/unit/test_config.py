@@ -67,7 +67,16 @@ def test_config_path_from_env(tmp_path: Path) -> None:
         ({"SOCIALHUB_SERVER_DRAIN_SECONDS": "-1"}, "server.drain_seconds"),
         ({"SOCIALHUB_SERVER_DRAIN_SECONDS": "soon"}, "server.drain_seconds"),
         ({"SOCIALHUB_MEDIA_STORE": "ftp"}, "media.store"),
-        ({"SOCIALHUB_MEDIA_STORE": "s3"}, "media.store"),
+        ({"SOCIALHUB_MEDIA_STORE": "s3"}, "media.s3_bucket"),
+        ({"SOCIALHUB_MEDIA_SERVE": "presigned"}, "media.serve"),
+        ({"SOCIALHUB_MEDIA_SERVE": "cdn"}, "media.serve"),
+        ({"SOCIALHUB_MEDIA_PUBLIC_BASE_URL": "cdn.example"}, "media.public_base_url"),
+        (
+            {"SOCIALHUB_MEDIA_STORE": "s3", "SOCIALHUB_MEDIA_S3_BUCKET": "b", "SOCIALHUB_MEDIA_S3_ENDPOINT": "x"},
+            "media.s3_endpoint",
+        ),
+        ({"SOCIALHUB_MEDIA_S3_SECRET_KEY_FILE": "/nonexistent/secret"}, "media.s3_secret_key_file"),
+        ({"SOCIALHUB_MEDIA_PREVIEW_WIDTHS": "400,0"}, "media.preview_widths"),
         ({"SOCIALHUB_MEDIA_MAX_FILES": "-1"}, "media.max_files"),
         ({"SOCIALHUB_MEDIA_MAX_FILES": "0"}, "media.max_files"),
         ({"SOCIALHUB_MEDIA_MAX_FILE_BYTES": "-7"}, "media.max_file_bytes"),
@@ -165,3 +174,39 @@ def test_a_bad_cors_origin_stops_the_server_with_exit_code_2(
     assert main(["serve", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "server.cors_origins" in err and len(err.strip().splitlines()) == 1
+
+
+def test_s3_settings_and_a_secret_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "s3_secret"
+    secret.write_text("very-secret-key\n")
+    s = load_settings(
+        env={
+            "SOCIALHUB_MEDIA_STORE": "s3",
+            "SOCIALHUB_MEDIA_S3_BUCKET": "media",
+            "SOCIALHUB_MEDIA_S3_ENDPOINT": "http://minio:9000",
+            "SOCIALHUB_MEDIA_S3_SECRET_KEY_FILE": str(secret),
+            "SOCIALHUB_MEDIA_SERVE": "presigned",
+            "SOCIALHUB_MEDIA_PRESIGN_TTL": "10m",
+            "SOCIALHUB_MEDIA_PREVIEW_WIDTHS": "320, 960",
+        }
+    )
+    m = s.media
+    assert (m.store, m.s3_bucket, m.s3_secret_key, m.serve, m.presign_ttl) == (
+        "s3",
+        "media",
+        "very-secret-key",
+        "presigned",
+        600.0,
+    )
+    assert m.preview_widths == (320, 960)
+    toml = tmp_path / "s.toml"
+    toml.write_text(f'[media]\nstore = "s3"\ns3_bucket = "b"\ns3_secret_key_file = "{secret}"\n')
+    assert load_settings(toml, env={}).media.s3_secret_key == "very-secret-key"
+    both = tmp_path / "both.toml"
+    both.write_text(f'[media]\ns3_secret_key = "x"\ns3_secret_key_file = "{secret}"\n')
+    with pytest.raises(ConfigError, match=r"^media\.s3_secret_key_file") as err:
+        load_settings(both, env={})
+    assert "very-secret-key" not in str(err.value)
+    # Not a secret: no _file form.
+    with pytest.raises(ConfigError, match="SOCIALHUB_MEDIA_S3_BUCKET_FILE"):
+        load_settings(env={"SOCIALHUB_MEDIA_S3_BUCKET_FILE": str(secret)})

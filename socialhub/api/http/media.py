@@ -8,11 +8,18 @@ Range (RFC 9110 §14): one range, `bytes=a-b`, `bytes=a-` or `bytes=-n`, answers
 a range that starts past the end answers 416 with `Content-Range: bytes */size`.
 Several ranges answer the whole file (200), as the RFC allows; so does a Range header
 that is malformed or in another unit, or an If-Range that no longer matches.
+
+Redirects (config `media.public_base_url`, or `media.serve = "presigned"`): the answer is
+302 to where the file is served from (a CDN, the bucket, or a signed URL of the bucket),
+which then does Range and ETag itself. A malformed key is 404 here, without a redirect.
+A public base URL is cacheable for a day (it names the same bytes for as long as the
+configuration stands); a signed URL privately, for half its lifetime at most.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate, parsedate_to_datetime
 
 import msgspec
@@ -23,7 +30,7 @@ from socialhub.api.http.codec import JSON_MEDIA_TYPE
 from socialhub.api.http.errors import ErrorBody, ErrorEnvelope
 from socialhub.api.http.routing import Endpoint, Operation, RouteGroup
 from socialhub.errors import NotFound
-from socialhub.infra.media.base import MediaStore
+from socialhub.infra.media.base import MediaStore, is_media_key
 
 # A year, the longest RFC 9111 suggests; `immutable` spares browsers revalidating on reload.
 CACHE_CONTROL = "public, max-age=31536000, immutable"
@@ -90,23 +97,43 @@ def if_range_holds(header: str | None, etag: str, last_modified: float) -> bool:
         return False
 
 
+# How long a client may keep a redirect (see the module docstring).
+PUBLIC_REDIRECT_CACHE = "public, max-age=86400"
+PRESIGNED_REDIRECT_CACHE = "private, max-age={seconds}"
+
+
 class MediaRoutes(RouteGroup):
-    def __init__(self, store: MediaStore) -> None:
+    def __init__(
+        self,
+        store: MediaStore,
+        *,
+        redirect: Callable[[str], Awaitable[str]] | None = None,
+        redirect_cache: str = "private, max-age=60",
+    ) -> None:
         self.store = store
+        self.redirect = redirect
+        self.redirect_cache = redirect_cache
 
     def endpoints(self) -> list[Endpoint]:
         # GET serves HEAD too (without the body).
         return [
             Endpoint(self.get, Operation(
                 method="GET", path="/media/{key}", summary="A stored file", tag="media", auth=False,
-                media_type="*/*", also=(206, 304), errors=(416,),
+                media_type="*/*", also=(206, 302, 304), errors=(416,),
                 description="Served with its content type, a strong ETag (If-None-Match answers 304), "
-                "`Range: bytes=...` (206, or 416 when unsatisfiable) and a one-year immutable cache lifetime.",
+                "`Range: bytes=...` (206, or 416 when unsatisfiable) and a one-year immutable cache lifetime; "
+                "or, where the server is configured so, 302 to a CDN or a signed URL of the bucket.",
             )),
         ]  # fmt: skip
 
     async def get(self, request: Request) -> Response:
-        stored = await self.store.open(request.path_params["key"])
+        key = request.path_params["key"]
+        if self.redirect is not None:
+            if not is_media_key(key):
+                raise NotFound("no such media")
+            location = await self.redirect(key)
+            return Response(status_code=302, headers={"Location": location, "Cache-Control": self.redirect_cache})
+        stored = await self.store.open(key)
         if stored is None:
             raise NotFound("no such media")
         etag = f'"{stored.etag}"'

@@ -10,7 +10,8 @@ the store. An image part is spooled to an anonymous temp file (unlinked at creat
 a crash leaves nothing), and at its end `scrub_image` strips it and checks it with
 Pillow in a worker thread; the cleaned bytes are what is staged, and the size, hash,
 width and height given back are theirs. (The store's staged file is not read back:
-an object store's multipart upload cannot be.)
+an object store's multipart upload cannot be. The cleaned temp file is kept instead, as
+UploadedFile.source, for the previews of small images, and closed with the upload.)
 
 Refusals come as soon as the reader knows, and it stops reading the body then:
 
@@ -61,7 +62,7 @@ from starlette.requests import ClientDisconnect, Request
 from socialhub.domain.filetypes import ALL_KINDS, IMAGE_HEAD_BYTES, SNIFF_BYTES, Kind, image_size, sniff
 from socialhub.errors import BadRequest, TooLarge, UnsupportedMediaType, invalid
 from socialhub.infra.media.base import MediaStore, StagedFile, UploadedFile
-from socialhub.services.scrubber import MAX_IMAGE_PIXELS, scrub_image
+from socialhub.services.scrubber import MAX_IMAGE_PIXELS, ScrubbedImage, scrub_image
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -100,8 +101,15 @@ class Upload(msgspec.Struct, frozen=True):
     files: list[UploadedFile]
 
     async def discard(self) -> None:
-        """Discard every file not committed (idempotent)."""
+        """Discard every file not committed (idempotent), and close the local copies."""
+        close_sources(self.files)
         await discard_all(f.staged for f in self.files)
+
+
+def close_sources(files: Iterable[UploadedFile]) -> None:
+    for f in files:
+        if f.source is not None:
+            f.source.close()
 
 
 async def read_upload(
@@ -281,6 +289,7 @@ class _UploadReader:
         except BaseException:
             for spool in self.spools:
                 spool.close()
+            close_sources(self.files)
             await discard_all(self.staged)
             raise
         return Upload(fields=self.fields, files=self.files)
@@ -409,19 +418,23 @@ class _UploadReader:
         await staged.write(bytes(part.head))
         part.head = bytearray()
 
-    async def _store_image(self, part: _FilePart) -> tuple[StagedFile, int | None, int | None]:
-        """Scrub the spooled image and stage the result; (staged, width, height)."""
+    async def _store_image(self, part: _FilePart) -> tuple[StagedFile, ScrubbedImage]:
+        """Scrub the spooled image and stage the result; the cleaned temp file is kept
+        (the caller hands it on as UploadedFile.source, which the upload closes)."""
         self._check_pixels(part)
         spool, part.spool = part.spool, None
         assert spool is not None
         self.spools.remove(spool)
         image = await scrub_image(spool, part.content_type, field=part.field, label=part.label)
-        with contextlib.closing(image.file):
+        try:
             staged = await self.store.stage()
             self.staged.append(staged)
             while chunk := await asyncio.to_thread(image.file.read, COPY_BYTES):
                 await staged.write(chunk)
-        return staged, image.width, image.height
+        except BaseException:
+            image.file.close()
+            raise
+        return staged, image
 
     async def _end(self) -> None:
         part, self.part = self.part, None
@@ -441,8 +454,10 @@ class _UploadReader:
                 raise UnsupportedMediaType(f"{part.label} is empty")
             await self._accept(part)
         width = height = None
+        source: BinaryIO | None = None
         if part.spool is not None:
-            staged, width, height = await self._store_image(part)
+            staged, image = await self._store_image(part)
+            width, height, source = image.width, image.height, image.file
         else:
             assert part.staged is not None
             staged = part.staged
@@ -457,5 +472,6 @@ class _UploadReader:
                 sha256=staged.sha256,
                 width=width,
                 height=height,
+                source=source,
             )
         )

@@ -113,9 +113,7 @@ class OutboxSource(EventSource):
             if woken:
                 await sleep_unless(stop, REPOLL_SECONDS)
 
-    async def _deliver(
-        self, triage: Triage[Position], batch: list[OutboxEntry], position: Position
-    ) -> Position:
+    async def _deliver(self, triage: Triage[Position], batch: list[OutboxEntry], position: Position) -> Position:
         """Hand `batch` to the consumer; the position saved afterwards."""
         envelopes = [e.envelope for e in batch if isinstance(e.envelope, Envelope)]
         if not triage.held and len(envelopes) == len(batch):

@@ -1,7 +1,7 @@
 """The media port: where uploaded files live.
 
-One implementation today, `disk.DiskMediaStore` (`data_dir/media`); an S3-compatible
-adapter (`s3.py`) is the planned second. Both must pass the same contract tests
+Two implementations: `disk.DiskMediaStore` (`data_dir/media`) and `s3.S3MediaStore`
+(any S3-compatible store). Both pass the same contract tests
 (tests/contract/test_media_store.py).
 
 The life of a file:
@@ -15,7 +15,7 @@ Readers never see a half-written file: nothing is visible under a key until
 `commit` returns. Keys are never reused, so a stored file never changes; that is
 what lets the HTTP layer cache it forever and derive a strong ETag from it.
 
-How S3 maps (for the adapter to come):
+How S3 maps (s3.py; it gives the details):
 
     stage()        CreateMultipartUpload under a staging prefix, or a local temp
                    file uploaded at commit (small files: one PUT is cheaper)
@@ -43,6 +43,7 @@ import abc
 import re
 import secrets
 from collections.abc import AsyncIterator
+from typing import BinaryIO
 
 import msgspec
 
@@ -173,7 +174,10 @@ class UploadedFile(msgspec.Struct, frozen=True):
     it on the way in (the HTTP upload code makes it; services commit or discard it).
 
     `content_type` is the sniffed type (the declared one is ignored); `filename` is the
-    client's name for it (base name only, for display, never for storage).
+    client's name for it (base name only, for display, never for storage). `source` is
+    a local copy of what was staged, for an image (its cleaned temp file, at any offset),
+    so that previews can be made without reading the store back; it is closed with the
+    upload (`Upload.discard`).
     """
 
     staged: StagedFile
@@ -185,3 +189,4 @@ class UploadedFile(msgspec.Struct, frozen=True):
     sha256: str
     width: int | None = None
     height: int | None = None
+    source: BinaryIO | None = None

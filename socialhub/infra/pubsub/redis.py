@@ -286,7 +286,7 @@ class RedisPubSub(PubSub):
     def _deliver(self, name: bytes, payload: bytes) -> None:
         if not name.startswith(self._prefix_bytes):
             return
-        channel = name[len(self._prefix_bytes):].decode(errors="replace")
+        channel = name[len(self._prefix_bytes) :].decode(errors="replace")
         self._fanout.deliver(channel, payload)
 
     def _confirm(self, name: bytes) -> None:
