@@ -37,6 +37,7 @@ from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.ratelimit import RateLimitMiddleware
 from socialhub.api.http.routing import RouteGroup, ip_limits, one_route_per_path
 from socialhub.api.http.security import Authenticator
+from socialhub.api.http.static import StaticRoutes
 from socialhub.api.http.users import UserRoutes
 from socialhub.api.ws.dispatch import Dispatcher
 from socialhub.api.ws.endpoint import SocketEndpoint
@@ -343,7 +344,12 @@ def steps(parts: Parts) -> list[Step]:
 def create_app(settings: Settings) -> Starlette:
     parts = build(settings)
     health = HealthRoutes(readiness(parts), metrics=settings.metrics.enabled)
-    operations = [*health.operations(), *(op for group in parts.groups for op in group.operations())]
+    static = StaticRoutes()  # the web client at / and its files under /static/
+    operations = [
+        *health.operations(),
+        *(op for group in parts.groups for op in group.operations()),
+        *static.operations(),
+    ]
     docs = OpenApiRoutes(operations, rate_limits=settings.ratelimit.enabled)
     routes = one_route_per_path(
         [
@@ -351,6 +357,7 @@ def create_app(settings: Settings) -> Starlette:
             *parts.sockets.routes(),
             *health.routes(),
             *docs.routes(),
+            *static.routes(),
         ]
     )
     life = steps(parts)

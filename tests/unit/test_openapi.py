@@ -28,6 +28,7 @@ from socialhub.api.http.notifications import NotificationRoutes
 from socialhub.api.http.openapi import OpenApiRoutes, build_document
 from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.routing import Operation, ip_limits
+from socialhub.api.http.static import StaticRoutes
 from socialhub.api.http.users import UserRoutes
 from socialhub.app import create_app
 from socialhub.config import MediaSettings, Settings, load_settings, with_overrides
@@ -50,6 +51,8 @@ PUBLIC = {
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
     ("GET", "/media/{key}"),
+    ("GET", "/"),
+    ("GET", "/static/{path}"),
 }
 
 
@@ -71,6 +74,7 @@ def route_classes() -> list[Any]:
         MediaRoutes(None),  # type: ignore[arg-type]
         ChatRoutes(None, None, 0),  # type: ignore[arg-type]
         CallRoutes(None, None),  # type: ignore[arg-type]
+        StaticRoutes(),
         HealthRoutes({}, metrics=True),
         HealthRoutes({}, metrics=False),
         OpenApiRoutes([]),
@@ -78,7 +82,7 @@ def route_classes() -> list[Any]:
 
 
 def all_operations() -> list[Operation]:
-    # In app.py's order: health, then the API groups.
+    # In app.py's order: health, then the API groups, then the web client's pages.
     groups = [HealthRoutes({}, metrics=True), *route_classes()[:-3]]
     return [op for group in groups for op in group.operations()]
 
