@@ -95,6 +95,7 @@
  * @property {number} [reconnectMaxDelay] ms (default 30000)
  * @property {number} [pingInterval] ms between application pings on an idle socket (default 25000; 0: none)
  * @property {number} [pongTimeout] ms to wait for `pong` before the socket is taken as dead (default 10000)
+ * @property {number} [connectTimeout] ms from opening a socket to `authenticated` before it is given up (default 15000)
  * @property {() => number} [random] default Math.random (the jitter)
  */
 
@@ -286,6 +287,9 @@ export class Pager {
 
 // -- the client -----------------------------------------------------------------------
 
+/** A socket open this long (ms) counts as stable: the next reconnect starts the backoff afresh. */
+const STABLE_MS = 10_000;
+
 
 export class Socialhub {
   /** @param {SocialhubOptions} [options] */
@@ -305,6 +309,7 @@ export class Socialhub {
     this.reconnectMaxDelay = options.reconnectMaxDelay ?? 30_000;
     this.pingInterval = options.pingInterval ?? 25_000;
     this.pongTimeout = options.pongTimeout ?? 10_000;
+    this.connectTimeout = options.connectTimeout ?? 15_000;
     this.random = options.random ?? Math.random;
 
     /** @type {Map<string, Set<Function>>} */ this._listeners = new Map();
@@ -318,6 +323,7 @@ export class Socialhub {
     this._attempt = 0;
     this._reconnectTimer = null;
     this._pingTimer = null;
+    this._connectTimer = null;
     this._refCounter = 0;
     this._authRetried = false;
     /** pending socket requests by ref */ this._pending = new Map();
@@ -336,13 +342,13 @@ export class Socialhub {
     this.presence = new PresenceApi(this);
     this.calls = new CallsApi(this);
 
+    this._openedAt = 0;
     this.ready = this._load();
-    if (typeof globalThis.addEventListener === "function") {
-      // A browser back online: try at once rather than at the end of the backoff.
-      globalThis.addEventListener("online", () => {
-        if (this._wantOpen && this._state === "reconnecting") this._reconnectNow();
-      });
-    }
+    // A browser back online: try at once rather than at the end of the backoff.
+    this._onOnline = () => {
+      if (this._wantOpen && this._state === "reconnecting") this._reconnectNow();
+    };
+    if (typeof globalThis.addEventListener === "function") globalThis.addEventListener("online", this._onOnline);
   }
 
   // -- state and events ---------------------------------------------------------------
@@ -517,9 +523,30 @@ export class Socialhub {
     return this._refreshing;
   }
 
+  async _readStored() {
+    try {
+      const raw = await this.storage.get(this.storageKey);
+      const saved = raw ? JSON.parse(raw) : null;
+      return saved && typeof saved.token === "string" && typeof saved.refresh_token === "string" ? saved : null;
+    } catch {
+      return null;
+    }
+  }
+
   async _doRefresh() {
     await this.ready;
     if (!this._tokens) throw new SignedOutError();
+    // Another client on the same storage (a tab) may have rotated the pair already; the
+    // storage always holds the newest pair. Spending our old refresh token would end the
+    // session (a reused refresh token revokes it), so take theirs.
+    const stored = await this._readStored();
+    if (stored && stored.refresh_token !== this._tokens.refresh_token) {
+      this._tokens = { token: stored.token, refresh_token: stored.refresh_token };
+      this._user = stored.user ?? this._user;
+      this._scheduleRefresh();
+      this._emit("tokens", { ...this._tokens });
+      if (this.tokenSecondsLeft() > this._lead()) return { ...this._tokens };
+    }
     let used = this._tokens.refresh_token;
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
@@ -531,10 +558,9 @@ export class Socialhub {
         return { ...this._tokens };
       } catch (err) {
         if (!(err instanceof ApiError) || err.status !== 401) throw err;
-        // Another tab sharing the storage may have rotated it already: take theirs.
-        const raw = await this.storage.get(this.storageKey);
-        const saved = raw ? JSON.parse(raw) : null;
-        if (attempt === 0 && saved && saved.refresh_token && saved.refresh_token !== used) {
+        // Another tab sharing the storage may have rotated it meanwhile: take theirs.
+        const saved = await this._readStored();
+        if (attempt === 0 && saved && saved.refresh_token !== used) {
           used = saved.refresh_token;
           continue;
         }
@@ -715,6 +741,7 @@ export class Socialhub {
     this.disconnect();
     clearTimeout(this._refreshTimer);
     this._refreshTimer = null;
+    if (typeof globalThis.removeEventListener === "function") globalThis.removeEventListener("online", this._onOnline);
   }
 
   /**
@@ -783,7 +810,11 @@ export class Socialhub {
       this._scheduleReconnect(0);
       return;
     }
-    if (!this._wantOpen || this._ws) return;
+    if (this._ws) return;
+    if (!this._wantOpen) {
+      this._setState("closed");
+      return;
+    }
     if (!this.WebSocketImpl) {
       this._failOpenWaiters(new ConnectionError("network", "no WebSocket implementation"));
       this._setState("closed");
@@ -798,6 +829,7 @@ export class Socialhub {
     }
     this._ws = ws;
     this.session = null;
+    ws.binaryType = "arraybuffer"; // binary frames decoded at once, so frames stay in order
     ws.onopen = () => {
       if (this._ws !== ws) return;
       this._setState("authenticating");
@@ -808,20 +840,25 @@ export class Socialhub {
       this._onData(event.data);
     };
     ws.onerror = () => {
-      // the close event follows with the code
+      // Browsers follow an error with a close event; Node's WebSocket does not when the
+      // connection fails, so an error counts as the close (1006: no close frame).
+      if (this._ws === ws) this._onClosed(1006, "error");
     };
+    // A handshake that hangs (a server going down accepts and never answers) is given up.
+    const timer = unrefTimer(
+      setTimeout(() => {
+        if (this._ws === ws && this._state !== "open") this._onClosed(1006, "connect timeout");
+      }, this.connectTimeout),
+    );
+    this._connectTimer = timer;
     ws.onclose = (event) => {
       if (this._ws !== ws) return;
       this._onClosed(event.code, event.reason);
     };
   }
 
-  async _onData(data) {
-    let text = data;
-    if (typeof data !== "string") {
-      if (data && typeof data.text === "function") text = await data.text();
-      else text = new TextDecoder().decode(data);
-    }
+  _onData(data) {
+    const text = typeof data === "string" ? data : new TextDecoder().decode(data);
     let frame;
     try {
       frame = JSON.parse(text);
@@ -837,7 +874,8 @@ export class Socialhub {
     const type = frame.type;
     if (type === "authenticated") {
       this.session = { user_id: frame.user_id, session_id: frame.session_id };
-      this._attempt = 0;
+      clearTimeout(this._connectTimer);
+      this._openedAt = Date.now();
       this._authRetried = false;
       this._setState("open");
       this._startPing();
@@ -972,6 +1010,7 @@ export class Socialhub {
   _closeSocket(code, reason, failPending) {
     const ws = this._ws;
     this._ws = null;
+    clearTimeout(this._connectTimer);
     clearInterval(this._pingTimer);
     this._pingTimer = null;
     if (ws) {
@@ -1001,6 +1040,10 @@ export class Socialhub {
   async _onClosed(code, reason) {
     this._closeSocket(code === 4000 ? 4000 : 1000, reason, false);
     this.session = null;
+    // The backoff starts again only after a socket that lived a while, so a server that
+    // accepts and drops at once is not hammered.
+    if (this._openedAt && Date.now() - this._openedAt > STABLE_MS) this._attempt = 0;
+    this._openedAt = 0;
     for (const room of this._rooms.values()) room.live = false;
     this._failPending(true);
     if (!this._wantOpen) {
@@ -1082,6 +1125,10 @@ class AuthApi {
 
   /** End the session on the server (all its tokens, at once) and here; closes the socket. */
   async logout() {
+    // The socket first, so that its close (4401 once the session ends) is not taken for
+    // an ended session to recover from.
+    this.client._wantOpen = false;
+    this.client._closeSocket(1000, "logout", true);
     try {
       if (this.client.signedIn) await this.client.api("POST", "/auth/logout");
     } catch (err) {
