@@ -332,6 +332,7 @@ test("after a server restart (close 1012) every missed message arrives once and 
   const gotB = collect(b, "new_message");
   const statesA = collect(a, "state");
   const resumed = collect(a, "resumed");
+  const joinedA = collect(a, "joined");
   await a.chat.join(room.id);
   await b.chat.join(room.id);
   await b.chat.send(room.id, "m1");
@@ -368,6 +369,9 @@ test("after a server restart (close 1012) every missed message arrives once and 
     resumed.map((r) => [r.room_id, r.since_seq]),
     [[room.id, 2]],
   );
+  // Resumed by `since_seq` alone: joined once at first and once on the new socket, no
+  // gap seen, no rejoin.
+  assert.equal(joinedA.length, 2);
   assert.equal(a.state, "open");
 });
 
