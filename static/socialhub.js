@@ -96,6 +96,8 @@
  * @property {number} [pingInterval] ms between application pings on an idle socket (default 25000; 0: none)
  * @property {number} [pongTimeout] ms to wait for `pong` before the socket is taken as dead (default 10000)
  * @property {number} [connectTimeout] ms from opening a socket to `authenticated` before it is given up (default 15000)
+ * @property {number} [frameRate] frames a second the socket sends at most (default 20; the server allows 30)
+ * @property {number} [frameBurst] frames sent at once before the rate applies (default 40; the server allows 60)
  * @property {() => number} [random] default Math.random (the jitter)
  */
 
@@ -287,6 +289,9 @@ export class Pager {
 
 // -- the client -----------------------------------------------------------------------
 
+/** `error` codes that mean a room is not there for this user any more. */
+const GONE = new Set(["forbidden", "not_found"]);
+
 /** A socket open this long (ms) counts as stable: the next reconnect starts the backoff afresh. */
 const STABLE_MS = 10_000;
 
@@ -310,6 +315,8 @@ export class Socialhub {
     this.pingInterval = options.pingInterval ?? 25_000;
     this.pongTimeout = options.pongTimeout ?? 10_000;
     this.connectTimeout = options.connectTimeout ?? 15_000;
+    this.frameRate = options.frameRate ?? 20;
+    this.frameBurst = options.frameBurst ?? 40;
     this.random = options.random ?? Math.random;
 
     /** @type {Map<string, Set<Function>>} */ this._listeners = new Map();
@@ -325,6 +332,11 @@ export class Socialhub {
     this._pingTimer = null;
     this._connectTimer = null;
     this._refCounter = 0;
+    /** frames waiting for the rate (JSON text) */ this._outbox = [];
+    this._bucket = this.frameBurst;
+    this._bucketAt = Date.now();
+    this._flushTimer = null;
+    this._opening = false;
     this._authRetried = false;
     /** pending socket requests by ref */ this._pending = new Map();
     /** waiters for connect() */ this._openWaiters = [];
@@ -587,7 +599,7 @@ export class Socialhub {
     clearTimeout(this._refreshTimer);
     this._refreshTimer = null;
     await this._save();
-    this._closeSocket(1000, "signed out", false);
+    this._closeSocket(1000, "signed out", true);
     this._wantOpen = false;
     this._rooms.clear();
     this._presence.clear();
@@ -778,12 +790,36 @@ export class Socialhub {
     return this._rawSend(frame);
   }
 
+  /**
+   * Queue a frame for the open socket. Frames leave at most `frameRate` a second (bursts
+   * of `frameBurst`), below the server's limit (30 a second, bursts of 60: over it a frame
+   * is refused `rate_limited`), so a resume of many rooms is paced rather than refused.
+   */
   _rawSend(frame) {
-    try {
-      this._ws.send(JSON.stringify(frame));
-      return true;
-    } catch {
-      return false;
+    if (!this._ws) return false;
+    this._outbox.push(JSON.stringify(frame));
+    this._flush();
+    return true;
+  }
+
+  _flush() {
+    const now = Date.now();
+    this._bucket = Math.min(this.frameBurst, this._bucket + ((now - this._bucketAt) * this.frameRate) / 1000);
+    this._bucketAt = now;
+    while (this._outbox.length && this._bucket >= 1 && this._ws) {
+      try {
+        this._ws.send(this._outbox.shift());
+      } catch {
+        // closing: the close handler decides what is sent again
+      }
+      this._bucket -= 1;
+    }
+    if (this._outbox.length && !this._flushTimer) {
+      const wait = Math.ceil(((1 - this._bucket) * 1000) / this.frameRate);
+      this._flushTimer = setTimeout(() => {
+        this._flushTimer = null;
+        this._flush();
+      }, wait);
     }
   }
 
@@ -795,9 +831,10 @@ export class Socialhub {
   async _open() {
     clearTimeout(this._reconnectTimer);
     this._reconnectTimer = null;
-    if (this._ws) return;
+    if (this._ws || this._opening) return;
     this._setState("connecting");
     let token;
+    this._opening = true;
     try {
       token = await this._freshToken();
     } catch (err) {
@@ -809,6 +846,8 @@ export class Socialhub {
       }
       this._scheduleReconnect(0);
       return;
+    } finally {
+      this._opening = false;
     }
     if (this._ws) return;
     if (!this._wantOpen) {
@@ -833,6 +872,7 @@ export class Socialhub {
     ws.onopen = () => {
       if (this._ws !== ws) return;
       this._setState("authenticating");
+      this._bucket -= 1;
       ws.send(JSON.stringify({ type: "authenticate", token }));
     };
     ws.onmessage = (event) => {
@@ -951,17 +991,36 @@ export class Socialhub {
     this._emit("new_message", frame);
   }
 
-  async _resync(roomId, room) {
+  /**
+   * Join a room again from the last seq delivered (after a gap, or a refused resume):
+   * leave, then join with `since_seq`; the replay fills in, dedupe drops the rest. A room
+   * the user may no longer see is dropped; a refusal for now is tried again later.
+   */
+  async _resync(roomId, room, attempt = 0) {
+    if (room.resyncing) return;
     room.resyncing = true;
     try {
       await this.rpc({ type: "leave_room", room_id: roomId });
-      await this.rpc({ type: "join_room", room_id: roomId, since_seq: room.lastSeq });
-    } catch {
-      // the socket went: the reconnect resumes from lastSeq anyway
+      const frame = { type: "join_room", room_id: roomId };
+      if (room.lastSeq !== null) frame.since_seq = room.lastSeq;
+      await this.rpc(frame, { timeout: this.sendTimeout });
+    } catch (err) {
+      if (err instanceof ApiError && GONE.has(err.code)) {
+        this._rooms.delete(roomId);
+      } else if (!(err instanceof ConnectionError)) {
+        // rate_limited, unavailable, no reply: later (a closed socket resumes it anyway)
+        const delay = Math.min(this.reconnectMaxDelay, 1000 * 2 ** attempt);
+        unrefTimer(
+          setTimeout(() => {
+            if (this._state === "open" && this._rooms.get(roomId) === room) this._resync(roomId, room, attempt + 1);
+          }, delay),
+        );
+      }
     } finally {
       room.resyncing = false;
     }
   }
+
 
   /** After a socket is authenticated: rooms, presence and queued requests again. */
   _resume() {
@@ -970,13 +1029,16 @@ export class Socialhub {
       const frame = { type: "join_room", room_id: roomId };
       if (room.lastSeq !== null) frame.since_seq = room.lastSeq;
       const since = room.lastSeq;
-      this.rpc(frame).then(
+      this.rpc(frame, { timeout: this.sendTimeout }).then(
         (joined) => {
           if (since !== null) this._emit("resumed", { room_id: roomId, since_seq: since, last_seq: joined.last_seq });
         },
         (err) => {
-          // no longer a member (forbidden, not_found): stop following it
-          if (err instanceof ApiError) this._rooms.delete(roomId);
+          if (err instanceof ApiError && GONE.has(err.code)) {
+            this._rooms.delete(roomId); // no longer a member, or no such room: stop following it
+          } else if (this._state === "open" && this._rooms.get(roomId) === room) {
+            this._resync(roomId, room); // refused for now (rate_limited, unavailable) or no reply: again
+          }
         },
       );
     }
@@ -1010,6 +1072,9 @@ export class Socialhub {
   _closeSocket(code, reason, failPending) {
     const ws = this._ws;
     this._ws = null;
+    this._outbox.length = 0; // frames for a gone socket: retried ones are sent again on the next
+    clearTimeout(this._flushTimer);
+    this._flushTimer = null;
     clearTimeout(this._connectTimer);
     clearInterval(this._pingTimer);
     this._pingTimer = null;
@@ -1057,6 +1122,7 @@ export class Socialhub {
         return;
       }
       this._authRetried = true;
+      this._setState("reconnecting", { attempt: this._attempt, delay: 0, code });
       try {
         await this.refresh();
       } catch (err) {

@@ -57,12 +57,15 @@ assert.ok(globalThis.WebSocket, "run node with --experimental-websocket");
  * the server sent on the way in.
  */
 function makeNet() {
-  const net = { offline: false, drop: null, opened: 0 };
+  const net = { offline: false, drop: null, opened: 0, current: null };
+  // Close the current socket from this side, as a flaky network would.
+  net.cut = () => net.current.real.close(4000, "cut by the test");
   net.WebSocket = class {
     constructor(url) {
       const real = new WebSocket(net.offline ? "ws://127.0.0.1:9/ws" : url);
       if (!net.offline) net.opened++;
       this.real = real;
+      net.current = this;
       this.onopen = this.onmessage = this.onclose = this.onerror = null;
       real.onopen = (e) => this.onopen && this.onopen(e);
       real.onerror = (e) => this.onerror && this.onerror(e);
@@ -582,4 +585,29 @@ test("calls: ICE servers and signaling both ways", { timeout: 60_000 }, async ()
     history.items.map((c) => c.id),
     [second.id, call.id],
   );
+});
+
+test("a burst of frames is paced under the server's frame limit: 80 rooms joined, and resumed", { timeout: 60_000 }, async () => {
+  const a = await signedUp();
+  const b = await signedUp();
+  const rooms = [];
+  for (let i = 0; i < 80; i++) rooms.push(await a.chat.group(`room ${i}`, [b.user.id]));
+  await a.connect();
+  const errors = [];
+  a.on("frame", (f) => f.type === "error" && errors.push(f));
+  const joined = collect(a, "joined");
+  await Promise.all(rooms.map((r) => a.chat.join(r.id)));
+  for (let i = 0; i < 100; i++) a.chat.typing(rooms[0].id, i % 2 === 0);
+  assert.equal(joined.length, 80);
+
+  a.net.cut();
+  await until(() => joined.length >= 160, "every room joined again", 30_000);
+  await sleep(500);
+  assert.deepEqual(errors, []);
+  assert.equal(a.joinedRooms().size, 80);
+  // And the rooms stream: a message in the last one arrives.
+  const last = rooms.at(-1);
+  const got = a.waitFor("new_message", (f) => f.message.room_id === last.id);
+  await a.chat.send(last.id, "still here");
+  assert.equal((await got).message.body, "still here");
 });
