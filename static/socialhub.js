@@ -12,8 +12,10 @@
 //
 // The rules it keeps (docs/sdk-js.md says more):
 // - Reconnect: exponential backoff with full jitter (delay = random(0, min(max, initial * 2^n))),
-//   reset once a socket is authenticated. Close 4401 (session ended) refreshes the token
-//   once; if that fails the client is signed out ("signed_out" event) and stays closed.
+//   started afresh after a socket that stayed open 10 s. Close 4401 (session ended)
+//   refreshes the token once; if that fails the client is signed out ("signed_out" event)
+//   and stays closed. A failed connection, a handshake that hangs, or a ping without pong
+//   count as a close.
 // - Resume: after a reconnect every joined room is joined again with `since_seq` = the
 //   last seq delivered, and presence subscriptions are renewed. `new_message` events are
 //   deduplicated by seq and delivered in seq order; a gap makes the SDK rejoin the room.
@@ -22,6 +24,7 @@
 //   pluggable; localStorage by default when there is one).
 // - Requests on the socket carry a `ref`; the reply (`ack`, `joined`, `pong`, `error`)
 //   settles the promise, or it is rejected with a RequestTimeoutError.
+// - Frames leave paced below the server's frame limit (20 a second, bursts of 40).
 
 /**
  * @typedef {{id: string, username: string, name: string, avatar_url: string|null}} UserSummary
@@ -294,7 +297,6 @@ const GONE = new Set(["forbidden", "not_found"]);
 
 /** A socket open this long (ms) counts as stable: the next reconnect starts the backoff afresh. */
 const STABLE_MS = 10_000;
-
 
 export class Socialhub {
   /** @param {SocialhubOptions} [options] */
@@ -1020,7 +1022,6 @@ export class Socialhub {
       room.resyncing = false;
     }
   }
-
 
   /** After a socket is authenticated: rooms, presence and queued requests again. */
   _resume() {
