@@ -177,6 +177,7 @@ function defaultStorage() {
         get: (k) => ls.getItem(k),
         set: (k, v) => ls.setItem(k, v),
         remove: (k) => ls.removeItem(k),
+        shared: ls, // other tabs write it too: their changes come as `storage` events
       };
     }
   } catch {
@@ -362,7 +363,41 @@ export class Socialhub {
     this._onOnline = () => {
       if (this._wantOpen && this._state === "reconnecting") this._reconnectNow();
     };
-    if (typeof globalThis.addEventListener === "function") globalThis.addEventListener("online", this._onOnline);
+    // Another tab of the same origin rotated the tokens, signed in or signed out.
+    this._onStorage = (event) => {
+      const shared = this.storage.shared;
+      if (!shared || event.storageArea !== shared || (event.key !== null && event.key !== this.storageKey)) return;
+      this._adoptStored(event.key === null ? null : event.newValue);
+    };
+    if (typeof globalThis.addEventListener === "function") {
+      globalThis.addEventListener("online", this._onOnline);
+      if (this.storage.shared) globalThis.addEventListener("storage", this._onStorage);
+    }
+  }
+
+  /** The stored session changed under us (another tab): follow it. */
+  async _adoptStored(raw) {
+    await this.ready;
+    let saved = null;
+    try {
+      saved = raw ? JSON.parse(raw) : null;
+    } catch {
+      saved = null;
+    }
+    if (!saved || typeof saved.token !== "string" || typeof saved.refresh_token !== "string") {
+      if (this._tokens) await this._signOut("logout", false); // signed out in another tab: the session is over
+      return;
+    }
+    if (this._tokens && saved.refresh_token === this._tokens.refresh_token) return;
+    const mine = this._user && this._user.id;
+    if (this._tokens && mine && saved.user && saved.user.id !== mine) {
+      // Another tab signed in as someone else: this client's user is gone.
+      await this._signOut("logout", false);
+    }
+    this._tokens = { token: saved.token, refresh_token: saved.refresh_token };
+    this._user = saved.user ?? this._user;
+    this._scheduleRefresh();
+    this._emit("tokens", { ...this._tokens });
   }
 
   // -- state and events ---------------------------------------------------------------
@@ -594,13 +629,13 @@ export class Socialhub {
     return this._tokens.token;
   }
 
-  async _signOut(reason) {
+  async _signOut(reason, clearStorage = true) {
     const had = this._tokens !== null;
     this._tokens = null;
     this._user = null;
     clearTimeout(this._refreshTimer);
     this._refreshTimer = null;
-    await this._save();
+    if (clearStorage) await this._save();
     this._closeSocket(1000, "signed out", true);
     this._wantOpen = false;
     this._rooms.clear();
@@ -755,7 +790,10 @@ export class Socialhub {
     this.disconnect();
     clearTimeout(this._refreshTimer);
     this._refreshTimer = null;
-    if (typeof globalThis.removeEventListener === "function") globalThis.removeEventListener("online", this._onOnline);
+    if (typeof globalThis.removeEventListener === "function") {
+      globalThis.removeEventListener("online", this._onOnline);
+      globalThis.removeEventListener("storage", this._onStorage);
+    }
   }
 
   /**
@@ -1192,10 +1230,14 @@ class AuthApi {
 
   /** End the session on the server (all its tokens, at once) and here; closes the socket. */
   async logout() {
+    const c = this.client;
+    await c.ready;
     // The socket first, so that its close (4401 once the session ends) is not taken for
-    // an ended session to recover from.
-    this.client._wantOpen = false;
-    this.client._closeSocket(1000, "logout", true);
+    // an ended session to recover from; then the stored session, so that other tabs sign
+    // out at once rather than find their sockets closed and try a refresh.
+    c._wantOpen = false;
+    c._closeSocket(1000, "logout", true);
+    if (c._tokens) await c.storage.remove(c.storageKey);
     try {
       if (this.client.signedIn) await this.client.api("POST", "/auth/logout");
     } catch (err) {

@@ -54,6 +54,19 @@ RELOADED = """async () => {
 }"""
 
 
+# Two tabs of one origin share localStorage: what one does to the session, the other follows.
+TAB = """async () => {
+  const { Socialhub } = await import("/static/socialhub.js");
+  const sh = new Socialhub();
+  window.sh = sh;
+  window.seen = { tokens: [], signedOut: [] };
+  sh.on("tokens", (t) => window.seen.tokens.push(t && t.refresh_token));
+  sh.on("signed_out", (e) => window.seen.signedOut.push(e.reason));
+  await sh.connect();
+  return sh.token;
+}"""
+
+
 def noise_png(side: int = 700) -> bytes:
     """An image of about 1.5 MB (random pixels do not compress)."""
     out = io.BytesIO()
@@ -82,7 +95,8 @@ async def test_the_sdk_in_chromium(server: Server) -> None:
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
-            page = await browser.new_page()
+            context = await browser.new_context()
+            page = await context.new_page()
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
             page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
@@ -108,6 +122,26 @@ async def test_the_sdk_in_chromium(server: Server) -> None:
             assert second["me"]["id"] == first["user"]["id"]
             assert second["session"]["user_id"] == first["user"]["id"]
             assert second["pong"]["type"] == "pong"
+
+            # Two tabs: a refresh in one is taken by the other (which then never spends
+            # the rotated refresh token), and a logout in one signs the other out.
+            other = await context.new_page()
+            other.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            other.on("pageerror", lambda e: problems.append(str(e)))
+            await other.goto(server.url + "/")
+            await page.evaluate(TAB)
+            await other.evaluate(TAB)
+            rotated = await page.evaluate("async () => (await window.sh.refresh()).refresh_token")
+            await other.wait_for_function("(r) => window.seen.tokens.includes(r)", arg=rotated, timeout=10_000)
+            assert await other.evaluate("async () => (await window.sh.refresh()).refresh_token") != rotated
+            assert await page.evaluate("async () => (await window.sh.users.me()).id") == first["user"]["id"]
+            await other.evaluate("async () => window.sh.auth.logout()")
+            await page.wait_for_function("() => window.seen.signedOut.length > 0", timeout=10_000)
+            assert await page.evaluate("() => [window.seen.signedOut, window.sh.state, window.sh.signedIn]") == [
+                ["logout"],
+                "closed",
+                False,
+            ]
         finally:
             await browser.close()
     assert problems == []
