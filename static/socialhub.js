@@ -47,6 +47,9 @@
  *   media: "audio"|"video", state: "ringing"|"active"|"ended", end_reason?: string|null,
  *   started_at: string, answered_at?: string|null, ended_at?: string|null}} Call
  * @typedef {{urls: string|string[], username?: string, credential?: string}} IceServer
+ */
+/**
+ * A page of a list, newest first; `next` is passed back as `before` (comments: `after`).
  * @template T
  * @typedef {{items: T[], next: string|null}} Page
  */
@@ -59,9 +62,10 @@
  */
 /**
  * Storage for the session (tokens and the signed-in user). Methods may return promises.
+ * `shared`: the browser Storage it writes to, when other tabs see it (the default).
  * @typedef {{get(key: string): (string|null|Promise<string|null>),
  *   set(key: string, value: string): (void|Promise<void>),
- *   remove(key: string): (void|Promise<void>)}} TokenStorage
+ *   remove(key: string): (void|Promise<void>), shared?: Storage}} TokenStorage
  */
 /**
  * Events, by name, and what the listener receives:
@@ -224,6 +228,9 @@ function reportListenerError(err) {
 
 const ref = (s) => encodeURIComponent(String(s));
 
+/** A File's own name, or `fallback` for a Blob (which has none). */
+const fileName = (blob, fallback) => (typeof File !== "undefined" && blob instanceof File && blob.name) || fallback;
+
 /** Read an HTTP error body into an ApiError (or a SocialhubError for non-JSON answers). */
 function httpError(status, text, retryAfterHeader) {
   const retryAfter = retryAfterHeader ? Number(retryAfterHeader) || null : null;
@@ -304,7 +311,7 @@ export class Socialhub {
   constructor(options = {}) {
     const origin = globalThis.location && globalThis.location.origin;
     this.baseUrl = String(options.baseUrl ?? origin ?? "").replace(/\/+$/, "");
-    this.storage = options.storage ?? defaultStorage();
+    /** @type {TokenStorage} */ this.storage = options.storage ?? defaultStorage();
     this.storageKey = options.storageKey ?? "socialhub.session";
     this.WebSocketImpl = options.WebSocket ?? globalThis.WebSocket;
     this.fetchImpl = options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
@@ -448,8 +455,12 @@ export class Socialhub {
     if (set) set.delete(fn);
   }
 
-  /** A promise of the next event of `type` for which `predicate` holds. */
-  waitFor(type, predicate = () => true, timeout = this.requestTimeout) {
+  /**
+   * A promise of the next event of `type` for which `predicate` holds.
+   * @param {EventType|string} type @param {(detail: any) => boolean} [predicate] @param {number} [timeout] ms
+   * @returns {Promise<any>}
+   */
+  waitFor(type, predicate = (_detail) => true, timeout = this.requestTimeout) {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         off();
@@ -673,6 +684,7 @@ export class Socialhub {
       if (s) url += (url.includes("?") ? "&" : "?") + s;
     }
     for (let attempt = 0; ; attempt++) {
+      /** @type {Record<string, string>} */
       const headers = { Accept: "application/json", ...(options.headers ?? {}) };
       let body;
       if (options.json !== undefined) {
@@ -1299,7 +1311,7 @@ class UsersApi {
       const form = new FormData();
       if (name !== undefined) form.set("name", name);
       if (bio !== undefined) form.set("bio", bio);
-      form.set("avatar", avatar, avatar.name || "avatar");
+      form.set("avatar", avatar, fileName(avatar, "avatar"));
       user = await this.client.api("PATCH", "/users/me", { form, onProgress });
     } else {
       const json = {};
@@ -1357,7 +1369,7 @@ class PostsApi {
     if (!files.length) return this.client.api("POST", "/posts/", { json: { content }, headers, signal });
     const form = new FormData();
     form.set("content", content);
-    for (const f of files) form.append("media", f, f.name || "file");
+    for (const f of files) form.append("media", f, fileName(f, "file"));
     return this.client.api("POST", "/posts/", { form, headers, onProgress, signal });
   }
 
@@ -1423,7 +1435,7 @@ class FeedApi {
     return this.client.api("GET", "/feed", { query });
   }
 
-  /** A Pager over the home timeline (endless scroll). @returns {Pager<Post>} */
+  /** A Pager over the home timeline (endless scroll). @param {{limit?: number}} [options] @returns {Pager<Post>} */
   pager({ limit } = {}) {
     return new Pager((q) => this.page(q), { limit });
   }
@@ -1440,7 +1452,7 @@ class NotificationsApi {
     return this.client.api("GET", "/notify/notifications", { query });
   }
 
-  /** @returns {Pager<Notification>} */
+  /** A Pager over the notifications. @param {{limit?: number}} [options] @returns {Pager<Notification>} */
   pager({ limit } = {}) {
     return new Pager((q) => this.list(q), { limit });
   }
@@ -1494,7 +1506,8 @@ class ChatApi {
     return this.client.api("GET", `/chat/${ref(roomId)}/history`, { query });
   }
 
-  /** @returns {Pager<Message>} */
+  /** A Pager over a room's history, newest first. @param {string} roomId @param {{limit?: number}} [options]
+   * @returns {Pager<Message>} */
   historyPager(roomId, { limit } = {}) {
     return new Pager((q) => this.history(roomId, q), { limit });
   }
