@@ -257,6 +257,8 @@ test("REST errors carry the server's status, code, message and fields", { timeou
   await assert.rejects(b.users.get("@no_such_user_zz"), (e) => e instanceof ApiError && e.code === "not_found");
   await assert.rejects(b.users.follow(b.user.id), (e) => e instanceof ApiError && e.status === 422);
   await assert.rejects(anon.users.me(), (e) => e instanceof SignedOutError && e.code === "unauthenticated");
+  await assert.rejects(anon.connect(), (e) => e instanceof SignedOutError);
+  assert.equal(anon.state, "closed");
   const nowhere = new Socialhub({ baseUrl: "http://127.0.0.1:9", storage: new MemoryStorage() });
   await assert.rejects(nowhere.auth.login("x", "y"), (e) => e instanceof ConnectionError && e.code === "network");
 });
