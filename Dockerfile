@@ -17,6 +17,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY migrations ./migrations
 COPY socialhub ./socialhub
+COPY static ./static
 RUN /opt/socialhub/bin/pip install --no-cache-dir . \
     && /opt/socialhub/bin/socialhub --version
 

@@ -40,6 +40,7 @@ from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.ratelimit import RateLimitMiddleware
 from socialhub.api.http.routing import RouteGroup, ip_limits, one_route_per_path
 from socialhub.api.http.security import Authenticator
+from socialhub.api.http.static import StaticRoutes
 from socialhub.api.http.users import UserRoutes
 from socialhub.api.ws.dispatch import Dispatcher
 from socialhub.api.ws.endpoint import SocketEndpoint
@@ -386,10 +387,12 @@ def create_app(settings: Settings) -> Starlette:
     drain = Drain(settings.server.drain_seconds, close_sockets)
     health = HealthRoutes(readiness(parts, drain), metrics=settings.metrics.enabled)
     asyncapi = AsyncApiRoutes(asyncapi_document(settings))
+    static = StaticRoutes()  # the web client at / and its files under /static/
     operations = [
         *health.operations(),
         *(op for group in parts.groups for op in group.operations()),
         *asyncapi.operations(),
+        *static.operations(),
     ]
     docs = OpenApiRoutes(operations, rate_limits=settings.ratelimit.enabled, asyncapi=asyncapi.document)
     routes = one_route_per_path(
@@ -399,6 +402,7 @@ def create_app(settings: Settings) -> Starlette:
             *health.routes(),
             *docs.routes(),
             *asyncapi.routes(),
+            *static.routes(),
         ]
     )
     life = steps(parts)

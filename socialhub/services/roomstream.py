@@ -108,7 +108,10 @@ class RoomStream:
             room = self._rooms.get(room_id)
             known = room.members.get(sink) if room is not None else None
             last = known.sent if known is not None and known.held is None else 0
-            sink.send(_encoder.encode(Joined(room_id=str(room_id), last_seq=last)))
+            again = Joined(room_id=str(room_id), last_seq=last)
+            if ref is not None:  # the direct reply echoes the frame's ref, as the first one does
+                again = Joined(room_id=str(room_id), last_seq=last, ref=ref)
+            sink.send(_encoder.encode(again))
             return
         member = _Member()
         self._joined.setdefault(sink, set()).add(room_id)

@@ -217,7 +217,7 @@ async def test_joining_twice_changes_nothing(env: Env) -> None:
     await env.stream.join(sink, room, since_seq=0)
     await env.stream.join(sink, room, since_seq=0, ref="again")
     assert sink.types() == ["joined", "new_message", "new_message", "joined"]
-    assert sink.frames[-1] == {"type": "joined", "room_id": str(room), "last_seq": 2}
+    assert sink.frames[-1] == {"type": "joined", "room_id": str(room), "last_seq": 2, "ref": "again"}
     await env.stream.leave(sink, room)
     assert await env.joins.joined_users(room) == set()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 
 import httpx
@@ -187,7 +188,13 @@ async def test_every_route_is_in_the_openapi_document(
     doc = (await client.get("/openapi.json")).json()
     documented = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
     app = create_app(make_settings())
-    served = {(m, r.path) for r in app.routes if isinstance(r, Route) for m in (r.methods or ()) if m != "HEAD"}
+    served = {
+        (m, re.sub(r"\{(\w+):\w+\}", r"{\1}", r.path))  # a Starlette converter is no part of the OpenAPI path
+        for r in app.routes
+        if isinstance(r, Route)
+        for m in (r.methods or ())
+        if m != "HEAD"
+    }
     assert served == documented
     page = await client.get("/docs")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]

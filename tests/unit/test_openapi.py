@@ -29,6 +29,7 @@ from socialhub.api.http.notifications import NotificationRoutes
 from socialhub.api.http.openapi import OpenApiRoutes, build_document
 from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.routing import Operation, ip_limits
+from socialhub.api.http.static import StaticRoutes
 from socialhub.api.http.users import UserRoutes
 from socialhub.app import create_app
 from socialhub.config import MediaSettings, Settings, load_settings, with_overrides
@@ -52,6 +53,8 @@ PUBLIC = {
     ("GET", "/docs"),
     ("GET", "/asyncapi.json"),
     ("GET", "/media/{key}"),
+    ("GET", "/"),
+    ("GET", "/static/{path}"),
 }
 
 
@@ -73,6 +76,7 @@ def route_classes() -> list[Any]:
         MediaRoutes(None),  # type: ignore[arg-type]
         ChatRoutes(None, None, 0),  # type: ignore[arg-type]
         CallRoutes(None, None),  # type: ignore[arg-type]
+        StaticRoutes(),
         HealthRoutes({}, metrics=True),
         HealthRoutes({}, metrics=False),
         OpenApiRoutes([]),
@@ -81,8 +85,8 @@ def route_classes() -> list[Any]:
 
 
 def all_operations() -> list[Operation]:
-    # In app.py's order: health, then the API groups, then the AsyncAPI document.
-    groups = [HealthRoutes({}, metrics=True), *route_classes()[:-4], AsyncApiRoutes({})]
+    # In app.py's order: health, the API groups, the AsyncAPI document, the web client's pages.
+    groups = [HealthRoutes({}, metrics=True), *route_classes()[:-5], AsyncApiRoutes({}), StaticRoutes()]
     return [op for group in groups for op in group.operations()]
 
 

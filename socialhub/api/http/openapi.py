@@ -64,6 +64,7 @@ PATH: dict[str, dict[str, Any]] = {
     "room_id": ID_SCHEMA,
     "ref": {"type": "string", "pattern": USER_REF_PATTERN, "description": "a user id, `@username` or `me`"},
     "key": {"type": "string", "pattern": MEDIA_KEY.pattern},
+    "path": {"type": "string", "description": "a file's path under the web client's folder; may hold slashes"},
 }
 # Request headers an operation may declare, by name.
 HEADER_PARAMS: dict[str, dict[str, Any]] = {
