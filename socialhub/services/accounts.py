@@ -44,11 +44,15 @@ class AuthResult(msgspec.Struct, frozen=True):
     user: User
     token: str
     refresh_token: str
+    # Seconds the access token lives (OAuth 2.0's `expires_in`): a client refreshes before
+    # then without reading the token's own claims.
+    expires_in: int
 
 
 class TokenPair(msgspec.Struct, frozen=True):
     token: str
     refresh_token: str
+    expires_in: int
 
 
 class Verified(msgspec.Struct, frozen=True):
@@ -137,7 +141,10 @@ class AccountService:
             ip=ip,
         )
         return AuthResult(
-            user=User.of(user, with_email=True), token=self.tokens.issue(user.id, session_id), refresh_token=refresh
+            user=User.of(user, with_email=True),
+            token=self.tokens.issue(user.id, session_id),
+            refresh_token=refresh,
+            expires_in=int(self.tokens.access_ttl),
         )
 
     async def refresh(self, refresh_token: str) -> TokenPair:
@@ -154,7 +161,11 @@ class AccountService:
             await self.guard.revoked(session.user_id, [session.id])
         if outcome is not RefreshOutcome.ROTATED or session is None:
             raise Unauthenticated("invalid refresh token")
-        return TokenPair(token=self.tokens.issue(session.user_id, session.id), refresh_token=new)
+        return TokenPair(
+            token=self.tokens.issue(session.user_id, session.id),
+            refresh_token=new,
+            expires_in=int(self.tokens.access_ttl),
+        )
 
     async def logout(self, principal: Principal) -> None:
         await self.auth.update_session_revoked(principal.session_id, "logout")

@@ -86,6 +86,9 @@ async def test_login_by_email_or_username_and_same_answer_for_unknown(client: ht
         r = await client.post("/auth/login", json={"identifier": ident, "password": a.password})
         assert r.status_code == 200, ident
         assert r.json()["user"]["id"] == a.id and r.json()["token"] and r.json()["refresh_token"]
+        # The access token's lifetime in seconds, as its own `exp - iat` says.
+        claims = jwt.decode(r.json()["token"], options={"verify_signature": False})
+        assert r.json()["expires_in"] == claims["exp"] - claims["iat"] > 0
     wrong = await client.post("/auth/login", json={"identifier": a.username, "password": "not the password"})
     unknown = await client.post("/auth/login", json={"identifier": "nobody_here", "password": "not the password"})
     assert wrong.status_code == unknown.status_code == 401
@@ -148,7 +151,7 @@ async def test_refresh_rotates_and_replay_revokes_the_session(client: httpx.Asyn
     r1 = await client.post("/auth/refresh", json={"refresh_token": a.refresh_token})
     assert r1.status_code == 200
     t1 = r1.json()
-    assert t1["refresh_token"] != a.refresh_token and set(t1) == {"token", "refresh_token"}
+    assert t1["refresh_token"] != a.refresh_token and set(t1) == {"token", "refresh_token", "expires_in"}
     r2 = await client.post("/auth/refresh", json={"refresh_token": t1["refresh_token"]})
     assert r2.status_code == 200
     t2 = r2.json()
