@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import shutil
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, Playwright, async_playwright
 
+from tests.browser.cable import Cable
 from tests.conftest import fresh_database
 from tests.e2e.server import Server, server_env
 
@@ -80,9 +82,15 @@ class LiveServer:
     def ws_url(self) -> str:
         return "ws" + self.server.url.removeprefix("http") + "/ws"
 
-    def restart(self) -> None:
-        self.server.stop()
-        self.server.start()
+    async def restart(self) -> None:
+        """Stop (SIGTERM: sockets closed with 1012) and start again; in a thread, so the
+        pages' events keep being handled meanwhile."""
+
+        def stop_start() -> None:
+            self.server.stop()
+            self.server.start()
+
+        await asyncio.to_thread(stop_start)
 
 
 @dataclass
@@ -232,16 +240,46 @@ async def open_person(chromium: Browser, name: str, viewport: dict[str, int], sh
     return person
 
 
+_CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.when == "call":
+        item.stash[_CALL_REPORT] = report
+    return report
+
+
 @pytest.fixture
-async def people(chromium: Browser, shots: Shots) -> AsyncIterator[tuple[Person, Person]]:
+async def people(
+    chromium: Browser, shots: Shots, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Person, Person]]:
     """alice (desktop window) and bob (phone), in browser contexts of their own. After the
-    test, neither page may have logged a console error outside a declared outage."""
+    test, neither page may have logged a console error outside a declared outage; a failed
+    test leaves a screenshot of each page as it was."""
     alice = await open_person(chromium, "alice", DESKTOP, shots)
     bob = await open_person(chromium, "bob", PHONE, shots)
     try:
         yield alice, bob
-        with no_console_errors([alice, bob]):
-            pass
+        report = request.node.stash.get(_CALL_REPORT, None)
+        if report is not None and report.failed:
+            for person in (alice, bob):
+                await person.shot("at the failure")
+            print("console errors:", {p.name: p.errors for p in (alice, bob)})
+        else:
+            with no_console_errors([alice, bob]):
+                pass
     finally:
         for person in (alice, bob):
             await person.context.close()
+
+
+@pytest.fixture
+def cable(live: LiveServer) -> Iterator[Cable]:
+    """A forwarder to the live server that the test can unplug (tests/browser/cable.py)."""
+    c = Cable(free_port_in_range(), live.server.port).start()
+    try:
+        yield c
+    finally:
+        c.stop()
