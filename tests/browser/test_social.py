@@ -4,7 +4,9 @@ it, and the author's unread badge counts each of those as it happens."""
 
 from __future__ import annotations
 
-from playwright.async_api import expect
+import re
+
+from playwright.async_api import FilePayload, expect
 
 from tests.browser.conftest import LiveServer, Person
 from tests.browser.ui import (
@@ -57,7 +59,7 @@ async def test_sign_up_follow_post_like_comment(live: LiveServer, people: tuple[
     await screen(alice, "feed")
     await tid(alice, "composer-text").fill("First light over the harbour")
     await tid(alice, "composer-file-input").set_input_files(
-        files=[{"name": "harbour.png", "mimeType": "image/png", "buffer": picture()}]
+        files=[FilePayload(name="harbour.png", mimeType="image/png", buffer=picture())]
     )
     await expect(tid(alice, "composer-preview")).to_have_count(1)
     await expect(tid(alice, "composer-preview")).to_have_attribute("data-name", "harbour.png")
@@ -121,4 +123,30 @@ async def test_sign_up_follow_post_like_comment(live: LiveServer, people: tuple[
     mine = post_card(alice, post_id)
     await expect(mine.get_by_test_id("post-likes-count")).to_have_text("1")
     await expect(mine.get_by_test_id("post-comments-count")).to_contain_text("1")
-    await expect(tid(alice, "nav")).to_be_visible()
+
+    # The other screens, each seen once: her profile and followers, a post's own page,
+    # the settings; bob logs out and looks at the forgotten-password form.
+    await tid(alice, "nav-profile").click()
+    await screen(alice, "profile")
+    await expect(tid(alice, "profile-posts").get_by_test_id("post")).to_have_count(1)
+    await alice.shot("own profile")
+    await tid(alice, "profile-followers").click()
+    await screen(alice, "follow-list")
+    await expect(tid(alice, "follow-list-item")).to_have_count(1)
+    await expect(tid(alice, "follow-list-item")).to_have_attribute("data-user-id", b.id)
+    await alice.shot("followers")
+    await alice.page.goto(f"{live.url}/#/post/{post_id}")
+    await screen(alice, "post")
+    await expect(post_card(alice, post_id).get_by_test_id("comment")).to_have_count(1)
+    await alice.shot("the post's page")
+    await tid(alice, "nav-settings").click()
+    await screen(alice, "settings")
+    await expect(tid(alice, "settings-name")).to_have_value(a.name)
+    await alice.shot("settings")
+
+    await tid(bob, "nav-logout").click()
+    await screen(bob, "login")
+    await expect(tid(bob, "app")).not_to_have_attribute("data-user-id", re.compile(".+"))
+    await tid(bob, "link-forgot").click()
+    await screen(bob, "forgot")
+    await bob.shot("forgot password")
