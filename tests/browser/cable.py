@@ -63,6 +63,10 @@ class Cable:
         if self._server is not None:
             self._server.close()
         await self._reset_all()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _reset_all(self) -> None:
         for writer in list(self._writers):

@@ -9,7 +9,7 @@ from playwright.async_api import Locator, expect
 
 from tests.browser.cable import Cable
 from tests.browser.conftest import LiveServer, Person
-from tests.browser.ui import api_account, connected, log_in, open_profile, screen, tid
+from tests.browser.ui import api_account, connected, eventually, log_in, open_profile, screen, tid
 
 # A reconnect waits out a backoff with jitter (the SDK's: up to 0.5 s, 1 s, 2 s, 4 s, ...
 # per attempt) after the server is back, which takes a couple of seconds to start.
@@ -28,7 +28,9 @@ async def seqs(person: Person) -> list[int]:
 async def shows_exactly(person: Person, expected: list[str]) -> None:
     """The room shows these messages, each once, in this order, with seqs 1..n."""
     await expect(tid(person, "messages").get_by_test_id("message-body")).to_have_text(expected)
-    assert await seqs(person) == list(range(1, len(expected) + 1))
+    # An own message shows at once and takes its seq from the server's ack.
+    await eventually(lambda: seqs(person), list(range(1, len(expected) + 1)))
+    await expect(tid(person, "messages").get_by_test_id("message-body")).to_have_text(expected)
 
 
 async def send(person: Person, text: str) -> None:
