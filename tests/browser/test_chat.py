@@ -5,6 +5,9 @@ carry on by themselves, without a reload."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+
 from playwright.async_api import Locator, expect
 
 from tests.browser.cable import Cable
@@ -113,11 +116,21 @@ async def test_chat_typing_receipts_offline_and_restart(
     await bob.shot("back online, caught up")
     await expect(receipt_of(alice, missed[-1])).to_have_attribute("data-state", "read")
 
-    # The server restarts mid-chat: both pages reconnect and rejoin by themselves.
+    # The server restarts mid-chat: both pages reconnect and rejoin by themselves, and what
+    # alice wrote while it was down goes out once it is back, once.
     async with alice.outage(), bob.outage():
-        await live.restart()
+        restart = asyncio.create_task(live.restart())
+        await expect(tid(alice, "connection-status")).not_to_have_attribute("data-state", "open")
+        while_down = "Written while the server was down"
+        await send(alice, while_down)
+        await expect(receipt_of(alice, while_down)).to_have_attribute("data-state", "sending")
+        await alice.shot("sending while the server is down")
+        await restart
         for person in (alice, bob):
             await expect(tid(person, "connection-status")).to_have_attribute("data-state", "open", timeout=RECONNECT_MS)
+    await expect(receipt_of(alice, while_down)).to_have_attribute("data-state", re.compile("sent|read"))
+    sent.append(while_down)
+    await shows_exactly(bob, sent)
     await alice.shot("after the restart")
     await send(bob, "Did the server just restart?")
     await send(alice, "It did, and we carried on.")
