@@ -270,6 +270,9 @@ async def people(
                 await person.shot("at the failure")
             print("console errors:", {p.name: p.errors for p in (alice, bob)})
         else:
+            for person in (alice, bob):
+                for text in person.tolerated:
+                    print(f"{person.name}, in an outage: {text}")
             with no_console_errors([alice, bob]):
                 pass
     finally:

@@ -43,6 +43,22 @@ CALLS = """async ([api, token]) => {
 }"""
 
 
+# The JavaScript SDK, as another origin's app would use it: fetched from socialhub (a
+# module script is fetched in CORS mode too), signed in, its socket authenticated.
+SDK = """async ([api, username, password]) => {
+  const { Socialhub } = await import(`${api}/static/socialhub.js`);
+  const sh = new Socialhub({ baseUrl: api });
+  try {
+    await sh.auth.login(username, password);
+    const session = await sh.connect();
+    const pong = await sh.rpc({ type: 'ping' });
+    return { user_id: session.user_id, pong: pong.type, me: (await sh.auth.me()).username };
+  } finally {
+    sh.close();
+  }
+}"""
+
+
 class _Page(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200)
@@ -99,6 +115,8 @@ async def test_listed_origin_calls_the_api_and_others_are_refused(
                 assert got["me"]["body"]["username"] == "cora_cors"
                 assert got["patch"]["status"] == 200, got
                 assert got["patch"]["body"]["bio"] == f"set from {allowed}"
+                sdk = await page.evaluate(SDK, [live.url, "cora_cors", "pass word 1"])
+                assert sdk == {"user_id": got["me"]["body"]["id"], "pong": "pong", "me": "cora_cors"}
                 assert logged == [], logged
 
                 await page.goto(other)
