@@ -46,17 +46,24 @@ CHROMIUM_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-
 NETWORK_FAILURE = re.compile(r"net::ERR_|WebSocket connection to .* failed|Failed to fetch|NetworkError")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port_in_range() -> int:
-    """A port of PORTS that nothing listens on now, from a random start."""
+    """A port of PORTS that nothing listens on now, from a random start, and never the
+    same one twice in a run (a port handed out may be bound only later)."""
     start = secrets.randbelow(len(PORTS))
     for i in range(len(PORTS)):
         port = PORTS[(start + i) % len(PORTS)]
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError(f"no free port in {PORTS}")
 
 
@@ -119,8 +126,6 @@ def cors_supported(origin: str) -> bool:
 @pytest.fixture(scope="session")
 def cors_origins() -> CorsOrigins:
     allowed, other = free_port_in_range(), free_port_in_range()
-    while other == allowed:
-        other = free_port_in_range()
     return CorsOrigins(allowed, other, cors_supported(f"http://127.0.0.1:{allowed}"))
 
 
