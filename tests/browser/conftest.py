@@ -5,11 +5,12 @@
 - `chromium`: headless Debian chromium driven by Playwright (no browser download: the
   system's `chromium` is the executable), with a fake camera and microphone that need no
   permission prompt.
-- `alice`, `bob`: two people, each in a browser context of their own (cookies, storage and
+- `people`: alice and bob, each in a browser context of their own (cookies, storage and
   sockets apart): alice with a desktop window, bob with a phone's. `shot(label)` saves a
   screenshot under screenshots/<test>/ (git-ignored); every console error and uncaught
-  exception a page logs fails the test, except the network failures a test declares with
-  `async with person.outage():` (the browser itself logs a refused connection).
+  exception a page logs fails the test, except chromium's own network failures inside a
+  declared `async with person.outage():` (the browser logs each refused connection).
+- `cable`: a forwarder to the server that a test can unplug (tests/browser/cable.py).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ DESKTOP = {"width": 1100, "height": 800}
 CHROMIUM_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 # What chromium logs by itself when a connection is refused or dropped: tolerated only
 # inside a declared outage (the server restarting, the context offline).
-NETWORK_FAILURE = re.compile(r"net::ERR_|WebSocket connection to .* failed|Failed to fetch|NetworkError")
+NETWORK_FAILURE = re.compile(r"net::ERR_|WebSocket connection to .* failed")
 
 
 _HANDED_OUT: set[int] = set()
