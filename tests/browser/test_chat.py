@@ -12,7 +12,7 @@ from playwright.async_api import Locator, expect
 
 from tests.browser.cable import Cable
 from tests.browser.conftest import LiveServer, Person
-from tests.browser.ui import api_account, connected, eventually, log_in, open_profile, screen, tid
+from tests.browser.ui import api_account, badge, connected, eventually, log_in, open_profile, screen, tid
 
 # A reconnect waits out a backoff with jitter (the SDK's: up to 0.5 s, 1 s, 2 s, 4 s, ...
 # per attempt) after the server is back, which takes a couple of seconds to start.
@@ -70,15 +70,19 @@ async def test_chat_typing_receipts_offline_and_restart(
     await alice.shot("first message sent")
 
     # bob finds the room in his list, opens it: alice's receipt turns to "read".
+    await badge(bob, "chat-badge", 1)
     await tid(bob, "nav-chat").click()
     await screen(bob, "rooms")
     item = bob.page.locator(f'[data-testid="room-item"][data-room-id="{room_id}"]')
     await expect(item).to_contain_text(sent[0])
+    await expect(item.get_by_test_id("room-unread")).to_have_text("1")
+    await expect(item.get_by_test_id("room-presence")).to_have_attribute("data-status", "online")
     await bob.shot("rooms list")
     await item.click()
     await screen(bob, "room")
     await shows_exactly(bob, sent)
     await expect(receipt_of(alice, sent[0])).to_have_attribute("data-state", "read")
+    await badge(bob, "chat-badge", 0)
 
     # bob types: alice sees it; he sends: the indicator goes, the message arrives.
     await tid(bob, "chat-input").press_sequentially("Yes! Just got ", delay=30)
@@ -106,14 +110,17 @@ async def test_chat_typing_receipts_offline_and_restart(
         sent += missed
         await shows_exactly(alice, sent)
         await bob.shot("offline")
-        # Really cut off: none of them reached bob.
+        # Really cut off: none of them reached bob, and alice sees him go offline.
         assert await bodies(bob) == sent[:2]
+        await expect(tid(alice, "room-presence-dot")).to_have_attribute("data-status", "offline")
+        await alice.shot("bob offline")
 
         cable.plug()
         await bob.context.set_offline(False)
         await expect(tid(bob, "connection-status")).to_have_attribute("data-state", "open", timeout=RECONNECT_MS)
     await shows_exactly(bob, sent)
     await bob.shot("back online, caught up")
+    await expect(tid(alice, "room-presence-dot")).to_have_attribute("data-status", "online")
     await expect(receipt_of(alice, missed[-1])).to_have_attribute("data-state", "read")
 
     # The server restarts mid-chat: both pages reconnect and rejoin by themselves, and what
