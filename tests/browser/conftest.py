@@ -39,6 +39,9 @@ PORTS = range(20500, 21000)
 # How long a step may wait for the page (a live update, a reconnect): generous, as CI has
 # two cores and chromium, the server and PostgreSQL share them.
 STEP_MS = 15_000
+# A restart drains first (serving, then sockets closed with 1012 over a window as long):
+# the deploy path, kept short (the default is 10 s, then 10 s more).
+DRAIN_SECONDS = "2"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1100, "height": 800}
 CHROMIUM_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
@@ -90,12 +93,17 @@ class LiveServer:
     def ws_url(self) -> str:
         return "ws" + self.server.url.removeprefix("http") + "/ws"
 
-    async def restart(self) -> None:
-        """Stop (SIGTERM: sockets closed with 1012) and start again; in a thread, so the
-        pages' events keep being handled meanwhile."""
+    async def restart(self, down: asyncio.Event | None = None) -> None:
+        """SIGTERM (a graceful stop: where the server drains, it keeps serving a while,
+        then closes its sockets with 1012), then start again; in a thread, so the pages'
+        events keep being handled meanwhile. `down` is set once the old process is gone
+        and before the new one is up."""
+        loop = asyncio.get_running_loop()
 
         def stop_start() -> None:
             self.server.stop()
+            if down is not None:
+                loop.call_soon_threadsafe(down.set)
             self.server.start()
 
         await asyncio.to_thread(stop_start)
@@ -111,14 +119,17 @@ class CorsOrigins:
     supported: bool
 
 
-def cors_supported(origin: str) -> bool:
-    """Whether the server's own config loader takes server.cors_origins."""
+def config_takes(name: str, value: str) -> bool:
+    """Whether the server's own config loader takes this SOCIALHUB_* setting (a branch
+    older than the key refuses it, naming it)."""
     from socialhub.config import ConfigError, load_settings
 
+    key = name.removeprefix("SOCIALHUB_SERVER_").lower()
     try:
-        load_settings(env={"SOCIALHUB_SERVER_CORS_ORIGINS": origin})
+        load_settings(env={name: value})
     except ConfigError as exc:
-        if "cors_origins" in str(exc):
+        # "SOCIALHUB_SERVER_X: server has no key 'x' (keys: ...)"; a bad value raises.
+        if f"no key {key!r}" in str(exc):
             return False
         raise
     return True
@@ -127,7 +138,7 @@ def cors_supported(origin: str) -> bool:
 @pytest.fixture(scope="session")
 def cors_origins() -> CorsOrigins:
     allowed, other = free_port_in_range(), free_port_in_range()
-    return CorsOrigins(allowed, other, cors_supported(f"http://127.0.0.1:{allowed}"))
+    return CorsOrigins(allowed, other, config_takes("SOCIALHUB_SERVER_CORS_ORIGINS", f"http://127.0.0.1:{allowed}"))
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +152,8 @@ async def live(tmp_path_factory: pytest.TempPathFactory, cors_origins: CorsOrigi
         }
         if cors_origins.supported:
             extra["SOCIALHUB_SERVER_CORS_ORIGINS"] = f"http://127.0.0.1:{cors_origins.allowed}"
+        if config_takes("SOCIALHUB_SERVER_DRAIN_SECONDS", DRAIN_SECONDS):
+            extra["SOCIALHUB_SERVER_DRAIN_SECONDS"] = DRAIN_SECONDS
         server = Server(tmp_path_factory.mktemp("browser") / "srv", server_env(url, **extra), port=free_port_in_range())
         server.start()
         try:

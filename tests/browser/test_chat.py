@@ -126,7 +126,9 @@ async def test_chat_typing_receipts_offline_and_restart(
     # The server restarts mid-chat: both pages reconnect and rejoin by themselves, and what
     # alice wrote while it was down goes out once it is back, once.
     async with alice.outage(), bob.outage():
-        restart = asyncio.create_task(live.restart())
+        down = asyncio.Event()
+        restart = asyncio.create_task(live.restart(down))
+        await down.wait()
         await expect(tid(alice, "connection-status")).not_to_have_attribute("data-state", "open")
         while_down = "Written while the server was down"
         await send(alice, while_down)
