@@ -7,8 +7,14 @@ import { icon } from "./icons.js";
 function mediaEl(m) {
   const type = m.content_type || "";
   if (type.startsWith("image/")) {
+    // The WebP previews (narrowest first) and the original, for the browser to pick the
+    // smallest that fills the card: a feed of photos does not download the originals.
+    const sources = [...(m.previews || []).map((p) => `${p.url} ${p.width}w`)];
+    if (m.width) sources.push(`${m.url} ${m.width}w`);
     return h("img", {
-      src: m.url, alt: "", loading: "lazy", testid: "post-media",
+      src: m.preview_url || m.url, alt: "", loading: "lazy", testid: "post-media",
+      srcset: sources.length > 1 ? sources.join(", ") : undefined,
+      sizes: sources.length > 1 ? "(min-width: 900px) 600px, 100vw" : undefined,
       width: m.width, height: m.height, dataset: { mediaId: m.id },
     });
   }

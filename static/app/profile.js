@@ -47,7 +47,7 @@ export function profileScreen(view, { name }) {
       sh.presence.subscribe([user.id]).catch(() => {});
     }
 
-    const followers = h("a", { href: `#/u/${user.username}/followers`, testid: "profile-followers" }, h("b", {}, String(user.followers_count)), " followers");
+    const followers = h("a", { href: `#/u/${user.username}/followers`, testid: "profile-followers" }, h("b", {}, String(user.followers_count)), user.followers_count === 1 ? " follower" : " followers");
     const following = h("a", { href: `#/u/${user.username}/following`, testid: "profile-following" }, h("b", {}, String(user.following_count)), " following");
     const actions = h("div", { class: "row" });
     if (mine) {
@@ -108,7 +108,7 @@ export function profileScreen(view, { name }) {
       ),
       user.bio ? h("p", { testid: "profile-bio" }, user.bio) : null,
       h("div", { class: "counts" },
-        h("span", { testid: "profile-posts-count" }, h("b", {}, String(user.posts_count)), " posts"),
+        h("span", { testid: "profile-posts-count" }, h("b", {}, String(user.posts_count)), user.posts_count === 1 ? " post" : " posts"),
         followers, following),
       actions,
     );

@@ -85,7 +85,11 @@ async def test_sign_up_follow_post_like_comment(live: LiveServer, people: tuple[
     await expect(theirs.get_by_test_id("post-content")).to_have_text("First light over the harbour")
     image = theirs.get_by_test_id("post-media")
     await expect(image).to_be_visible()
-    await eventually(lambda: image.evaluate("img => img.complete && img.naturalWidth"), 480)
+    # Loaded, and from a WebP preview rather than the 480 px original: on a phone-width
+    # page the 400 px preview fills the card.
+    await eventually(lambda: image.evaluate("img => img.complete && img.naturalWidth > 0"), True)
+    shown = await image.evaluate("img => fetch(img.currentSrc).then(r => r.headers.get('content-type'))")
+    assert shown == "image/webp", shown
     await expect(bar).to_be_hidden()
     await bob.shot("feed with alice's post")
 
