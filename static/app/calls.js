@@ -207,6 +207,21 @@ function end(reason, { local = false } = {}) {
 // -- placing a call -----------------------------------------------------------------------
 
 /** Call `peer` (a User summary) with "audio" or "video". */
+// The ICE servers and the camera/microphone, then the peer connection with the local
+// tracks, for `mine`; false when that call ended (or another began) while they came.
+async function startMedia(mine, media) {
+  const [servers, stream] = await Promise.all([iceServers(), localMedia(media)]);
+  if (call !== mine || mine.ended) {
+    for (const t of stream.getTracks()) t.stop();
+    return false;
+  }
+  mine.local = stream;
+  mine.ui.local.srcObject = stream;
+  mine.pc = newPeer(servers);
+  for (const t of stream.getTracks()) mine.pc.addTrack(t, stream);
+  return true;
+}
+
 export async function startCall(peer, media) {
   if (call && call.ended) dismissEnded();
   if (call || incoming) return;
@@ -215,15 +230,7 @@ export async function startCall(peer, media) {
   call.ui = callScreen(peer, media);
   const mine = call;
   try {
-    const [servers, stream] = await Promise.all([iceServers(), localMedia(media)]);
-    if (call !== mine || mine.ended) {
-      for (const t of stream.getTracks()) t.stop();
-      return;
-    }
-    call.local = stream;
-    call.ui.local.srcObject = stream;
-    call.pc = newPeer(servers);
-    for (const t of stream.getTracks()) call.pc.addTrack(t, stream);
+    if (!(await startMedia(mine, media))) return;
     const offer = await call.pc.createOffer();
     await call.pc.setLocalDescription(offer);
     setStatus("ringing", `Ringing ${displayName(peer)}…`);
@@ -280,15 +287,7 @@ async function answer() {
   setStatus("connecting", "Connecting…");
   const mine = call;
   try {
-    const [servers, stream] = await Promise.all([iceServers(), localMedia(c.media)]);
-    if (call !== mine || mine.ended) {
-      for (const t of stream.getTracks()) t.stop();
-      return;
-    }
-    call.local = stream;
-    call.ui.local.srcObject = stream;
-    call.pc = newPeer(servers);
-    for (const t of stream.getTracks()) call.pc.addTrack(t, stream);
+    if (!(await startMedia(mine, c.media))) return;
     await call.pc.setRemoteDescription({ type: "offer", sdp });
     const reply = await call.pc.createAnswer();
     await call.pc.setLocalDescription(reply);

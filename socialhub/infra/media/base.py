@@ -40,6 +40,7 @@ is RuntimeError. Storage failures are OSError.
 from __future__ import annotations
 
 import abc
+import hashlib
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -82,15 +83,25 @@ class StagedFile(abc.ABC):
     a `finally` without tracking which files a service committed.
     """
 
-    @property
-    @abc.abstractmethod
-    def size(self) -> int:
-        """Bytes written so far."""
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._size = 0
 
     @property
-    @abc.abstractmethod
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    @property
     def sha256(self) -> str:
         """Hex SHA-256 of the bytes written so far."""
+        return self._hash.hexdigest()
+
+    def _count(self, chunk: bytes) -> None:
+        """Add a written chunk to the size and the digest (hashlib drops the GIL for large
+        buffers, so hashing costs the loop nothing)."""
+        self._hash.update(chunk)
+        self._size += len(chunk)
 
     @abc.abstractmethod
     async def write(self, chunk: bytes) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import pathlib
@@ -65,29 +64,18 @@ class DiskStagedFile(StagedFile):
     """A temp file in `root/.staging`, open for writing until commit or discard."""
 
     def __init__(self, path: pathlib.Path, fh: BinaryIO) -> None:
+        super().__init__()
         self.path = path
         self._fh: BinaryIO | None = fh
-        self._hash = hashlib.sha256()
-        self._size = 0
         self.committed = False
         self._discarded = False
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
 
     def _write(self, chunk: bytes) -> None:
         fh = self._fh
         if fh is None:
             raise RuntimeError("the staged file was committed or discarded")
         fh.write(chunk)
-        # hashlib drops the GIL for large buffers, so hashing here costs the loop nothing.
-        self._hash.update(chunk)
-        self._size += len(chunk)
+        self._count(chunk)
 
     async def write(self, chunk: bytes) -> None:
         if self._fh is None:

@@ -42,7 +42,6 @@ request hung forever does not hold one forever.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import tempfile
@@ -131,25 +130,16 @@ class S3StagedFile(StagedFile):
     """An upload being received: a part buffer, then a multipart upload under `.staging/`."""
 
     def __init__(self, store: S3MediaStore, name: str) -> None:
+        super().__init__()
         self.store = store
         self.name = name
         self._part = _PartBuffer()
-        self._hash = hashlib.sha256()
-        self._size = 0
         self.upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
         self.committed = False
         self.discarded = False
         self.touched = time.time()
         self._lock = asyncio.Lock()
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
 
     @property
     def done(self) -> bool:
@@ -164,8 +154,7 @@ class S3StagedFile(StagedFile):
         async with self._lock:
             try:
                 await self._part.write(chunk)
-                self._hash.update(chunk)
-                self._size += len(chunk)
+                self._count(chunk)
                 if self._part.size >= PART_SIZE:
                     await self._send_part()
             except BaseException:
