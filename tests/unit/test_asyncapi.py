@@ -22,6 +22,7 @@ from socialhub.config import load_settings, with_overrides
 from socialhub.domain import events, protocol
 from socialhub.domain.users import UserSummary
 from tests.conftest import TEST_SECRET
+from tests.jsonrefs import refs, resolve
 
 SCHEMA_FILE = Path(__file__).parent.parent / "asyncapi" / "asyncapi-3.0.0.schema.json"
 TOPICS = {events.POSTS: "posts", events.USERS: "users"}
@@ -39,15 +40,6 @@ def validator() -> jsonschema.Draft7Validator:
 @pytest.fixture(scope="module")
 def doc() -> dict[str, Any]:
     return build_asyncapi(TOPICS)
-
-
-def resolve(document: dict[str, Any], ref: str) -> Any:
-    assert ref.startswith("#/"), ref
-    node: Any = document
-    for part in ref[2:].split("/"):
-        assert isinstance(node, dict) and part in node, ref
-        node = node[part]
-    return node
 
 
 def test_the_document_is_valid_asyncapi_3(validator: jsonschema.Draft7Validator, doc: dict[str, Any]) -> None:
@@ -75,21 +67,9 @@ def test_the_document_speaks_for_itself(doc: dict[str, Any]) -> None:
 
 
 def test_every_ref_resolves_and_operations_use_their_channels_messages(doc: dict[str, Any]) -> None:
-    refs: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("$ref"), str):
-                refs.append(node["$ref"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(doc)
-    assert len(refs) > 50
-    for ref in refs:
+    found = refs(doc)
+    assert len(found) > 50
+    for ref in found:
         resolve(doc, ref)
     # AsyncAPI 3.0: an operation's messages are messages of its channel.
     for name, op in doc["operations"].items():

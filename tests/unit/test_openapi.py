@@ -38,6 +38,7 @@ from socialhub.domain.users import Relation, User, UserRecord
 from socialhub.ids import MAX_ID
 from socialhub.services.accounts import AuthResult
 from tests.conftest import TEST_SECRET
+from tests.jsonrefs import refs, resolve
 
 PUBLIC = {
     ("POST", "/auth/signup"),
@@ -171,26 +172,10 @@ def test_document_is_valid_openapi_31(docs: OpenApiRoutes) -> None:
 
 
 def test_every_ref_resolves(docs: OpenApiRoutes) -> None:
-    refs: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("$ref"), str):
-                refs.append(node["$ref"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(docs.document)
-    assert refs
-    for ref in refs:
-        assert ref.startswith("#/"), ref
-        target: Any = docs.document
-        for part in ref[2:].split("/"):
-            assert isinstance(target, dict) and part in target, ref
-            target = target[part]
+    found = refs(docs.document)
+    assert found
+    for ref in found:
+        resolve(docs.document, ref)
 
 
 def test_schema_names_are_plain_and_the_page_is_named(docs: OpenApiRoutes) -> None:
@@ -266,7 +251,7 @@ def test_schemas_accept_what_the_code_encodes(docs: OpenApiRoutes) -> None:
         followers_count=1, following_count=2, posts_count=3, created_at=datetime(2026, 1, 2, tzinfo=UTC),
     )  # fmt: skip
     page = Page(items=[User.of(record, Relation(following=True, followed_by=False))], next="41")
-    auth = AuthResult(user=User.of(record, with_email=True), token="t", refresh_token="r")
+    auth = AuthResult(user=User.of(record, with_email=True), token="t", refresh_token="r", expires_in=900)
     error = ErrorEnvelope(ErrorBody(code="validation_error", message="bad", fields={"name": "required"}))
     for name, value in (("UserPage", page), ("AuthResult", auth), ("ErrorEnvelope", error)):
         _validator(docs.document, name).validate(json.loads(msgspec.json.encode(value)))
