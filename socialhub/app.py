@@ -226,7 +226,7 @@ def build(settings: Settings) -> Parts:
         users=user_store,
         members=members,
         rooms=rooms,
-        notify=notifications.notify,
+        notify=notifications.notify_all,
         joined_users=joins.joined_users,
         spawn=supervisor.spawn,
     )

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from socialhub.domain.chat import Message, MessageRecord, Room
 from socialhub.domain.live import RoomEvent, room_event
-from socialhub.domain.notifications import NewNotification, Notifier
+from socialhub.domain.notifications import ManyNotifier, NewNotification
 from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.protocol import TYPING_EXPIRES_SECONDS, NewMessageFrame, ReadFrame, TypingFrame
 from socialhub.domain.users import Principal
@@ -47,7 +47,7 @@ class ChatService:
         users: UserStore,
         members: RoomMembers,
         rooms: RoomStream,
-        notify: Notifier,
+        notify: ManyNotifier,
         joined_users: JoinedUsers,
         spawn: Spawn,
     ) -> None:
@@ -133,9 +133,16 @@ class ChatService:
             logger.warning("could not tell who is in room %s; no message notifications", record.room_id)
             return
         sender = int(record.sender.id)
-        for user_id in members:
-            if user_id != sender and user_id not in present:
-                await self.notify(NewNotification(user_id, "message", sender, room_id=record.room_id))
+        absent = [
+            NewNotification(user_id, "message", sender, room_id=record.room_id)
+            for user_id in members
+            if user_id != sender and user_id not in present
+        ]
+        if absent:
+            try:
+                await self.notify(absent)
+            except SocialhubError:
+                logger.warning("could not store the message notifications of room %s", record.room_id)
 
     async def typing(self, viewer: Principal, room_id: int, state: bool) -> None:
         """Relay to the others; a `true` not renewed within TYPING_EXPIRES_SECONDS turns `false`."""

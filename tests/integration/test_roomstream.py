@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -90,8 +90,8 @@ class Env:
             spawn=self.supervisor.spawn,
         )
 
-    async def notify(self, new: NewNotification) -> None:
-        self.notified.append(new)
+    async def notify(self, news: Sequence[NewNotification]) -> None:
+        self.notified += news
 
     async def user(self) -> Principal:
         name = "u" + secrets.token_hex(6)
