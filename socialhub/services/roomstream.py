@@ -206,10 +206,19 @@ class RoomStream:
         instances' through the broker. Raises SocialhubError when the broker is down (this
         process's sockets have it by then)."""
         event = msgspec.structs.replace(event, origin=self._origin)
+        sending = self._pubsub.publish(room_channel(room_id), _encoder.encode(event))
         room = self._rooms.get(room_id)
-        if room is not None:
+        if room is None:
+            await sending
+            return
+        # The broker's copy is started first: it is sent before the sockets woken here
+        # write theirs (a thousand of them take milliseconds), so other instances do
+        # not wait for this one's.
+        task = asyncio.get_running_loop().create_task(sending)
+        try:
             await self._relay(room_id, room, event)
-        await self._pubsub.publish(room_channel(room_id), _encoder.encode(event))
+        finally:
+            await task
 
     # -- the channel ----------------------------------------------------------------------
 
