@@ -227,7 +227,7 @@ def build(settings: Settings) -> Parts:
         members=members,
         rooms=rooms,
         notify=notifications.notify_all,
-        joined_users=joins.joined_users,
+        joins=joins,
         spawn=supervisor.spawn,
     )
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
+from typing import Protocol
 
 from socialhub.domain.chat import Message, MessageRecord, Room
 from socialhub.domain.live import RoomEvent, room_event
@@ -36,7 +37,16 @@ MAX_ROOM_MEMBERS = 5000
 TYPING_LAPSE_GRACE = 2.0
 
 
-JoinedUsers = Callable[[int], Awaitable[set[int]]]
+class JoinedUsers(Protocol):
+    """Who has a socket joined to a room (services/roomjoins.RoomJoins)."""
+
+    def joined_here(self, room_id: int) -> AbstractSet[int]:
+        """Users with a socket joined to the room on this instance (no I/O)."""
+        ...
+
+    async def joined_users(self, room_id: int) -> set[int]:
+        """Users with a socket joined to the room on any live instance."""
+        ...
 
 
 class ChatService:
@@ -48,7 +58,7 @@ class ChatService:
         members: RoomMembers,
         rooms: RoomStream,
         notify: ManyNotifier,
-        joined_users: JoinedUsers,
+        joins: JoinedUsers,
         spawn: Spawn,
     ) -> None:
         self.store = store
@@ -56,7 +66,7 @@ class ChatService:
         self.members = members
         self.stream = rooms
         self.notify = notify
-        self.joined_users = joined_users
+        self.joins = joins
         self.spawn = spawn
         self._typing: dict[tuple[int, int], asyncio.TimerHandle] = {}
 
@@ -126,18 +136,17 @@ class ChatService:
         return message
 
     async def _notify_absent(self, record: MessageRecord) -> None:
+        sender = int(record.sender.id)
         try:
             members = await self.members.ids(record.room_id)
-            present = await self.joined_users(record.room_id)
+            # Everyone in the room here (a conversation on one instance): nothing to ask.
+            others = members - {sender} - self.joins.joined_here(record.room_id)
+            if others:
+                others -= await self.joins.joined_users(record.room_id)
         except SocialhubError:
             logger.warning("could not tell who is in room %s; no message notifications", record.room_id)
             return
-        sender = int(record.sender.id)
-        absent = [
-            NewNotification(user_id, "message", sender, room_id=record.room_id)
-            for user_id in members
-            if user_id != sender and user_id not in present
-        ]
+        absent = [NewNotification(user_id, "message", sender, room_id=record.room_id) for user_id in others]
         if absent:
             try:
                 await self.notify(absent)

@@ -64,18 +64,22 @@ class Recorder:
 
 
 class Env:
-    """One instance: by default alone, on the in-process pub/sub; `pubsub` and `counters`
-    shared make several."""
+    """One instance: by default alone, on the in-process pub/sub; `pubsub` and `shared`
+    (the counters and values that Redis would hold) make several."""
 
     def __init__(
-        self, db: Database, pubsub: PubSub | None = None, counters: MemoryCounters | None = None, name: str = "test"
+        self,
+        db: Database,
+        pubsub: PubSub | None = None,
+        shared: tuple[MemoryCounters, MemoryValues] | None = None,
+        name: str = "test",
     ) -> None:
         self.db = db
         self.pubsub = pubsub or MemoryPubSub()
         self.notified: list[NewNotification] = []
         self.supervisor = Supervisor()
-        counters = counters or MemoryCounters()
-        self.ledger = InstanceLedger(counters, MemoryValues(), instance_id=name)
+        counters, values = shared or (MemoryCounters(), MemoryValues())
+        self.ledger = InstanceLedger(counters, values, instance_id=name)
         self.joins = RoomJoins(self.ledger, counters)
         store = ChatStore(db)
         self.members = RoomMembers(store, self.pubsub)
@@ -86,7 +90,7 @@ class Env:
             members=self.members,
             rooms=self.stream,
             notify=self.notify,
-            joined_users=self.joins.joined_users,
+            joins=self.joins,
             spawn=self.supervisor.spawn,
         )
 
@@ -281,8 +285,8 @@ async def test_own_messages_reach_own_sockets_at_once_and_once(env: Env) -> None
 
 async def test_two_instances_on_redis_each_seq_once_and_in_order(db: Database) -> None:
     prefix = f"shtest:{secrets.token_hex(6)}:"
-    counters = MemoryCounters()  # the room joins of both, as one Redis would hold them
-    envs = [Env(db, RedisPubSub(REDIS_URL, prefix), counters, name) for name in ("a", "b")]
+    shared = (MemoryCounters(), MemoryValues())  # the joins and heartbeats, as one Redis would hold them
+    envs = [Env(db, RedisPubSub(REDIS_URL, prefix), shared, name) for name in ("a", "b")]
     for e in envs:
         await e.pubsub.start()
         await e.ledger.beat()
@@ -303,6 +307,9 @@ async def test_two_instances_on_redis_each_seq_once_and_in_order(db: Database) -
             await eventually(lambda sink=sink: sink.seqs() == everything)  # type: ignore[misc]
         await asyncio.sleep(0.1)
         assert on_a.seqs() == also_on_a.seqs() == on_b.seqs() == everything
+        # Every member has a socket in the room, on one instance or the other: no one
+        # is notified (each instance asks the shared joins for those not joined to it).
+        assert a.notified == [] and b.notified == []
         # A membership change on one instance reaches the other's cache.
         assert bob.user_id in await b.members.ids(room)
         await db.execute("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room, bob.user_id)
