@@ -60,6 +60,11 @@ def add_options(p: argparse.ArgumentParser, scenario: str) -> None:
         p.add_argument("--procs", type=int, help="fanout: receiving client processes (default 3)")
         p.add_argument("--profile", metavar="DIR", help="py-spy record each server during each window into DIR")
         p.add_argument("--no-ceiling", action="store_true", help="skip the bare websockets relay")
+        p.add_argument(
+            "--same-server",
+            action="store_true",
+            help="with --redis: every receiver on the sender's server (delivery without the trip through Redis)",
+        )
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate, as browsers do")
     p.add_argument("--keep-db", action="store_true", help="do not drop the throw-away database")
 
@@ -181,6 +186,7 @@ def _pace(args: argparse.Namespace, window: str) -> Pace:
         procs=(args.procs or procs) if window == "fanout" else procs,
         deflate=args.deflate,
         profile=args.profile,
+        same_server=args.same_server,
     )
 
 

@@ -33,7 +33,7 @@ from socialhub.api.http.errors import handle_http_exception, handle_socialhub_er
 from socialhub.api.http.feed import FeedRoutes
 from socialhub.api.http.health import Check, HealthRoutes
 from socialhub.api.http.media import PRESIGNED_REDIRECT_CACHE, PUBLIC_REDIRECT_CACHE, MediaRoutes
-from socialhub.api.http.middleware import AccessLog, StorableText
+from socialhub.api.http.middleware import Edge
 from socialhub.api.http.notifications import NotificationRoutes
 from socialhub.api.http.openapi import OpenApiRoutes
 from socialhub.api.http.posts import PostRoutes
@@ -61,6 +61,7 @@ from socialhub.services.chat import ChatService
 from socialhub.services.feed import FeedService
 from socialhub.services.instances import InstanceLedger
 from socialhub.services.janitor import Janitor
+from socialhub.services.members import RoomMembers
 from socialhub.services.notifications import NotificationService
 from socialhub.services.passwords import Passwords
 from socialhub.services.posts import PostService
@@ -170,6 +171,7 @@ class Parts:
     supervisor: Supervisor
     guard: SessionGuard
     cache: ReadCache
+    members: RoomMembers
     chat: ChatService
     hub: Hub
     groups: list[RouteGroup]  # the API's route groups, in the document's order
@@ -234,12 +236,16 @@ def build(settings: Settings) -> Parts:
     users = UserService(
         units=Units(db), users=user_store, media=media, media_base=media_base, cache=cache, presence=presence
     )
+    chat_store = ChatStore(db)
+    members = RoomMembers(chat_store, pubsub)
+    rooms = RoomStream(pubsub=pubsub, store=chat_store, members=members, joins=joins)
     chat = ChatService(
-        store=ChatStore(db),
+        store=chat_store,
         users=user_store,
-        pubsub=pubsub,
-        notify=notifications.notify,
-        joined_users=joins.joined_users,
+        members=members,
+        rooms=rooms,
+        notify=notifications.notify_all,
+        joins=joins,
         spawn=supervisor.spawn,
     )
 
@@ -259,7 +265,6 @@ def build(settings: Settings) -> Parts:
         turn_secret=calls_cfg.turn_secret,
         turn_ttl=calls_cfg.turn_ttl,
     )
-    rooms = RoomStream(pubsub=pubsub, chat=chat, joins=joins)
     hub = Hub(pubsub=pubsub, rooms=rooms, presence=presence)
     guard.add_listener(hub.on_revoked)
     pubsub.on_reset(hub.on_broker_reset)
@@ -307,8 +312,8 @@ def build(settings: Settings) -> Parts:
     ]  # fmt: skip
     return Parts(
         settings=settings, db=db, shared=shared, media=media, media_ping=media_backend.ping, mailer=mailer,
-        publisher=path.publisher, supervisor=supervisor, guard=guard, cache=cache, chat=chat, hub=hub, groups=groups,
-        busiest_first=busiest_first, sockets=sockets,
+        publisher=path.publisher, supervisor=supervisor, guard=guard, cache=cache, members=members, chat=chat, hub=hub,
+        groups=groups, busiest_first=busiest_first, sockets=sockets,
         tokens=tokens,
     )  # fmt: skip
 
@@ -358,6 +363,7 @@ def steps(parts: Parts) -> list[Step]:
         Step("mailer", stop=parts.mailer.close),
         Step("session guard", start=parts.guard.start, stop=parts.guard.stop),
         Step("read cache", start=parts.cache.start, stop=parts.cache.stop),
+        Step("room members", start=parts.members.start, stop=parts.members.stop),
         Step("workers and jobs", start=parts.supervisor.start, stop=parts.supervisor.stop),
         Step("typing timers", stop=stop_chat_timers),
         Step("sockets", stop=parts.hub.shutdown),
@@ -421,9 +427,8 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         middleware=[
-            Middleware(AccessLog),
+            Middleware(Edge),
             *cors,
-            Middleware(StorableText),
             Middleware(
                 RateLimitMiddleware,
                 limiter=parts.shared.limiter,

@@ -42,6 +42,9 @@ class Pace(msgspec.Struct, frozen=True):
     procs: int  # receiving client processes (fan-out; `chat` has one receiver process per server)
     deflate: bool
     profile: str | None  # directory for py-spy's output, or None
+    # With two servers: every receiver on the sender's (delivered there without a trip
+    # through Redis) rather than spread with `chat`'s B on server 2.
+    same_server: bool = False
 
 
 def run_messages(pace: Pace, targets: list[Target], accounts: list[Account], fanout: bool) -> SocketResult:
@@ -49,10 +52,11 @@ def run_messages(pace: Pace, targets: list[Target], accounts: list[Account], fan
     tag = "m" + secrets.token_hex(3)
     sender, receivers = accounts[0], accounts[1:]
     room_id = create_room(targets[0].url, sender, receivers, f"bench {tag}" if fanout else None)
-    # Receivers alternate over the servers (chat with --redis: B is on server 2).
+    # Receivers alternate over the servers (chat with --redis: B is on server 2), or
+    # all sit on the sender's.
     by_server: list[list[Account]] = [[] for _ in targets]
     for i, acc in enumerate(receivers):
-        by_server[(i + (1 if len(targets) > 1 else 0)) % len(targets)].append(acc)
+        by_server[0 if pace.same_server else (i + (1 if len(targets) > 1 else 0)) % len(targets)].append(acc)
     jobs: list[WorkerJob] = []
     procs_per_server = max(1, pace.procs // len(targets)) if fanout else 1
     for target, accs in zip(targets, by_server, strict=True):
@@ -120,7 +124,9 @@ def run_messages(pace: Pace, targets: list[Target], accounts: list[Account], fan
         "closed_by_server": merge_counts(d.closed for d in dones),
         "setup_errors": merge_counts([errors, s_errors]),
     }
-    goals = _goals(latency, expected, len(targets), fanout)
+    if pace.same_server and len(targets) > 1:
+        figures["receivers"] = "all on the sender's server (--same-server)"
+    goals = _goals(latency, expected, 1 if pace.same_server else len(targets), fanout)
     return SocketResult("fanout" if fanout else "chat", len(targets), pace.deflate, figures, latency, cpu,
                         [d.cpu_share for d in dones], goals, profile, series, window_start)  # fmt: skip
 

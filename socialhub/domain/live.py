@@ -37,6 +37,9 @@ class RoomEvent(msgspec.Struct, frozen=True, omit_defaults=True):
     lapse_key: str = ""
     lapse_after: float = 0.0
     lapse: msgspec.Raw = NO_LAPSE
+    # The process that published it, which has already delivered it to its own sockets
+    # (services/roomstream.py) and drops it when the broker hands it back.
+    origin: int = 0
 
 
 def user_channel(user_id: int) -> str:
@@ -56,7 +59,7 @@ def encode_user_event(frame: msgspec.Struct, *, only_socket: int = 0, exclude_so
     return _encoder.encode(UserEvent(frame=raw, only_socket=only_socket, exclude_socket=exclude_socket))
 
 
-def encode_room_event(
+def room_event(
     frame: msgspec.Struct,
     *,
     seq: int = 0,
@@ -64,14 +67,13 @@ def encode_room_event(
     lapse_key: str = "",
     lapse_after: float = 0.0,
     lapse: msgspec.Struct | None = None,
-) -> bytes:
-    return _encoder.encode(
-        RoomEvent(
-            frame=msgspec.Raw(_encoder.encode(frame)),
-            seq=seq,
-            exclude_user=exclude_user,
-            lapse_key=lapse_key,
-            lapse_after=lapse_after,
-            lapse=msgspec.Raw(_encoder.encode(lapse)) if lapse is not None else NO_LAPSE,
-        )
+) -> RoomEvent:
+    """The event carrying `frame`, encoded once: every socket is sent these same bytes."""
+    return RoomEvent(
+        frame=msgspec.Raw(_encoder.encode(frame)),
+        seq=seq,
+        exclude_user=exclude_user,
+        lapse_key=lapse_key,
+        lapse_after=lapse_after,
+        lapse=msgspec.Raw(_encoder.encode(lapse)) if lapse is not None else NO_LAPSE,
     )

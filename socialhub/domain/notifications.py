@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 import msgspec
@@ -26,6 +26,9 @@ class NewNotification(msgspec.Struct, frozen=True):
 
 Notifier = Callable[[NewNotification], Awaitable[object]]
 """Store a notification and push it to the user (NotificationService.notify)."""
+
+ManyNotifier = Callable[[Sequence[NewNotification]], Awaitable[object]]
+"""Store notifications in one statement and push each to its user (NotificationService.notify_all)."""
 
 
 class NotificationRecord(msgspec.Struct, frozen=True):

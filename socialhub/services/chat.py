@@ -1,26 +1,28 @@
 """Chat: rooms, messages with a gap-free seq, read receipts, typing.
 
-PostgreSQL is the truth; live frames go to the room's pub/sub channel after the
-transaction commits, so every instance with a socket in the room relays them. A
-socket that may have missed something resumes with `since_seq`.
+PostgreSQL is the truth; live frames go to the room stream after the statement
+commits (services/roomstream.py: this instance's sockets at once, the others' through
+the room's pub/sub channel). A socket that may have missed something resumes with
+`since_seq`. The `message` notifications of the members with no socket in the room are
+made after the ack, off the sender's path (see `send`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
+from typing import Protocol
 
 from socialhub.domain.chat import Message, MessageRecord, Room
-from socialhub.domain.live import encode_room_event, room_channel
-from socialhub.domain.notifications import NewNotification, Notifier
+from socialhub.domain.live import RoomEvent, room_event
+from socialhub.domain.notifications import ManyNotifier, NewNotification
 from socialhub.domain.pages import Page, PageRequest, page_of
 from socialhub.domain.protocol import TYPING_EXPIRES_SECONDS, NewMessageFrame, ReadFrame, TypingFrame
 from socialhub.domain.users import Principal
 from socialhub.errors import Forbidden, NotFound, SocialhubError, ValidationFailed
-from socialhub.infra.pubsub.base import PubSub
+from socialhub.services.members import RoomMembers
+from socialhub.services.roomstream import RoomStream
 from socialhub.storage.chat import ChatStore
 from socialhub.storage.users import UserStore
 from socialhub.supervisor import Spawn
@@ -30,17 +32,21 @@ logger = logging.getLogger(__name__)
 # Enough for the 1,000-member fan-out benchmark and for real groups; Matrix rooms are
 # bigger, but they are not a chat of friends.
 MAX_ROOM_MEMBERS = 5000
-REPLAY_BATCH = 500
-# Membership never changes after a room is made (there is no leave or kick yet), so a
-# positive answer can be kept; negative ones are not cached.
-MEMBER_CACHE_SIZE = 100_000
-MEMBER_CACHE_TTL = 300.0
 # The typer's instance sends that `typing false`; if it is gone, every other instance
 # tells its own sockets this much later.
 TYPING_LAPSE_GRACE = 2.0
 
 
-JoinedUsers = Callable[[int], Awaitable[set[int]]]
+class JoinedUsers(Protocol):
+    """Who has a socket joined to a room (services/roomjoins.RoomJoins)."""
+
+    def joined_here(self, room_id: int) -> AbstractSet[int]:
+        """Users with a socket joined to the room on this instance (no I/O)."""
+        ...
+
+    async def joined_users(self, room_id: int) -> set[int]:
+        """Users with a socket joined to the room on any live instance."""
+        ...
 
 
 class ChatService:
@@ -49,18 +55,19 @@ class ChatService:
         *,
         store: ChatStore,
         users: UserStore,
-        pubsub: PubSub,
-        notify: Notifier,
-        joined_users: JoinedUsers,
+        members: RoomMembers,
+        rooms: RoomStream,
+        notify: ManyNotifier,
+        joins: JoinedUsers,
         spawn: Spawn,
     ) -> None:
         self.store = store
         self.users = users
-        self.pubsub = pubsub
+        self.members = members
+        self.stream = rooms
         self.notify = notify
-        self.joined_users = joined_users
+        self.joins = joins
         self.spawn = spawn
-        self._members: OrderedDict[tuple[int, int], float] = OrderedDict()
         self._typing: dict[tuple[int, int], asyncio.TimerHandle] = {}
 
     # -- rooms ---------------------------------------------------------------------------
@@ -96,19 +103,7 @@ class ChatService:
 
     async def check_member(self, viewer_id: int, room_id: int) -> None:
         """Forbidden for a non-member (NotFound when the room does not exist)."""
-        key = (room_id, viewer_id)
-        seen = self._members.get(key)
-        now = time.monotonic()
-        if seen is not None and now - seen < MEMBER_CACHE_TTL:
-            return
-        if not await self.store.get_is_member(room_id, viewer_id):
-            if await self.store.get_activity(room_id) is None:
-                raise NotFound("no such room")
-            raise Forbidden("only the room's members may do that")
-        self._members[key] = now
-        self._members.move_to_end(key)
-        while len(self._members) > MEMBER_CACHE_SIZE:
-            self._members.popitem(last=False)
+        await self.members.check(viewer_id, room_id)
 
     async def history(self, viewer: Principal, room_id: int, page: PageRequest) -> Page[Message]:
         await self.check_member(viewer.user_id, room_id)
@@ -119,7 +114,13 @@ class ChatService:
 
     async def send(self, viewer: Principal, room_id: int, body: str, client_msg_id: str) -> Message:
         """Store once per client_msg_id and relay it to the room; the first time, also
-        notify the members with no socket in the room."""
+        notify the members with no socket in the room.
+
+        One statement to PostgreSQL (it checks membership, assigns seq and stores), then
+        the relay; the notifications are made in the background, after the ack. They are
+        as durable as before, when they were made before the ack: a crash after the
+        commit loses them either way, since a resend finds the message stored and
+        notifies no one."""
         result = await self.store.insert_message(room_id, viewer.user_id, body, client_msg_id)
         if result is None:
             await self.check_member(viewer.user_id, room_id)  # raises NotFound or Forbidden
@@ -129,35 +130,28 @@ class ChatService:
         # A resend is relayed too: the first try may have committed and died (SIGKILL,
         # a lost Redis) before relaying, and the ack it never got is why it is resent.
         # Sockets drop a seq they already have, so a relayed duplicate is harmless.
-        await self._publish(room_id, encode_room_event(NewMessageFrame(message), seq=record.seq))
+        await self._publish(room_id, room_event(NewMessageFrame(message), seq=record.seq))
         if result.created:
-            await self._notify_absent(record)
+            self.spawn("message notifications", self._notify_absent(record))
         return message
 
     async def _notify_absent(self, record: MessageRecord) -> None:
+        sender = int(record.sender.id)
         try:
-            members = await self.store.get_member_ids(record.room_id)
-            present = await self.joined_users(record.room_id)
+            members = await self.members.ids(record.room_id)
+            # Everyone in the room here (a conversation on one instance): nothing to ask.
+            others = members - {sender} - self.joins.joined_here(record.room_id)
+            if others:
+                others -= await self.joins.joined_users(record.room_id)
         except SocialhubError:
             logger.warning("could not tell who is in room %s; no message notifications", record.room_id)
             return
-        sender = int(record.sender.id)
-        for user_id in members:
-            if user_id != sender and user_id not in present:
-                await self.notify(NewNotification(user_id, "message", sender, room_id=record.room_id))
-
-    async def replay(self, room_id: int, since_seq: int) -> list[MessageRecord]:
-        """Everything after since_seq, in order (all of it, in batches)."""
-        out: list[MessageRecord] = []
-        while True:
-            batch = await self.store.get_messages_after(room_id, since_seq, REPLAY_BATCH)
-            out += batch
-            if len(batch) < REPLAY_BATCH:
-                return out
-            since_seq = batch[-1].seq
-
-    async def last_seq(self, room_id: int) -> int:
-        return await self.store.get_last_seq(room_id)
+        absent = [NewNotification(user_id, "message", sender, room_id=record.room_id) for user_id in others]
+        if absent:
+            try:
+                await self.notify(absent)
+            except SocialhubError:
+                logger.warning("could not store the message notifications of room %s", record.room_id)
 
     async def typing(self, viewer: Principal, room_id: int, state: bool) -> None:
         """Relay to the others; a `true` not renewed within TYPING_EXPIRES_SECONDS turns `false`."""
@@ -181,7 +175,7 @@ class ChatService:
         ends = TypingFrame(room_id=str(room_id), user_id=str(user_id), state=False) if state else None
         await self._publish(
             room_id,
-            encode_room_event(
+            room_event(
                 frame,
                 exclude_user=user_id,
                 lapse_key=f"typing:{user_id}",
@@ -201,11 +195,11 @@ class ChatService:
             await self.check_member(viewer.user_id, room_id)
             raise Forbidden("only the room's members may do that")
         frame = ReadFrame(room_id=str(room_id), user_id=str(viewer.user_id), seq=position)
-        await self._publish(room_id, encode_room_event(frame, exclude_user=viewer.user_id))
+        await self._publish(room_id, room_event(frame, exclude_user=viewer.user_id))
 
-    async def _publish(self, room_id: int, event: bytes) -> None:
+    async def _publish(self, room_id: int, event: RoomEvent) -> None:
         try:
-            await self.pubsub.publish(room_channel(room_id), event)
+            await self.stream.publish(room_id, event)
         except SocialhubError:
             # Stored is what counts: sockets that missed it resume with since_seq.
             logger.warning("could not relay a frame to room %s", room_id)

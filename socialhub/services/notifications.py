@@ -4,6 +4,7 @@ and pushed on the user's live channel the moment they are stored."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import msgspec
 
@@ -81,6 +82,15 @@ class NotificationService(Consumer):
             # Stored is what counts; the live push is best effort (clients list on reconnect).
             logger.warning("could not push notification %s live", record.id)
         return view
+
+    async def notify_all(self, news: Sequence[NewNotification]) -> None:
+        """Store notifications that belong to no event in one statement, and push each live."""
+        for record in await self.store.insert_notifications(news):
+            view = Notification.of(record)
+            try:
+                await self.pubsub.publish(user_channel(record.user_id), encode_user_event(NotificationFrame(view)))
+            except SocialhubError:
+                logger.warning("could not push notification %s live", record.id)
 
     async def page(self, viewer: Principal, page: PageRequest) -> Page[Notification]:
         records = await self.store.get_page_and_mark_read(viewer.user_id, page.before, page.limit)

@@ -14,6 +14,7 @@ Key layout (`Counters` hashes, beside the ledger's own keys):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 from socialhub.infra.kv.base import Counters
 from socialhub.services.instances import Change, InstanceLedger, chunks, index_key
@@ -39,6 +40,7 @@ class RoomJoins:
         # (room, user) -> joined sockets here. Every change happens with no await in
         # between, so the increments sent to the store always add up to it.
         self._rooms: dict[tuple[int, int], int] = {}
+        self._users: dict[int, set[int]] = {}  # room -> the users counted in _rooms
         ledger.add(self)
 
     async def joined(self, room_id: int, user_id: int) -> None:
@@ -47,6 +49,7 @@ class RoomJoins:
             return
         key = (room_id, user_id)
         self._rooms[key] = self._rooms.get(key, 0) + 1
+        self._users.setdefault(room_id, set()).add(user_id)
         await self._ledger.write(_changes(self._ledger.instance, room_id, user_id, 1))
 
     async def left(self, room_id: int, user_id: int) -> None:
@@ -59,7 +62,15 @@ class RoomJoins:
             self._rooms[key] = count - 1
         else:
             del self._rooms[key]
+            users = self._users[room_id]
+            users.discard(user_id)
+            if not users:
+                del self._users[room_id]
         await self._ledger.write(_changes(self._ledger.instance, room_id, user_id, -1))
+
+    def joined_here(self, room_id: int) -> AbstractSet[int]:
+        """Users with a socket joined to `room_id` on this instance (a view: not to keep)."""
+        return self._users.get(room_id, frozenset())
 
     async def joined_users(self, room_id: int) -> set[int]:
         """Users with at least one socket joined to `room_id` on a live instance."""
@@ -85,6 +96,7 @@ class RoomJoins:
         for (room, user), n in self._rooms.items():
             changes += _changes(iid, room, user, -n)
         self._rooms.clear()
+        self._users.clear()
         return changes
 
     async def sweep(self, dead: str, index: Sequence[str]) -> None:

@@ -18,6 +18,15 @@ fans each frame out as the same bytes through the sockets' bounded queues (`Sink
 slow socket never stalls the others. If the broker connection was lost, streams may
 have gaps this process cannot see: `reset` forgets where the rooms were, and the hub
 closes every socket so they resume with `since_seq`.
+
+What this process publishes (`publish`) reaches its own sockets at once, by the same
+rules, without the round trip through the broker: the event carries this process's
+`origin`, and the copy the broker hands back is dropped. (Two sends committed in one
+order may resume in the other: the later seq then fills the gap from PostgreSQL, and
+the earlier one, arriving late, is sent to no socket twice.)
+
+A socket whose user is no longer a member (`RoomMembers.changed`) is taken out of the
+room's stream.
 """
 
 from __future__ import annotations
@@ -25,21 +34,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from typing import Protocol
 
 import msgspec
 
-from socialhub.domain.chat import Message
+from socialhub.domain.chat import Message, MessageRecord
 from socialhub.domain.live import RoomEvent, room_channel
 from socialhub.domain.protocol import Joined, NewMessageFrame
 from socialhub.errors import SocialhubError
 from socialhub.infra.pubsub.base import PubSub, Subscription
-from socialhub.services.chat import ChatService
+from socialhub.services.members import RoomMembers
+from socialhub.storage.chat import ChatStore
 
 logger = logging.getLogger(__name__)
 
 _encoder = msgspec.json.Encoder()
 _room_event = msgspec.json.Decoder(RoomEvent)
+
+REPLAY_BATCH = 500
 
 
 class Sink(Protocol):
@@ -87,12 +100,16 @@ class _Room:
 
 
 class RoomStream:
-    def __init__(self, *, pubsub: PubSub, chat: ChatService, joins: JoinCounter) -> None:
+    def __init__(self, *, pubsub: PubSub, store: ChatStore, members: RoomMembers, joins: JoinCounter) -> None:
         self._pubsub = pubsub
-        self._chat = chat
+        self._store = store
+        self._members = members
         self._joins = joins
         self._rooms: dict[int, _Room] = {}
         self._joined: dict[Sink, set[int]] = {}  # sink -> its rooms (joined or joining)
+        # Tells this process's own events from the others' when the broker hands them back.
+        self._origin = secrets.randbits(62) + 1
+        members.add_listener(self._members_changed)
 
     def rooms_of(self, sink: Sink) -> frozenset[int]:
         """The rooms `sink` joined or is joining."""
@@ -103,7 +120,7 @@ class RoomStream:
         such room): `joined`, then the messages after `since_seq`, then live ones; a
         message committed at any moment is sent exactly once. Joining again answers
         `joined` with what was sent so far and changes nothing."""
-        await self._chat.check_member(sink.user_id, room_id)
+        await self._members.check(sink.user_id, room_id)
         if room_id in self._joined.get(sink, ()):
             room = self._rooms.get(room_id)
             known = room.members.get(sink) if room is not None else None
@@ -125,7 +142,7 @@ class RoomStream:
                 counted = True
             except SocialhubError:
                 logger.warning("presence unavailable for room %s", room_id)
-            last_seq = await self._chat.last_seq(room_id)
+            last_seq = await self._store.get_last_seq(room_id)
             if not room.last_seq:
                 room.last_seq = last_seq
             frame = Joined(room_id=str(room_id), last_seq=last_seq)
@@ -134,7 +151,7 @@ class RoomStream:
             sink.send(_encoder.encode(frame))
             sent = last_seq
             if since_seq is not None and since_seq < last_seq:
-                for record in await self._chat.replay(room_id, since_seq):
+                for record in await self.replay(room_id, since_seq):
                     await sink.send_paced(_encoder.encode(NewMessageFrame(Message.of(record))))
                     sent = max(sent, record.seq)
             # The held frames are paced too; those arriving meanwhile are held in turn, and
@@ -177,6 +194,35 @@ class RoomStream:
         for room in self._rooms.values():
             room.last_seq = 0
 
+    async def replay(self, room_id: int, since_seq: int) -> list[MessageRecord]:
+        """Everything after since_seq, in order (all of it, in batches)."""
+        out: list[MessageRecord] = []
+        while True:
+            batch = await self._store.get_messages_after(room_id, since_seq, REPLAY_BATCH)
+            out += batch
+            if len(batch) < REPLAY_BATCH:
+                return out
+            since_seq = batch[-1].seq
+
+    async def publish(self, room_id: int, event: RoomEvent) -> None:
+        """`event` to every socket joined to the room: this process's at once, the other
+        instances' through the broker. Raises SocialhubError when the broker is down (this
+        process's sockets have it by then)."""
+        event = msgspec.structs.replace(event, origin=self._origin)
+        sending = self._pubsub.publish(room_channel(room_id), _encoder.encode(event))
+        room = self._rooms.get(room_id)
+        if room is None:
+            await sending
+            return
+        # The broker's copy is started first: it is sent before the sockets woken here
+        # write theirs (a thousand of them take milliseconds), so other instances do
+        # not wait for this one's.
+        task = asyncio.get_running_loop().create_task(sending)
+        try:
+            await self._relay(room_id, room, event)
+        finally:
+            await task
+
     # -- the channel ----------------------------------------------------------------------
 
     async def _on_event(self, channel: str, payload: bytes) -> None:
@@ -189,6 +235,11 @@ class RoomStream:
         except msgspec.DecodeError:
             logger.warning("malformed room event ignored on %s", channel)
             return
+        if event.origin == self._origin:
+            return  # delivered here when it was published
+        await self._relay(room_id, room, event)
+
+    async def _relay(self, room_id: int, room: _Room, event: RoomEvent) -> None:
         if event.lapse_key:
             pending = room.lapses.pop(event.lapse_key, None)
             if pending is not None:
@@ -207,7 +258,8 @@ class RoomStream:
                 if event.seq > room.last_seq + 1:
                     frames += await self._fill(room_id, room.last_seq, event.seq)
                 frames.append((event.seq, bytes(event.frame)))
-                room.last_seq = event.seq
+                # Another relay may have gone further while the fill ran.
+                room.last_seq = max(room.last_seq, event.seq)
         else:
             frames.append((0, bytes(event.frame)))
         self._deliver(room, frames, event.exclude_user)
@@ -236,11 +288,21 @@ class RoomStream:
     async def _fill(self, room_id: int, after: int, upto: int) -> list[tuple[int, bytes]]:
         """The messages between `after` and `upto` (exclusive) from PostgreSQL."""
         try:
-            records = await self._chat.replay(room_id, after)
+            records = await self.replay(room_id, after)
         except Exception:
             logger.exception("could not fill a gap in room %s", room_id)
             return []
         return [(r.seq, _encoder.encode(NewMessageFrame(Message.of(r)))) for r in records if r.seq < upto]
+
+    async def _members_changed(self, room_id: int) -> None:
+        """Whoever is no longer a member stops getting the room's stream."""
+        room = self._rooms.get(room_id)
+        if room is None:
+            return
+        members = await self._members.ids(room_id)
+        for sink in list(room.members):
+            if sink.user_id not in members:
+                await self.leave(sink, room_id)
 
     async def _attach(self, room_id: int, sink: Sink, member: _Member) -> _Room:
         room = self._rooms.setdefault(room_id, _Room())

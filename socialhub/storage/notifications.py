@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 
 from socialhub.domain.notifications import NewNotification, NotificationRecord
@@ -50,6 +52,27 @@ class NotificationStore:
             event_id,
         )
         return _record(row, False) if row else None
+
+    async def insert_notifications(self, news: Sequence[NewNotification]) -> list[NotificationRecord]:
+        """Insert them all in one statement (none belongs to an event)."""
+        if not news:
+            return []
+        rows = await self.db.fetch(
+            f"""WITH n AS (
+                    INSERT INTO notifications (user_id, type, actor_id, post_id, comment_id, room_id, call_id)
+                    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                                         $6::bigint[], $7::bigint[])
+                    RETURNING *)
+                SELECT {_COLUMNS} FROM n JOIN users u ON u.id = n.actor_id""",
+            [n.user_id for n in news],
+            [n.type for n in news],
+            [n.actor_id for n in news],
+            [n.post_id for n in news],
+            [n.comment_id for n in news],
+            [n.room_id for n in news],
+            [n.call_id for n in news],
+        )
+        return [_record(row, False) for row in rows]
 
     async def get_page_and_mark_read(self, user_id: int, before: int | None, limit: int) -> list[NotificationRecord]:
         """Newest first; the returned ones become read, each showing `read` as it was."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -19,10 +19,13 @@ from socialhub.domain.notifications import NewNotification
 from socialhub.domain.users import Principal
 from socialhub.errors import Forbidden
 from socialhub.infra.kv.memory import MemoryCounters, MemoryValues
+from socialhub.infra.pubsub.base import PubSub
 from socialhub.infra.pubsub.memory import MemoryPubSub
+from socialhub.infra.pubsub.redis import RedisPubSub
 from socialhub.services import chat as chat_module
 from socialhub.services.chat import ChatService
 from socialhub.services.instances import InstanceLedger
+from socialhub.services.members import RoomMembers
 from socialhub.services.roomjoins import RoomJoins
 from socialhub.services.roomstream import RoomStream
 from socialhub.storage.chat import ChatStore
@@ -30,7 +33,7 @@ from socialhub.storage.database import Database
 from socialhub.storage.users import UserStore
 from socialhub.supervisor import Supervisor
 from tests.conftest import migrated_database, pool
-from tests.contract.conftest import eventually
+from tests.contract.conftest import REDIS_URL, eventually
 
 
 class Recorder:
@@ -61,26 +64,38 @@ class Recorder:
 
 
 class Env:
-    def __init__(self, db: Database) -> None:
+    """One instance: by default alone, on the in-process pub/sub; `pubsub` and `shared`
+    (the counters and values that Redis would hold) make several."""
+
+    def __init__(
+        self,
+        db: Database,
+        pubsub: PubSub | None = None,
+        shared: tuple[MemoryCounters, MemoryValues] | None = None,
+        name: str = "test",
+    ) -> None:
         self.db = db
-        self.pubsub = MemoryPubSub()
+        self.pubsub = pubsub or MemoryPubSub()
         self.notified: list[NewNotification] = []
         self.supervisor = Supervisor()
-        counters = MemoryCounters()
-        self.ledger = InstanceLedger(counters, MemoryValues(), instance_id="test")
+        counters, values = shared or (MemoryCounters(), MemoryValues())
+        self.ledger = InstanceLedger(counters, values, instance_id=name)
         self.joins = RoomJoins(self.ledger, counters)
+        store = ChatStore(db)
+        self.members = RoomMembers(store, self.pubsub)
+        self.stream = RoomStream(pubsub=self.pubsub, store=store, members=self.members, joins=self.joins)
         self.chat = ChatService(
-            store=ChatStore(db),
+            store=store,
             users=UserStore(db),
-            pubsub=self.pubsub,
+            members=self.members,
+            rooms=self.stream,
             notify=self.notify,
-            joined_users=self.joins.joined_users,
+            joins=self.joins,
             spawn=self.supervisor.spawn,
         )
-        self.stream = RoomStream(pubsub=self.pubsub, chat=self.chat, joins=self.joins)
 
-    async def notify(self, new: NewNotification) -> None:
-        self.notified.append(new)
+    async def notify(self, news: Sequence[NewNotification]) -> None:
+        self.notified += news
 
     async def user(self) -> Principal:
         name = "u" + secrets.token_hex(6)
@@ -114,8 +129,10 @@ async def db() -> AsyncIterator[Database]:
 async def env(db: Database) -> AsyncIterator[Env]:
     e = Env(db)
     await e.ledger.beat()  # alive (the presence worker beats in the server)
+    await e.members.start()
     yield e
     e.chat.stop()
+    await e.members.stop()
     await e.pubsub.close()
 
 
@@ -203,8 +220,8 @@ async def test_leave_stops_the_stream_and_the_count(env: Env) -> None:
     await eventually(lambda: other.seqs() == [1])
     await asyncio.sleep(0.05)
     assert sink.seqs() == []
-    # Bob has no socket in the room: he, not Alice, is notified of the message.
-    assert [(n.user_id, n.type) for n in env.notified] == [(bob.user_id, "message")]
+    # Bob has no socket in the room: he, not Alice, is notified of the message (after the ack).
+    await eventually(lambda: [(n.user_id, n.type) for n in env.notified] == [(bob.user_id, "message")])
     await env.stream.leave_all(other)
     assert await env.joins.joined_users(room) == set()
 
@@ -247,3 +264,103 @@ async def test_typing_reaches_the_others_and_ends_by_itself(env: Env, monkeypatc
     env.chat.stop()
     await eventually(lambda: reader.frames[2:] == [typing | {"state": False}], within=3)
     assert typer.types() == ["joined"]
+
+
+# -- this instance's own frames, and membership changes ------------------------------------
+
+
+async def test_own_messages_reach_own_sockets_at_once_and_once(env: Env) -> None:
+    alice, bob = await env.user(), await env.user()
+    room = await env.room(alice, bob)
+    sink = Recorder(bob.user_id)
+    await env.stream.join(sink, room, since_seq=0)
+    await env.send(alice, room)
+    # Delivered before send returned: not through the pub/sub's inbox and back.
+    assert sink.seqs() == [1]
+    await env.chat.typing(alice, room, True)
+    assert sink.types() == ["joined", "new_message", "typing"]
+    await asyncio.sleep(0.05)  # the copies the pub/sub hands back are dropped
+    assert sink.types() == ["joined", "new_message", "typing"]
+
+
+async def test_two_instances_on_redis_each_seq_once_and_in_order(db: Database) -> None:
+    prefix = f"shtest:{secrets.token_hex(6)}:"
+    shared = (MemoryCounters(), MemoryValues())  # the joins and heartbeats, as one Redis would hold them
+    envs = [Env(db, RedisPubSub(REDIS_URL, prefix), shared, name) for name in ("a", "b")]
+    for e in envs:
+        await e.pubsub.start()
+        await e.ledger.beat()
+        await e.members.start()
+    a, b = envs
+    try:
+        alice, bob, carol = await a.user(), await a.user(), await a.user()
+        room = await a.room(alice, bob, carol)
+        on_a, also_on_a, on_b = Recorder(bob.user_id), Recorder(alice.user_id), Recorder(carol.user_id)
+        await a.stream.join(on_a, room, since_seq=0)
+        await a.stream.join(also_on_a, room, since_seq=0)
+        await b.stream.join(on_b, room, since_seq=0)
+        # Sends from both instances at once: each instance's own reach its sockets at
+        # once, the other's through Redis, in whatever order the commits resume.
+        await asyncio.gather(*(e.send(who, room, 10) for e, who in ((a, alice), (b, carol), (a, bob), (b, alice))))
+        everything = list(range(1, 41))
+        for sink in (on_a, also_on_a, on_b):
+            await eventually(lambda sink=sink: sink.seqs() == everything)  # type: ignore[misc]
+        await asyncio.sleep(0.1)
+        assert on_a.seqs() == also_on_a.seqs() == on_b.seqs() == everything
+        # Every member has a socket in the room, on one instance or the other: no one
+        # is notified (each instance asks the shared joins for those not joined to it).
+        assert a.notified == [] and b.notified == []
+        # A membership change on one instance reaches the other's cache.
+        assert bob.user_id in await b.members.ids(room)
+        await db.execute("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room, bob.user_id)
+        await a.members.changed(room)
+        await eventually(lambda: _not_in(b, room, bob.user_id))
+    finally:
+        for e in envs:
+            e.chat.stop()
+            await e.members.stop()
+            await e.pubsub.close()
+
+
+async def _not_in(env: Env, room: int, user_id: int) -> bool:
+    return user_id not in await env.members.ids(room)
+
+
+async def test_a_new_member_gets_the_stream_and_notifications(env: Env) -> None:
+    alice, bob, carol = await env.user(), await env.user(), await env.user()
+    room = await env.room(alice, bob)
+    with pytest.raises(Forbidden):
+        await env.stream.join(Recorder(carol.user_id), room, since_seq=0)
+    await env.db.execute("INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)", room, carol.user_id)
+    await env.members.changed(room)
+    sink = Recorder(carol.user_id)
+    await env.stream.join(sink, room, since_seq=0)
+    await env.send(alice, room)
+    assert sink.seqs() == [1]
+    # (Notifications are made after the ack: who is in the room is asked then.)
+    await eventually(lambda: [n.user_id for n in env.notified] == [bob.user_id])
+    await env.stream.leave(sink, room)
+    await env.send(alice, room)
+    expected = sorted([bob.user_id, bob.user_id, carol.user_id])
+    await eventually(lambda: sorted(n.user_id for n in env.notified) == expected)
+
+
+async def test_a_removed_member_stops_getting_the_stream_and_notifications(env: Env) -> None:
+    alice, bob, carol = await env.user(), await env.user(), await env.user()
+    room = await env.room(alice, bob, carol)
+    sink, other = Recorder(bob.user_id), Recorder(alice.user_id)
+    await env.stream.join(sink, room, since_seq=0)
+    await env.stream.join(other, room, since_seq=0)
+    await env.send(alice, room)
+    assert sink.seqs() == [1]
+    await eventually(lambda: [n.user_id for n in env.notified] == [carol.user_id])
+    for gone in (bob, carol):
+        await env.db.execute("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room, gone.user_id)
+    await env.members.changed(room)
+    assert env.stream.rooms_of(sink) == frozenset()
+    await env.send(alice, room)
+    assert other.seqs() == [1, 2] and sink.seqs() == [1]
+    await asyncio.sleep(0.05)
+    assert sink.seqs() == [1] and [n.user_id for n in env.notified] == [carol.user_id]
+    with pytest.raises(Forbidden):
+        await env.stream.join(sink, room, since_seq=0)

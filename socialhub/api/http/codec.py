@@ -160,9 +160,14 @@ def path_id(request: Request, name: str, what: str) -> int:
     return value
 
 
+_FIRST_PAGE = PageRequest(limit=DEFAULT_LIMIT, before=None)
+
+
 def page_request(request: Request, cursor: str = "before") -> PageRequest:
     """`?limit=` (default 20, at most 100) and the cursor (`?before=<id>`, or `?after=` for
     oldest-first lists; either way it lands in PageRequest.before)."""
+    if not request.scope.get("query_string"):
+        return _FIRST_PAGE  # the common request, with no query to parse
     q = request.query_params
     limit = DEFAULT_LIMIT
     raw_limit = q.get("limit")

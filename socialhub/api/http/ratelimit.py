@@ -60,6 +60,8 @@ class RateLimitMiddleware:
         self.settings = settings
         self.tokens = tokens
         self.by_ip = by_ip
+        # Methods that some rule counts: any other request passes at once (reads, mostly).
+        self._methods = WRITE_METHODS | {method for method, _ in by_ip}
 
     def _rule(self, scope: Scope) -> tuple[str, str] | None:
         """(rule name, subject key) for this request, or None when it is not limited."""
@@ -85,7 +87,7 @@ class RateLimitMiddleware:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.settings.enabled:
+        if scope["type"] != "http" or not self.settings.enabled or scope["method"] not in self._methods:
             await self.app(scope, receive, send)
             return
         found = self._rule(scope)

@@ -27,7 +27,13 @@ class Authenticator:
         self.guard = guard
 
     async def __call__(self, request: Request) -> Principal:
-        token = bearer_token(request.headers.get("authorization", ""))
+        # Read from the raw headers: a request's Headers object is not made for this alone.
+        authorization = ""
+        for name, value in request.scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        token = bearer_token(authorization)
         if token is None:
             raise Unauthenticated("missing bearer token")
         principal = await self.guard.authenticate(token)
