@@ -254,6 +254,7 @@ def build(settings: Settings) -> Parts:
     # The workers. Presence's own worker ends this instance's presence when it stops.
     supervisor.add("presence", presence.run)
     supervisor.add("broker-watch", hub.watch_broker)
+    supervisor.add("ws-keepalive", sockets.keepalive)
     supervisor.add("calls", calls.run)
     for name, source in path.sources.items():
         supervisor.add(f"events:{name}", source.run)
@@ -348,7 +349,6 @@ def create_app(settings: Settings) -> Starlette:
     routes = one_route_per_path(
         [
             *(route for group in parts.busiest_first for route in group.routes()),
-            *parts.sockets.routes(),
             *health.routes(),
             *docs.routes(),
         ]
@@ -384,4 +384,6 @@ def create_app(settings: Settings) -> Starlette:
     )
     # The document this app serves, for the tests that hold it against the routes.
     app.state.openapi = docs.document
+    # Where the server's HTTP protocol hands /ws upgrades (`socialhub serve`: cli.py).
+    app.state.sockets = parts.sockets
     return app
