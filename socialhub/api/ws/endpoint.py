@@ -22,9 +22,11 @@ from http import HTTPStatus
 from typing import Any
 
 import msgspec
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from socialhub.api.http.codec import JSON_MEDIA_TYPE
 from socialhub.api.http.errors import STATUS, error_body
 from socialhub.api.ws.codec import decode_frame, encode_error, frame_ref
 from socialhub.api.ws.dispatch import Dispatcher
@@ -87,12 +89,18 @@ class SocketEndpoint:
         Retry-After (what a proxy in front would answer, and what /readyz says), so the
         client backs off and retries rather than meeting a socket that is open but deaf."""
         exc = Unavailable("the message broker is unavailable; reconnect shortly")
-        response = handshake.reject(HTTPStatus(STATUS[exc.code]), "")
+        refusal = handshake.reject(HTTPStatus(STATUS[exc.code]), "")
         body = error_body(exc.code, exc.message)
-        response.headers["Content-Length"] = str(len(body))
-        response.headers["Content-Type"] = "application/json"
-        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-        return Response(response.status_code, response.reason_phrase, response.headers, body)
+        headers = Headers(
+            [
+                ("Date", refusal.headers["Date"]),
+                ("Connection", "close"),
+                ("Content-Length", str(len(body))),
+                ("Content-Type", JSON_MEDIA_TYPE),
+                ("Retry-After", str(max(1, math.ceil(exc.retry_after)))),
+            ]
+        )
+        return Response(refusal.status_code, refusal.reason_phrase, headers, body)
 
     def opened(self, session: Session) -> None:
         if self.hub.closing:

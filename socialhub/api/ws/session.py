@@ -130,7 +130,8 @@ class Session(asyncio.Protocol):
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
         # No extensions (per-message deflate gives every socket its own zlib state) and
-        # SPEC's 64 KiB message bound (over it: close 1009, by the library).
+        # SPEC's 64 KiB message bound (over it: close 1009, by the library). This one
+        # answers the handshake; once open, a fresh one reads the frames (see _on_request).
         self._ws = ServerProtocol(max_size=MAX_FRAME_BYTES, logger=_library_logger)
         self.transport: asyncio.Transport | None = None
         self.user_id = 0
@@ -206,6 +207,11 @@ class Session(asyncio.Protocol):
         self._ws.send_response(response)
         if response.status_code == 101:
             self._flush()
+            # The handshake's protocol keeps the request (its headers: ~1.5 KiB) for as
+            # long as it parses; the socket's frames go to one that starts OPEN. (The HTTP
+            # protocol hands over the head alone, and a client sends no frame before the
+            # 101: RFC 6455, 4.1.)
+            self._ws = ServerProtocol(max_size=MAX_FRAME_BYTES, logger=_library_logger, state=State.OPEN)
             self._endpoint.opened(self)
 
     def _on_frame(self, frame: Frame) -> None:
