@@ -179,8 +179,13 @@ class SocketEndpoint:
             session.close(CLOSE_RESTART, "server restarting")
             return
         session.authenticated(principal.user_id, principal.session_id)
-        session.in_hub = True
-        await self.hub.add(session)
+        session.in_hub = True  # from here on, the socket's end removes it from the hub
+        try:
+            await self.hub.add(session)
+        except SocialhubError:
+            # The broker would not take the subscription: reconnect as after a restart.
+            session.close(CLOSE_RESTART, "unavailable: reconnect shortly")
+            return
         session.send(_encoder.encode(Authenticated(user_id=str(session.user_id), session_id=str(session.session_id))))
 
     async def closed(self, session: Session) -> None:

@@ -38,6 +38,10 @@ from websockets.server import ServerProtocol
 
 from socialhub.domain.protocol import CLOSE_NORMAL, CLOSE_POLICY, MAX_FRAME_BYTES
 
+# RFC 6455 7.4.1: the server met a condition that kept it from fulfilling the request;
+# also websockets' code for a keepalive ping that got no answer.
+CLOSE_INTERNAL = 1011
+
 logger = logging.getLogger(__name__)
 _library_logger = logging.getLogger("websockets.server")
 
@@ -257,7 +261,11 @@ class Session(asyncio.Protocol):
         """Await `work`, then handle the messages that came meanwhile, in order."""
         try:
             while True:
-                await work
+                try:
+                    await work
+                except Exception:  # the endpoint answers errors; this is a bug, not a frame's fault
+                    logger.exception("a socket of user %s failed", self.user_id)
+                    self.close(CLOSE_INTERNAL, "internal error")
                 follow: Coroutine[Any, Any, None] | None = None
                 while follow is None and self._inbox and not self.closing:
                     follow = self._endpoint.receive(self, self._inbox.popleft())
@@ -311,7 +319,7 @@ class Session(asyncio.Protocol):
             return
         if not self.answered:
             logger.info("closing a socket of user %s: no answer to ping", self.user_id)
-            self.close(1011, "keepalive ping timeout", timeout=1.0)
+            self.close(CLOSE_INTERNAL, "keepalive ping timeout", timeout=1.0)
             return
         self.answered = False
         self.transport.write(PING)
