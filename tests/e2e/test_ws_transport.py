@@ -74,7 +74,20 @@ class RawSocket:
         self.buffer = head.partition(b"\r\n\r\n")[2]
 
     def send_text(self, text: str, fin: bool = True, opcode: Opcode = Opcode.TEXT) -> None:
-        self.sock.sendall(Frame(opcode, text.encode(), fin=fin).serialize(mask=True))
+        self.send_frame(text.encode(), fin, opcode)
+
+    def send_frame(self, data: bytes, fin: bool = True, opcode: Opcode = Opcode.TEXT) -> None:
+        self.sock.sendall(Frame(opcode, data, fin=fin).serialize(mask=True))
+
+    def close_code(self) -> int | None:
+        """Read frames until the server's close frame: its code (None: no close frame)."""
+        try:
+            while True:
+                opcode, data = self.frame()
+                if opcode is Opcode.CLOSE:
+                    return Close.parse(data).code
+        except (EOFError, ConnectionResetError, TimeoutError):
+            return None
 
     def _fill(self, n: int) -> None:
         while len(self.buffer) < n:
@@ -166,6 +179,36 @@ async def test_fragmented_messages_and_the_64_kib_bound(server: Server) -> None:
     # Fragments each under 64 KiB, together over it: closed with 1009.
     await sock.ws.send(["x" * 40_000, "y" * 40_000])
     assert await sock.wait_closed() == 1009
+
+
+async def test_a_text_frame_that_is_not_utf8_closes_1007(server: Server) -> None:
+    (a,) = await signups(server, "a")
+
+    def run(fragmented: bool) -> tuple[Any, int | None]:
+        raw = RawSocket(server)
+        try:
+            raw.send_text(json.dumps({"type": "authenticate", "token": a.token}))
+            authenticated = raw.json()
+            bad = b'{"type": "ping", "ref": "\xff"}'
+            if fragmented:  # the bad byte alone in the last fragment
+                raw.send_frame(bad[:-4], fin=False)
+                raw.send_frame(bad[-4:], opcode=Opcode.CONT)
+            else:
+                raw.send_frame(bad)
+            return authenticated, raw.close_code()
+        finally:
+            raw.close()
+
+    for fragmented in (False, True):
+        authenticated, code = await asyncio.to_thread(run, fragmented)
+        assert authenticated["type"] == "authenticated"
+        assert code == 1007, (fragmented, code)
+    # The same bytes in a binary frame are an ordinary bad frame: answered, socket open.
+    sock = await a.socket()
+    await sock.send(b'{"type": "ping", "ref": "\xff"}')
+    assert (await sock.expect("error"))["code"] == "bad_request"
+    await sock.ping()
+    await sock.close()
 
 
 async def test_closing_handshake_from_the_client(server: Server) -> None:
@@ -269,17 +312,7 @@ async def test_a_replay_goes_at_the_readers_speed(server: Server) -> None:
     stuck.send_text(json.dumps({"type": "join_room", "room_id": room, "since_seq": 0}))
     await asyncio.sleep(SLOW_CLIENT_SECONDS + 3)
 
-    def drain() -> int | None:
-        stuck.sock.settimeout(10)
-        try:
-            while True:
-                opcode, data = stuck.frame()
-                if opcode is Opcode.CLOSE:
-                    return Close.parse(data).code
-        except (EOFError, ConnectionResetError, TimeoutError):
-            return None
-
-    assert await asyncio.to_thread(drain) == 1008
+    assert await asyncio.to_thread(stuck.close_code) == 1008
     stuck.close()
     # The others were not stalled.
     await sender.ping()

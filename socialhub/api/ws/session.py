@@ -41,6 +41,8 @@ from socialhub.domain.protocol import CLOSE_NORMAL, CLOSE_POLICY, MAX_FRAME_BYTE
 # RFC 6455 7.4.1: the server met a condition that kept it from fulfilling the request;
 # also websockets' code for a keepalive ping that got no answer.
 CLOSE_INTERNAL = 1011
+# RFC 6455 7.4.1: a text message that is not UTF-8.
+CLOSE_INVALID_DATA = 1007
 
 logger = logging.getLogger(__name__)
 _library_logger = logging.getLogger("websockets.server")
@@ -118,6 +120,7 @@ class Session(asyncio.Protocol):
         "_paused",
         "_reading_paused",
         "_task",
+        "_text",
         "_timer",
         "_ws",
         "answered",
@@ -150,6 +153,7 @@ class Session(asyncio.Protocol):
         self._inbox: deque[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._parts: list[bytes] | None = None  # a fragmented message so far
+        self._text = True  # whether it is a text message
         self._paused = False
         self._reading_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -223,24 +227,31 @@ class Session(asyncio.Protocol):
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             data = frame.data if isinstance(frame.data, bytes) else bytes(frame.data)
             if frame.fin:
-                self._on_message(data)
+                self._on_message(data, opcode is Opcode.TEXT)
             else:
                 self._parts = [data]
+                self._text = opcode is Opcode.TEXT
         elif opcode is Opcode.CONT:
             parts = self._parts
             if parts is not None:
                 parts.append(bytes(frame.data))
                 if frame.fin:
                     self._parts = None
-                    self._on_message(b"".join(parts))
+                    self._on_message(b"".join(parts), self._text)
         elif opcode is Opcode.CLOSE:
             # The library answers it; nothing more is sent or handled.
             self.closing = True
             self._inbox = None
 
-    def _on_message(self, raw: bytes) -> None:
+    def _on_message(self, raw: bytes, text: bool) -> None:
         if self.closing:
             return
+        if text and not raw.isascii():
+            try:
+                raw.decode()
+            except UnicodeDecodeError:  # RFC 6455 8.1: a text message must be UTF-8
+                self.close(CLOSE_INVALID_DATA, "text frame is not UTF-8")
+                return
         if self._task is not None:
             inbox = self._inbox
             if inbox is None:
