@@ -277,6 +277,7 @@ def build(settings: Settings) -> Parts:
     # The workers. Presence's own worker ends this instance's presence when it stops.
     supervisor.add("presence", presence.run)
     supervisor.add("broker-watch", hub.watch_broker)
+    supervisor.add("ws-keepalive", sockets.keepalive)
     supervisor.add("calls", calls.run)
     for name, source in path.sources.items():
         supervisor.add(f"events:{name}", source.run)
@@ -404,7 +405,6 @@ def create_app(settings: Settings) -> Starlette:
     routes = one_route_per_path(
         [
             *(route for group in parts.busiest_first for route in group.routes()),
-            *parts.sockets.routes(),
             *health.routes(),
             *docs.routes(),
             *asyncapi.routes(),
@@ -448,4 +448,6 @@ def create_app(settings: Settings) -> Starlette:
     app.state.asyncapi = asyncapi.document
     # What `socialhub serve` runs on SIGTERM before the server stops (cli.py).
     app.state.drain = drain
+    # Where the server's HTTP protocol hands /ws upgrades (`socialhub serve`: cli.py).
+    app.state.sockets = parts.sockets
     return app

@@ -95,10 +95,12 @@ def serve(settings: Settings) -> int:
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
-        http=HeadLimitedProtocol,  # httptools, with SPEC's 431 for a head over 32 KiB
-        # The sans-I/O websockets protocol: no reader task and no asyncio stream per socket
-        # (10,000 idle sockets 43.6 -> 36.4 KiB each, connects 1,056 -> 1,445/s; chat and
-        # fan-out latency unchanged: bench ws-idle / ws-chat --phases fanout, 2026-11-27).
+        # httptools, with SPEC's 431 for a head over 32 KiB; /ws upgrades go to socialhub's
+        # own socket protocol (api/ws/session.py), outside ASGI.
+        http=HeadLimitedProtocol.serving(app.state.sockets),
+        # Upgrades to any other path: uvicorn's sans-I/O websockets protocol and the app
+        # (which has no WebSocket route: refused). The ws_* settings below are for them;
+        # /ws has the same ones of its own (api/ws/session.py, api/ws/endpoint.py).
         ws="websockets-sansio",
         lifespan="on",
         proxy_headers=True,

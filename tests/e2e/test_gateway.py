@@ -370,7 +370,9 @@ async def test_rolling_restart_under_chat_load_loses_and_doubles_nothing(cluster
                 before = None
                 while True:
                     params: dict[str, Any] = {"limit": 100, **({"before": before} if before else {})}
-                    page = (await http.get(f"/chat/{room}/history", headers=bearer(a), params=params)).json()
+                    r = await http.get(f"/chat/{room}/history", headers=bearer(a), params=params)
+                    assert r.status_code == 200, (r.status_code, r.text)
+                    page = r.json()
                     ids += [msg["client_msg_id"] for msg in page["items"]]
                     before = page["next"]
                     if before is None:

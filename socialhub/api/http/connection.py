@@ -12,10 +12,16 @@ exceed 32 KiB. The bound holds before the bytes are kept:
   (the URL plus every header line), before the request reaches the app.
 
 WebSocket upgrades are HTTP requests until their head ends, so the same bound holds.
-Wired in by `socialhub serve` (uvicorn.Config(http=HeadLimitedProtocol)).
+An upgrade request for /ws is then handed, transport and all, to socialhub's own socket
+protocol (`serving`: api/ws/endpoint.py), not to uvicorn's WebSocket protocol and the
+ASGI app: no ASGI layer per message. Other upgrades go the ASGI way (and find no route).
+Wired in by `socialhub serve` (uvicorn.Config(http=HeadLimitedProtocol.serving(...))).
 """
 
 from __future__ import annotations
+
+import asyncio
+from typing import ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -27,6 +33,12 @@ MAX_HEAD_BYTES = 32 * 1024
 # Bytes a header line costs besides its name and value: ": " and CRLF.
 _LINE_OVERHEAD = 4
 _BODY = b'{"error":{"code":"too_large","message":"the request headers or URL are over 32 KiB"}}'
+
+
+class Sockets(Protocol):
+    """Where /ws upgrades go (api/ws/endpoint.py's SocketEndpoint)."""
+
+    def take(self, transport: asyncio.Transport, head: bytes) -> None: ...
 
 
 class _HeadTooLarge(Exception):
@@ -45,6 +57,28 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     _read = 0  # the size of the read being parsed
     _reads = 0  # reads so far, and the one in which the current head began
     _head_read = 0
+    # Where an upgrade request for /ws goes (None: uvicorn's WebSocket protocol and the app).
+    sockets: ClassVar[Sockets | None] = None
+    sockets_path: ClassVar[bytes] = b"/ws"
+
+    @classmethod
+    def serving(cls, sockets: Sockets, path: bytes = b"/ws") -> type[HeadLimitedProtocol]:
+        """This protocol, with upgrade requests for `path` handed to `sockets`."""
+        return type(cls.__name__, (cls,), {"sockets": sockets, "sockets_path": path})
+
+    def handle_websocket_upgrade(self) -> None:
+        sockets = self.sockets
+        if sockets is None or self.url.partition(b"?")[0] != self.sockets_path:
+            super().handle_websocket_upgrade()
+            return
+        # The connection is the socket's from now on; uvicorn no longer counts it (as its
+        # own handle_websocket_upgrade does). The head is given back as it was read.
+        self.connections.discard(self)
+        head = [self.scope["method"].encode(), b" ", self.url, b" HTTP/1.1\r\n"]
+        for name, value in self.headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        sockets.take(self.transport, b"".join(head))
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

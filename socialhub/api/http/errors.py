@@ -47,10 +47,15 @@ class ErrorEnvelope(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 
 
+def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> bytes:
+    """The SPEC's error body, `{"error": {"code", "message", "fields"?}}`."""
+    return _encoder.encode(ErrorEnvelope(ErrorBody(code=code, message=message, fields=fields)))
+
+
 def error_response(
     code: str, message: str, fields: dict[str, str] | None = None, headers: dict[str, str] | None = None
 ) -> Response:
-    body = _encoder.encode(ErrorEnvelope(ErrorBody(code=code, message=message, fields=fields)))
+    body = error_body(code, message, fields)
     return Response(body, status_code=STATUS.get(code, 500), media_type=JSON_MEDIA_TYPE, headers=headers)
 
 

@@ -103,8 +103,9 @@ class Dispatcher:
         for user_id in ids:
             await self.hub.watch(session, user_id)
         # The snapshot is one frame per user, possibly thousands: it is paced like a room's
-        # replay (at the client's reading speed, the queue at most half full) rather than
-        # poured into the bounded queue, whose overflow means a client that does not read.
+        # replay (at the client's reading speed, the send buffer under its high-water mark)
+        # rather than poured into the bounded buffer, whose overflow means a client that
+        # does not read.
         for view in await self.presence_status(ids):
             await session.send_paced(_encoder.encode(view))
         self._ack(session, frame)

@@ -4,7 +4,8 @@ Which sockets of which user are here, and which users' presence each follows. Th
 process subscribes to a channel once, however many of its sockets want it: `user:<id>`
 while a user has a socket here (notifications, call signaling), `presence:<id>` while a
 socket here follows that user. Each message is fanned out as the same bytes to the
-local sockets, through their bounded queues (a slow socket never stalls the others).
+local sockets (framed once: api/ws/session.py `framed`), each within its bounded send
+buffer (a slow socket never stalls the others).
 Rooms have their own rules (replay, seq order, gaps): the room stream
 (services/roomstream.py) keeps them; the hub tells it when a socket goes.
 
@@ -59,6 +60,8 @@ class PresenceTracker(Protocol):
 
 class _Channel:
     """One pub/sub subscription shared by the local sockets that want it."""
+
+    __slots__ = ("lock", "sessions", "subscription")
 
     def __init__(self) -> None:
         self.sessions: set[Session] = set()

@@ -25,6 +25,8 @@ ResetCallback = Callable[[], Awaitable[None]]
 class Subscription(abc.ABC):
     """One local listener on one channel."""
 
+    __slots__ = ()
+
     channel: str
 
     @abc.abstractmethod

@@ -48,7 +48,10 @@ async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
 
 
 class LocalSubscription(Subscription):
-    """One listener on one channel, with its bounded inbox."""
+    """One listener on one channel, with its bounded inbox (made when a message waits:
+    an empty deque is ~600 bytes, and every socket's user channel has a listener)."""
+
+    __slots__ = ("_closed", "_handler", "_inbox", "_limit", "_release", "_task", "channel", "dropped")
 
     def __init__(
         self,
@@ -62,7 +65,7 @@ class LocalSubscription(Subscription):
         self._handler = handler
         self._release = release
         self._limit = limit
-        self._inbox: deque[bytes] = deque()
+        self._inbox: deque[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -74,8 +77,11 @@ class LocalSubscription(Subscription):
         """Queue `payload` for the handler; never blocks the caller."""
         if self._closed:
             return
-        if len(self._inbox) >= self._limit:
-            self._inbox.popleft()
+        inbox = self._inbox
+        if inbox is None:
+            inbox = self._inbox = deque()
+        elif len(inbox) >= self._limit:
+            inbox.popleft()
             self.dropped += 1
             if (self.dropped - 1) % DROP_LOG_EVERY == 0:
                 logger.warning(
@@ -84,7 +90,7 @@ class LocalSubscription(Subscription):
                     self._limit,
                     self.dropped,
                 )
-        self._inbox.append(payload)
+        inbox.append(payload)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._drain(), name=f"pubsub-deliver:{self.channel}")
 
@@ -98,12 +104,13 @@ class LocalSubscription(Subscription):
                     logger.exception("pub/sub handler on %r failed; it keeps its subscription", self.channel)
         finally:
             self._task = None
+            self._inbox = None
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._inbox.clear()
+        self._inbox = None
         task = self._task
         await self._release(self)
         if task is not None:
@@ -112,7 +119,7 @@ class LocalSubscription(Subscription):
     async def abort(self) -> None:
         """End without telling the owner (the owner is shutting down)."""
         self._closed = True
-        self._inbox.clear()
+        self._inbox = None
         if self._task is not None:
             await cancel_and_wait([self._task])
 
