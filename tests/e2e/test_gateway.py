@@ -9,8 +9,8 @@ steady chat load loses and doubles nothing: every client is moved by a 1012 clos
 reconnects through the gateway, resumes with `since_seq`, and resends what was not
 acknowledged with the same `client_msg_id`.
 
-Media are on disk here, in one directory both instances share (as a shared volume would
-be); the S3 store runs the same way where it is configured.
+Media are in one S3 bucket both instances share (the tests' S3-protocol server), as in
+deploy/compose.yaml: a file uploaded through one instance is served by the other.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from tests import media_samples
 from tests.conftest import REDIS_URL, fresh_database
 from tests.e2e.gateway import Gateway
 from tests.e2e.server import Server, server_env
+from tests.s3_server import S3Server, drop_bucket, new_bucket
 
 # Each instance drains for this long on SIGTERM, then closes its sockets over as long again.
 DRAIN = 1.5
@@ -51,9 +52,17 @@ async def database() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="module")
-def env(database: str) -> dict[str, str]:
+async def bucket(s3_server: S3Server) -> AsyncIterator[str]:
+    name = await new_bucket(s3_server)
+    yield name
+    await drop_bucket(s3_server, name)
+
+
+@pytest.fixture(scope="module")
+def env(database: str, s3_server: S3Server, bucket: str) -> dict[str, str]:
     return server_env(
         database,
+        **s3_server.env(bucket),
         SOCIALHUB_REDIS_URL=REDIS_URL,
         SOCIALHUB_REDIS_KEY_PREFIX=f"shgw:{secrets.token_hex(4)}:",
         SOCIALHUB_SERVER_DRAIN_SECONDS=str(DRAIN),
@@ -66,7 +75,7 @@ def env(database: str) -> dict[str, str]:
 
 class Cluster:
     def __init__(self, root: Path, env: dict[str, str]) -> None:
-        # One data directory for both: media on disk in a shared directory.
+        # Where both instances keep their logs; media are in the shared bucket.
         self.data = root / "shared"
         self.env = env
         self.servers = [Server(self.data, env), Server(self.data, env)]
