@@ -356,16 +356,24 @@ SERVER_FRAMES: Final[tuple[type[msgspec.Struct], ...]] = (
 
 CLOSE_NORMAL: Final = 1000
 """The socket ended normally (the client closed it)."""
+CLOSE_INVALID_DATA: Final = 1007
+"""A text frame that is not UTF-8."""
 CLOSE_POLICY: Final = 1008
-"""The client does not read: its send queue filled, or it took no frame of its replay
-for a while. What it missed is stored; it reconnects and resumes with `since_seq`."""
+"""The client does not read: more than the send buffer waited for it, or it took nothing
+of its replay for a while. What it missed is stored; it reconnects and resumes with
+`since_seq`."""
 CLOSE_TOO_BIG: Final = 1009
 """A frame over MAX_FRAME_BYTES."""
+CLOSE_INTERNAL: Final = 1011
+"""The server could not go on with this socket: a keepalive ping got no answer, or handling
+a frame failed unexpectedly. Reconnect with back-off and resume with `since_seq`."""
 CLOSE_RESTART: Final = 1012
 """Service restart, or the stream may have a gap (the broker link was lost): reconnect,
 elsewhere if need be, and resume each room with `since_seq`."""
 CLOSE_TRY_AGAIN_LATER: Final = 1013
-"""RFC 6455 registry: a temporary condition (the broker is down); reconnect later."""
+"""RFC 6455 registry: a temporary condition (the broker is down); reconnect later.
+socialhub answers such an upgrade with HTTP 503 instead and never sends this code; a
+client treats it as it treats that 503 (a proxy in front may send it)."""
 CLOSE_UNAUTHENTICATED: Final = 4401
 """No valid `authenticate` in time, or the session ended (logout, password reset):
 sign in again before reconnecting."""

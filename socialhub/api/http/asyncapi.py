@@ -58,8 +58,8 @@ notifications and call signaling. Every frame is a JSON object with a `type`.
 - **Resume**: after a reconnect, `join_room` with the last `seq` seen as `since_seq`
   replays exactly what was missed, then the live stream.
 - While an instance has lost its broker it refuses new sockets: the upgrade is answered
-  HTTP 503 `unavailable` with `Retry-After` (close {close_later} from a server without
-  the WebSocket denial extension).
+  HTTP 503 `unavailable` with `Retry-After` (treat a close {close_later}, which a proxy
+  in front may send, the same way).
 
 Close codes (also under `x-close-codes`, with the error that precedes each under
 `x-close-after-error`):

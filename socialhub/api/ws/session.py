@@ -36,13 +36,13 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from socialhub.domain.protocol import CLOSE_NORMAL, CLOSE_POLICY, MAX_FRAME_BYTES
-
-# RFC 6455 7.4.1: the server met a condition that kept it from fulfilling the request;
-# also websockets' code for a keepalive ping that got no answer.
-CLOSE_INTERNAL = 1011
-# RFC 6455 7.4.1: a text message that is not UTF-8.
-CLOSE_INVALID_DATA = 1007
+from socialhub.domain.protocol import (
+    CLOSE_INTERNAL,
+    CLOSE_INVALID_DATA,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    MAX_FRAME_BYTES,
+)
 
 logger = logging.getLogger(__name__)
 _library_logger = logging.getLogger("websockets.server")
