@@ -187,11 +187,20 @@ class ChatStore:
 
     async def update_read(self, room_id: int, user_id: int, seq: int) -> int | None:
         """Move the member's read position forward (never back, never past the end);
-        the new position, or None for a non-member."""
+        the new position, or None for a non-member. A member who has now read the room to
+        its end has read its `message` notifications too (the badge drops with the room's
+        unread count, as in Slack); one who read part of it keeps them."""
         value: int | None = await self.db.fetchval(
-            """UPDATE room_members rm SET last_read_seq = greatest(rm.last_read_seq, least($3, r.last_seq))
-               FROM rooms r WHERE r.id = rm.room_id AND rm.room_id = $1 AND rm.user_id = $2
-               RETURNING rm.last_read_seq""",
+            """WITH moved AS (
+                   UPDATE room_members rm SET last_read_seq = greatest(rm.last_read_seq, least($3, r.last_seq))
+                   FROM rooms r WHERE r.id = rm.room_id AND rm.room_id = $1 AND rm.user_id = $2
+                   RETURNING rm.last_read_seq, r.last_seq
+               ), seen AS (
+                   UPDATE notifications n SET read_at = now()
+                   WHERE n.user_id = $2 AND n.room_id = $1 AND n.type = 'message' AND n.read_at IS NULL
+                     AND EXISTS (SELECT 1 FROM moved WHERE moved.last_read_seq >= moved.last_seq)
+               )
+               SELECT last_read_seq FROM moved""",
             room_id,
             user_id,
             seq,

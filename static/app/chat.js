@@ -366,9 +366,8 @@ export function roomScreen(view, { id }) {
     for (const seq of bySeq.keys()) top = Math.max(top, seq);
     if (top > myReadSeq) {
       myReadSeq = top;
-      sh.chat.markRead(roomId, top).catch(() => {});
+      sh.chat.markRead(roomId, top).then(() => roomSeen(), () => {});
     }
-    roomSeen(roomId);
     const r = rooms.get(roomId);
     if (r && r.unread_count) {
       r.unread_count = 0;

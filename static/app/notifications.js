@@ -41,15 +41,11 @@ function render() {
   updateTitle();
 }
 
-/** room id -> ids of unread `message` notifications heard live for it */
-const byRoom = new Map();
-
-/** The user opened this room: its `message` notifications are read now. */
-export function roomSeen(roomId) {
-  const ids = byRoom.get(roomId);
-  if (!ids || !ids.length) return;
-  byRoom.delete(roomId);
-  sh.notifications.markRead(ids).then(() => setUnread(count - ids.length), () => {});
+/** The user read this room to its end: the server has marked its `message`
+ * notifications read (those made while the page was closed too), so the badge is
+ * counted again. */
+export function roomSeen() {
+  sh.notifications.unreadCount().then(setUnread, () => {});
 }
 
 export function setUnread(n) {
@@ -69,7 +65,6 @@ export function startBadge() {
           sh.notifications.markRead([notification.id]).catch(() => {});
           return;
         }
-        byRoom.set(notification.room_id, [...(byRoom.get(notification.room_id) || []), notification.id]);
       }
       setUnread(count + 1);
       if (notification.type !== "post") toast(describe(notification));
@@ -77,10 +72,7 @@ export function startBadge() {
     // After a reconnect, frames sent while away are lost: ask again.
     sh.on("state", ({ state, previous }) => state === "open" && previous !== "open" && refresh()),
   ];
-  return () => {
-    offs.forEach((off) => off());
-    byRoom.clear();
-  };
+  return () => offs.forEach((off) => off());
 }
 
 // -- the list ---------------------------------------------------------------------------

@@ -418,6 +418,46 @@ async def test_read_receipts_and_unread_counts(server: Server) -> None:
         await sock.close()
 
 
+async def unread_notifications(user: User) -> int:
+    r = await user.get("/notify/unread-count")
+    assert r.status_code == 200, r.text
+    count: int = r.json()["count"]
+    return count
+
+
+async def test_reading_a_room_to_its_end_reads_its_message_notifications(server: Server) -> None:
+    a, b, c = await signups(server, "a", "b", "c")
+    room = await a.room(b)
+    other = await c.room(b)
+    sa, sc = await a.socket(), await c.socket()
+    await sa.join(room)
+    await sc.join(other)
+    # b has no socket: each message notifies b (made just after the ack).
+    for i in range(3):
+        await sa.say(room, f"while away {i}")
+    await sc.say(other, "elsewhere")
+    deadline = time.monotonic() + 10
+    while await unread_notifications(b) < 4:
+        assert time.monotonic() < deadline, "b was not notified"
+        await asyncio.sleep(0.05)
+
+    sb = await b.socket()
+    await sb.join(room)
+    await sb.request({"type": "read", "room_id": room, "seq": 2})
+    assert await unread_notifications(b) == 4  # part of the room read: its notifications stay
+    await sb.request({"type": "read", "room_id": room, "seq": 3})
+    assert await unread_notifications(b) == 1  # read to the end: the room's three are read
+    items = (await b.get("/notify/notifications")).json()["items"]
+    assert [(n["room_id"], n["read"]) for n in items if n["type"] == "message"] == [
+        (other, False),
+        (room, True),
+        (room, True),
+        (room, True),
+    ]
+    for sock in (sa, sb, sc):
+        await sock.close()
+
+
 # -- presence ---------------------------------------------------------------------------------
 
 
