@@ -18,19 +18,27 @@ _encoder = msgspec.json.Encoder(enc_hook=repr)
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
 
 
-# The formatted second of the last timestamp (one tuple: replaced whole, safe across threads).
+# The last timestamp made, by millisecond, and its second (each one tuple, replaced whole:
+# safe across threads). A busy server logs many lines a millisecond.
+_last_milli: tuple[int, str] = (-1, "")
 _last_second: tuple[int, str] = (-1, "")
 
 
 def timestamp(created: float) -> str:
     """`created` (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
-    global _last_second
-    second = int(created)
+    global _last_milli, _last_second
+    milli = int(created * 1000)
+    cached_milli, text = _last_milli
+    if milli == cached_milli:
+        return text
+    second = milli // 1000
     cached, prefix = _last_second
     if second != cached:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _last_second = (second, prefix)
-    return f"{prefix}.{int(created * 1000) % 1000:03d}Z"
+    text = f"{prefix}.{milli % 1000:03d}Z"
+    _last_milli = (milli, text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
