@@ -93,13 +93,13 @@ class _Window:
             delay = target - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            # How late the loop woke for this send (the readings below are not counted).
+            self.max_lag = max(self.max_lag, time.monotonic() - target)
             if i == self.pace.warmup:
                 self._start_readings()
             cmid = f"{self.tag}-{i}"
-            t = time.monotonic()
-            self.sends[cmid] = t
+            self.sends[cmid] = time.monotonic()
             send(cmid)
-            self.max_lag = max(self.max_lag, t - target)
         if self.pace.warmup >= self.pace.messages:
             self._start_readings()
         last = time.monotonic()
