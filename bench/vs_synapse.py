@@ -214,7 +214,11 @@ def round_section(side: str, n: int, w: ChatWindow, logged_errors: dict[str, int
     if logged_errors:
         figures["server logged errors"] = logged_errors
     latency: dict[str, LatencySummary] = {}
-    for label, samples in (("send (A) -> received (B)", w.latency_s), ("send (A) -> ack (A)", w.ack_s)):
+    for label, samples in (
+        ("send (A) -> received (B)", w.latency_s),
+        ("send (A) -> ack (A)", w.ack_s),
+        ("ack (A) -> received (B)", w.after_ack_s),
+    ):
         s = summarize(samples)
         if s is not None:
             latency[label] = s

@@ -25,7 +25,7 @@ import httpx
 import msgspec
 
 from bench.peers.matrix import registration_mac, sent_path, sync_filter, timeline_limited, timeline_marks
-from bench.peers.synapse_result import ChatWindow, window_samples
+from bench.peers.synapse_result import ChatWindow, after_ack, window_samples
 from bench.peers.windows import server_cpu_s
 from bench.ws.client import WsClient, decode_frame, open_socket
 from bench.ws.machine import Probe
@@ -123,6 +123,7 @@ class _Window:
         return ChatWindow(sent=len(self.sends), measured=measured, latency_s=latency, ack_s=acks, lost=lost,
                           errors=dict(self.errors), server_cpu_s=cpu, wall_s=window.wall_s, cores=window.cores,
                           client_cpu=round(client, 3), max_send_lag_ms=round(self.max_lag * 1000, 2),
+                          after_ack_s=after_ack(self.tag, self.pace.warmup, self.sends, self.arrivals, self.acks),
                           **extra)  # fmt: skip
 
 

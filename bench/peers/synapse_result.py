@@ -35,6 +35,9 @@ class ChatWindow(msgspec.Struct):
     max_send_lag_ms: float  # how late the pacer sent its latest message
     # Synapse: /sync answers during the window that held measured messages, and how many
     # messages those held (more than one message per answer: wakeups batched).
+    # Per measured message with both: the answer to A -> B has it (negative: B first).
+    # On Synapse the /sync wakeup path after the event is persisted.
+    after_ack_s: list[float] = []
     wakeups: int = 0
     delivered_in_wakeups: int = 0
     limited: int = 0  # /sync answers whose timeline the server cut (messages missed)
@@ -48,6 +51,14 @@ def window_samples(
     latency = [arrivals[c] - sends[c] for c in measured if c in arrivals]
     ack = [acks[c] - sends[c] for c in measured if c in acks]
     return latency, ack, len(measured) - len(latency), len(measured)
+
+
+def after_ack(
+    tag: str, warmup: int, sends: Mapping[str, float], arrivals: Mapping[str, float], acks: Mapping[str, float]
+) -> list[float]:
+    """Per measured message that was both answered and delivered: ack -> B's receipt."""
+    measured = [f"{tag}-{i}" for i in range(warmup, len(sends))]
+    return [arrivals[c] - acks[c] for c in measured if c in arrivals and c in acks]
 
 
 class SideSummary(msgspec.Struct):

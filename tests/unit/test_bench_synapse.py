@@ -25,7 +25,7 @@ from bench.peers.matrix import (
     timeline_limited,
     timeline_marks,
 )
-from bench.peers.synapse_result import ChatWindow, comparison, ratio, summarize_side, window_samples
+from bench.peers.synapse_result import ChatWindow, after_ack, comparison, ratio, summarize_side, window_samples
 from bench.target import TargetError
 from bench.vs_synapse import _port_range
 
@@ -166,6 +166,7 @@ def test_window_samples_leave_out_the_warmup_and_count_the_lost() -> None:
     assert latency == pytest.approx([0.01, 0.02])
     assert ack == pytest.approx([0.1, 0.005, 0.001, 0.002])
     assert lost == 2
+    assert after_ack("t", 1, sends, arrivals, acks) == pytest.approx([0.005, 0.019])
 
 
 def _window(latency_ms: list[float], cpu_s: float) -> ChatWindow:
