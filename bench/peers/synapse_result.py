@@ -71,6 +71,12 @@ class SideSummary(msgspec.Struct):
     cpu_ms_per_message: float | None
     lost: int
     errors: int
+    round_p99_ms: list[float | None] = []  # each round's own p99 (the machine changes between rounds)
+
+
+def _p99(w: ChatWindow) -> float | None:
+    s = summarize(w.latency_s)
+    return None if s is None else s.p99_ms
 
 
 def summarize_side(side: str, windows: Sequence[ChatWindow]) -> SideSummary:
@@ -83,6 +89,7 @@ def summarize_side(side: str, windows: Sequence[ChatWindow]) -> SideSummary:
         cpu_ms_per_message=sum(w.server_cpu_s for w in windows) * 1000 / measured if measured else None,
         lost=sum(w.lost for w in windows),
         errors=sum(sum(w.errors.values()) for w in windows),
+        round_p99_ms=[_p99(w) for w in windows],
     )
 
 
@@ -123,7 +130,14 @@ def comparison(ours: SideSummary, peer: SideSummary) -> tuple[Section, dict[str,
         met = "met" if p99 <= GOAL_P99_RATIO else "MISSED"
         verdict = f"goal p99 ratio <= {GOAL_P99_RATIO:.2f}: {met} ({p99:.3f})"
     title = f"socialhub vs Synapse, one-to-one, {ours.rounds} round(s) each, samples of all rounds merged"
-    return Section(title=title, figures={"goal": verdict}, text=table(rows)), ratios, verdict
+    figures: dict[str, object] = {"goal": verdict}
+    for side in (ours, peer):
+        figures[f"p99 of each round, {SIDES[side.side]}, ms"] = ", ".join(_fmt(v) for v in side.round_p99_ms)
+    pairs = [ratio(a, b) for a, b in zip(ours.round_p99_ms, peer.round_p99_ms, strict=False)]
+    figures["p99 ratio of each round (socialhub round n / Synapse round n)"] = ", ".join(
+        "-" if r is None else f"{r:.3f}" for r in pairs
+    )
+    return Section(title=title, figures=figures, text=table(rows)), ratios, verdict
 
 
 def _count(s: SideSummary) -> str:

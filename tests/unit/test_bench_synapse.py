@@ -181,6 +181,7 @@ def test_sides_merge_rounds_before_the_percentiles_and_cpu_is_a_total() -> None:
     assert s.latency is not None and s.latency.count == 100
     assert s.latency.p99_ms == pytest.approx(10.0) and s.latency.max_ms == pytest.approx(100.0)
     assert s.cpu_ms_per_message == pytest.approx(10.0)  # 1.0 s over 100 messages
+    assert s.round_p99_ms == pytest.approx([10.0, 100.0])
 
 
 def test_comparison_ratios_and_the_goal() -> None:
@@ -190,6 +191,8 @@ def test_comparison_ratios_and_the_goal() -> None:
     assert ratios["send -> receive p99, ms"] == pytest.approx(0.08)
     assert ratios["server CPU per message, ms"] == pytest.approx(0.5 / 17.0, abs=1e-4)
     assert verdict == "goal p99 ratio <= 0.10: met (0.080)"
+    assert section.figures["p99 of each round, Synapse, ms"] == "25.0"
+    assert section.figures["p99 ratio of each round (socialhub round n / Synapse round n)"] == "0.080"
     header, rule, *rows = section.text
     assert header.split()[-5:] == ["socialhub", "Synapse", "socialhub", "/", "Synapse"]
     assert set(rule) <= {"-", " "}
