@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from bench.peers import one_to_one
 from bench.peers.one_to_one import Pace
 from bench.peers.synapse_result import SIDES, ChatWindow, comparison, summarize_side
-from bench.peers.synapse_server import SynapseSide, synapse_python, synapse_version
+from bench.peers.synapse_server import DbCounter, SynapseSide, synapse_python, synapse_version
 from bench.progress import Progress
 from bench.report import Report, Section, Series, new_report
 from bench.server import ServerStartError, ThrowawayDatabase
@@ -94,18 +94,25 @@ def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Re
             tag = f"r{n}{secrets.token_hex(3)}"
             if side == "socialhub":
                 with _socialhub(args, secret, _free_port(ports)) as (server, tokens, room_id):
+                    server.db_counter.start()
                     progress.say(f"round {n}: socialhub on {server.url} (pid {server.pid}): "
                                  f"{pace.messages} messages at {args.rate:g}/s ...")  # fmt: skip
                     w = one_to_one.run(one_to_one.socialhub_window(server.url, server.pid, tokens, room_id, pace, tag))
                     errors = server.logged_errors()
+                counter = server.db_counter
             else:
                 with SynapseSide(python, args.database_url, _free_port(ports), args.presence, args.keep_db) as syn:
                     a, b = asyncio.run(one_to_one.synapse_users(syn.url, syn.shared_secret, tag))
                     room_id = asyncio.run(one_to_one.direct_room(syn.url, a, b))
+                    syn.db_counter.start()
                     progress.say(f"round {n}: Synapse on {syn.url} (pid {syn.pid}): "
                                  f"{pace.messages} messages at {args.rate:g}/s ...")  # fmt: skip
                     w = one_to_one.run(one_to_one.synapse_window(syn.url, syn.pid, a, b, room_id, pace, tag))
                     errors = syn.logged_errors()
+                counter = syn.db_counter
+            pg = counter.per_message(w.sent)
+            if pg is not None:
+                w.pg_xacts_per_message, w.pg_rows_per_message = round(pg[0], 2), round(pg[1], 2)
             windows[side].append(w)
             report.sections.append(round_section(side, n, w, errors))
             report.notes += round_notes(side, n, w)
@@ -167,8 +174,8 @@ def _free_port(ports: tuple[int, int] | None) -> int:
 
 
 class _Socialhub:
-    def __init__(self, server: BenchServer) -> None:
-        self.server = server
+    def __init__(self, server: BenchServer, db_counter: DbCounter) -> None:
+        self.server, self.db_counter = server, db_counter
         self.url = server.url
         assert server.proc is not None
         self.pid = server.proc.pid
@@ -187,13 +194,15 @@ def _socialhub(args: argparse.Namespace, secret: str, port: int) -> Iterator[tup
         settings |= {"SOCIALHUB_REDIS_URL": args.redis, "SOCIALHUB_REDIS_KEY_PREFIX": prefix}
     server = BenchServer(settings)
     server.port, server.url = port, f"http://127.0.0.1:{port}"
+    counter = DbCounter(args.database_url, db.name)
     try:
         server.start()
         a, b = asyncio.run(seed_accounts(db.url, secret, 2, secrets.token_hex(3)))
         room_id = create_room(server.url, a, [b], None)
-        yield _Socialhub(server), (a.token, b.token), room_id
+        yield _Socialhub(server, counter), (a.token, b.token), room_id
     finally:
         server.stop()
+        counter.stop()
         db.drop()
         if args.redis:
             asyncio.run(drop_redis_keys(args.redis, prefix))
@@ -207,6 +216,10 @@ def round_section(side: str, n: int, w: ChatWindow, logged_errors: dict[str, int
         "client process (share of a core)": f"{w.client_cpu:.0%}",
         "pacer's latest send, ms late": w.max_send_lag_ms,
     }
+    if w.pg_xacts_per_message is not None:
+        figures["PostgreSQL per message: transactions, rows written"] = (
+            f"{w.pg_xacts_per_message:g}, {w.pg_rows_per_message:g}"
+        )
     if side == "synapse":
         per = w.delivered_in_wakeups / w.wakeups if w.wakeups else 0.0
         figures["/sync answers holding measured messages, messages per answer"] = f"{w.wakeups}, {per:.2f}"

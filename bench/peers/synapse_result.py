@@ -38,6 +38,9 @@ class ChatWindow(msgspec.Struct):
     # Per measured message with both: the answer to A -> B has it (negative: B first).
     # On Synapse the /sync wakeup path after the event is persisted.
     after_ack_s: list[float] = []
+    # The server's database over the window (pg_stat_database, see DbCounter): per message sent.
+    pg_xacts_per_message: float | None = None
+    pg_rows_per_message: float | None = None
     wakeups: int = 0
     delivered_in_wakeups: int = 0
     limited: int = 0  # /sync answers whose timeline the server cut (messages missed)
@@ -72,6 +75,8 @@ class SideSummary(msgspec.Struct):
     lost: int
     errors: int
     round_p99_ms: list[float | None] = []  # each round's own p99 (the machine changes between rounds)
+    pg_xacts_per_message: float | None = None
+    pg_rows_per_message: float | None = None
 
 
 def _p99(w: ChatWindow) -> float | None:
@@ -90,7 +95,15 @@ def summarize_side(side: str, windows: Sequence[ChatWindow]) -> SideSummary:
         lost=sum(w.lost for w in windows),
         errors=sum(sum(w.errors.values()) for w in windows),
         round_p99_ms=[_p99(w) for w in windows],
+        pg_xacts_per_message=_mean([w.pg_xacts_per_message for w in windows]),
+        pg_rows_per_message=_mean([w.pg_rows_per_message for w in windows]),
     )
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """Of the rounds that have the figure (every round sends the same number of messages)."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def ratio(mine: float | None, peer: float | None) -> float | None:
@@ -110,6 +123,8 @@ def _rows(s: SideSummary) -> list[tuple[str, float | None]]:
         ("send -> ack p50, ms", ack.p50_ms if ack else None),
         ("send -> ack p99, ms", ack.p99_ms if ack else None),
         ("server CPU per message, ms", s.cpu_ms_per_message),
+        ("PostgreSQL transactions per message", s.pg_xacts_per_message),
+        ("PostgreSQL rows written per message", s.pg_rows_per_message),
     ]
 
 

@@ -65,6 +65,50 @@ async def _admin(url: str, sql: str) -> None:
         await conn.close()
 
 
+# PostgreSQL 15 flushes a backend's pending statistics at most once a second, and an idle
+# backend's after 10 s: before the first reading the setup's transactions must have landed.
+STATS_SETTLE_S = 11.0
+
+
+class DbCounter:
+    """Transactions and rows written in one database (pg_stat_database), from after the
+    setup settled to after the server stopped (a backend flushes its statistics when it
+    ends): background work and shutdown included, as part of what the server does."""
+
+    def __init__(self, admin_url: str, name: str) -> None:
+        self.admin_url, self.name = admin_url, name
+        self.before: tuple[int, int] | None = None
+        self.after: tuple[int, int] | None = None
+
+    def start(self) -> None:
+        time.sleep(STATS_SETTLE_S)
+        self.before = asyncio.run(_counts(self.admin_url, self.name))
+
+    def stop(self) -> None:
+        if self.before is not None and self.after is None:
+            self.after = asyncio.run(_counts(self.admin_url, self.name))
+
+    def per_message(self, messages: int) -> tuple[float, float] | None:
+        """(transactions, rows inserted + updated + deleted) per message sent."""
+        if self.before is None or self.after is None or messages < 1:
+            return None
+        (xacts1, rows1), (xacts0, rows0) = self.after, self.before
+        return (xacts1 - xacts0) / messages, (rows1 - rows0) / messages
+
+
+async def _counts(url: str, name: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT xact_commit + xact_rollback AS xacts, tup_inserted + tup_updated + tup_deleted AS rows "
+            "FROM pg_stat_database WHERE datname = $1",
+            name,
+        )
+    finally:
+        await conn.close()
+    return (int(row["xacts"]), int(row["rows"])) if row is not None else (0, 0)
+
+
 class SynapseSide:
     """`python -m synapse.app.homeserver` on a free port, on a database of its own."""
 
@@ -81,6 +125,7 @@ class SynapseSide:
         self.log_path = self.data_dir / "homeserver.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._db_created = False
+        self.db_counter = DbCounter(database_url, self.db_name)
 
     def write_config(self) -> Path:
         d = str(self.data_dir)
@@ -157,6 +202,8 @@ class SynapseSide:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if self._db_created:
+            self.db_counter.stop()
         if self._db_created and not self.keep_db:
             asyncio.run(_admin(self.database_url, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))
             self._db_created = False

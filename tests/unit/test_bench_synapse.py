@@ -202,6 +202,8 @@ def test_comparison_ratios_and_the_goal() -> None:
     _, slower, missed = comparison(summarize_side("socialhub", [_window([3.0] * 100, 0.05)]), peer)
     assert slower["send -> receive p99, ms"] == pytest.approx(0.12)
     assert missed == "goal p99 ratio <= 0.10: MISSED (0.120)"
+    pg = next(r for r in rows if r.startswith("PostgreSQL transactions per message"))
+    assert pg.split()[-3:] == ["-", "-", "-"]  # not read: no figure, no ratio
     assert comparison(ours, summarize_side("synapse", []))[2] == "goal p99 ratio <= 0.10: not measured"
 
 
@@ -216,6 +218,14 @@ def test_port_range() -> None:
     for bad in ("18000", "a-b", "19000-18000", "80-90"):
         with pytest.raises(TargetError):
             _port_range(bad)
+
+
+def test_database_counts_per_message_need_both_readings() -> None:
+    counter = synapse_server.DbCounter("postgresql://127.0.0.1/test", "d")
+    assert counter.per_message(100) is None
+    counter.before, counter.after = (1000, 50), (1250, 550)
+    assert counter.per_message(100) == (2.5, 5.0)
+    assert counter.per_message(0) is None
 
 
 def test_without_the_venv_the_install_command_is_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
