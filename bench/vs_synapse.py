@@ -38,7 +38,7 @@ FOREIGN_CORES = 0.15
 CLIENT_BOUND = 0.9
 # PostgreSQL (a shared service) above this many cores during a side's window: others'
 # queries (each side's own use at 20 messages a second: socialhub ~0.01, Synapse ~0.15).
-BUSY_POSTGRES = {"socialhub": 0.1, "synapse": 0.3}
+BUSY_POSTGRES = {"socialhub": 0.2, "synapse": 0.3}
 
 WHAT_EACH_DOES = [
     "per message, socialhub: A's send_message frame on its socket; the server checks A is a member of the "
