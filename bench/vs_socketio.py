@@ -46,7 +46,8 @@ WHAT_EACH_DOES = [
     "one Node driver (ws for socialhub's JSON frames, socket.io-client over the same ws package for the "
     "peer) paces, times and counts for both; a message is stamped when the driver's handler has it decoded",
     "server CPU: utime + stime of the server process from /proc/<pid>/stat from the first measured message "
-    "to the window's end, divided by the measured messages (the warm-up, a tenth, is left out); "
+    "to the window's end, divided by the measured messages (the warm-up, a tenth, is left out), and of it "
+    "stime, the kernel's part (a socket write is a system call: one per recipient on both sides); "
     "PostgreSQL and Redis are shown apart in each window's cores (shared services: other "
     "people's work included)",
 ]
@@ -161,6 +162,8 @@ def round_section(r: RoundResult) -> Section:
             continue
         figures[f"{label}: sent, measured, deliveries lost"] = f"{w.sent}, {w.measured}, {w.lost}"
         figures[f"{label}: server CPU per measured message ms"] = round(w.server_cpu_s * 1000 / max(w.measured, 1), 3)
+        if w.server_system_s is not None:
+            figures[f"{label}: of which in the kernel ms"] = round(w.server_system_s * 1000 / max(w.measured, 1), 3)
         figures[f"{label}: cores over {w.wall_s:.1f} s"] = ", ".join(f"{k} {v:.2f}" for k, v in w.cores.items())
         figures[f"{label}: driver processes (share of a core)"] = ", ".join(f"{c:.0%}" for c in w.driver_cpu)
         if w.closed:

@@ -49,8 +49,9 @@ Event = Ready | Warm | Sent | Done
 decode_event = msgspec.json.Decoder(Event).decode
 
 
-def proc_cpu_seconds(stat: str, ticks_per_s: int) -> float:
-    """utime + stime of a process (all its threads) from the text of /proc/<pid>/stat.
+def proc_cpu_split(stat: str, ticks_per_s: int) -> tuple[float, float]:
+    """(utime, stime) of a process (all its threads) from the text of /proc/<pid>/stat:
+    CPU seconds in user space and in the kernel (system calls: a socket write is there).
 
     The command name (field 2) is in parentheses and may hold spaces or parentheses
     itself, so the fields are counted from the last ')'; utime and stime are fields 14
@@ -58,7 +59,12 @@ def proc_cpu_seconds(stat: str, ticks_per_s: int) -> float:
     """
     rest = stat[stat.rindex(")") + 2 :].split()
     # rest[0] is field 3 (state): field n is rest[n - 3].
-    return (int(rest[11]) + int(rest[12])) / ticks_per_s
+    return int(rest[11]) / ticks_per_s, int(rest[12]) / ticks_per_s
+
+
+def proc_cpu_seconds(stat: str, ticks_per_s: int) -> float:
+    """utime + stime of a process (all its threads) from the text of /proc/<pid>/stat."""
+    return sum(proc_cpu_split(stat, ticks_per_s))
 
 
 class WindowSamples(msgspec.Struct):
@@ -76,6 +82,7 @@ class WindowSamples(msgspec.Struct):
     cores: dict[str, float]  # cores used by group over the window (server, clients, postgres, redis, ...)
     driver_cpu: list[float]  # each driver process, share of one core
     closed: dict[str, int]
+    server_system_s: float | None = None  # of server_cpu_s, the part in the kernel (stime)
 
 
 class IdleSample(msgspec.Struct):
@@ -135,6 +142,14 @@ def cpu_ms_per_message(windows: Sequence[WindowSamples]) -> float | None:
     return sum(w.server_cpu_s for w in windows) * 1000 / measured if measured else None
 
 
+def system_ms_per_message(windows: Sequence[WindowSamples]) -> float | None:
+    """The kernel's part of `cpu_ms_per_message` (None when a window did not record it)."""
+    measured = sum(w.measured for w in windows)
+    if not measured or any(w.server_system_s is None for w in windows):
+        return None
+    return sum(w.server_system_s or 0.0 for w in windows) * 1000 / measured
+
+
 class SideSummary(msgspec.Struct):
     """One side over every round."""
 
@@ -144,6 +159,7 @@ class SideSummary(msgspec.Struct):
     fanout_last: LatencySummary | None
     fanout_each: LatencySummary | None
     fanout_cpu_ms_per_message: float | None
+    fanout_system_ms_per_message: float | None
     chat_cpu_ms_per_message: float | None
     rss_kib_per_idle_socket: float | None
     lost: int
@@ -160,6 +176,7 @@ def summarize_side(side: str, rounds: Sequence[RoundResult]) -> SideSummary:
         fanout_last=summarize(s for w in fanouts for s in w.latency_s),
         fanout_each=summarize(s for w in fanouts for s in w.each_s),
         fanout_cpu_ms_per_message=cpu_ms_per_message(fanouts),
+        fanout_system_ms_per_message=system_ms_per_message(fanouts),
         chat_cpu_ms_per_message=cpu_ms_per_message(chats),
         rss_kib_per_idle_socket=idle_kib_per_socket([r.idle for r in mine if r.idle is not None]),
         lost=sum(w.lost for w in [*chats, *fanouts]),
@@ -172,6 +189,8 @@ def _rows(members: int) -> list[tuple[str, str, str]]:
         ("one-to-one send -> receive p50", "ms", "one_to_one.p50"),
         ("one-to-one send -> receive p99", "ms", "one_to_one.p99"),
         (f"fan-out to {members:,}: server CPU per message", "ms", "fanout_cpu"),
+        (f"fan-out to {members:,}: of which in the kernel", "ms", "fanout_system"),
+        (f"fan-out to {members:,}: of which in user space", "ms", "fanout_user"),
         (f"fan-out to {members:,}: send -> last member p50", "ms", "fanout_last.p50"),
         (f"fan-out to {members:,}: send -> last member p99", "ms", "fanout_last.p99"),
         ("RSS per idle authenticated socket", "KiB", "rss"),
@@ -181,6 +200,11 @@ def _rows(members: int) -> list[tuple[str, str, str]]:
 def _value(s: SideSummary, key: str) -> float | None:
     if key == "fanout_cpu":
         return s.fanout_cpu_ms_per_message
+    if key == "fanout_system":
+        return s.fanout_system_ms_per_message
+    if key == "fanout_user":
+        cpu, system = s.fanout_cpu_ms_per_message, s.fanout_system_ms_per_message
+        return None if cpu is None or system is None else cpu - system
     if key == "rss":
         return s.rss_kib_per_idle_socket
     field, _, pct = key.partition(".")

@@ -33,7 +33,7 @@ from bench.peers.result import (
     Warm,
     WindowSamples,
     decode_event,
-    proc_cpu_seconds,
+    proc_cpu_split,
 )
 from bench.peers.result import window_samples as samples_of
 from bench.peers.servers import DRIVER_JS, Side, rss_mib
@@ -116,17 +116,23 @@ class NodeDriver:
         self._err.close()
 
 
-def server_cpu_s(pid: int) -> float:
-    """CPU seconds of the server process and its children, from /proc/<pid>/stat."""
+def server_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the server process and its children, from /proc/<pid>/stat."""
     ticks = os.sysconf("SC_CLK_TCK")
     pids = [pid]
     with contextlib.suppress(psutil.Error):
         pids += [c.pid for c in psutil.Process(pid).children(recursive=True)]
-    total = 0.0
+    user = system = 0.0
     for p in pids:
         with contextlib.suppress(OSError):
-            total += proc_cpu_seconds(Path(f"/proc/{p}/stat").read_text(), ticks)
-    return total
+            u, s = proc_cpu_split(Path(f"/proc/{p}/stat").read_text(), ticks)
+            user, system = user + u, system + s
+    return user, system
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds of the server process and its children, from /proc/<pid>/stat."""
+    return sum(server_cpu_split(pid))
 
 
 class _PidProbe(Probe):
@@ -175,11 +181,12 @@ def run_messages(node: str, side: Side, tokens: list[str], members: int, pace: P
         for d in everyone:
             d.send("go")
         sender.expect(Warm, pace.warmup * pace.interval_s + 60)
-        cpu0 = server_cpu_s(side.pid)
+        user0, system0 = server_cpu_split(side.pid)
         probe.start()
         sender.expect(Sent, pace.messages * pace.interval_s + 60)
         time.sleep(DRAIN_S)
-        cpu = server_cpu_s(side.pid) - cpu0
+        user, system = server_cpu_split(side.pid)
+        user, system = user - user0, system - system0
         window = probe.stop()
         dones = [d.finish() for d in everyone]
     finally:
@@ -194,7 +201,8 @@ def run_messages(node: str, side: Side, tokens: list[str], members: int, pace: P
         each_s=each,
         ack_s=acks,
         lost=lost,
-        server_cpu_s=cpu,
+        server_cpu_s=user + system,
+        server_system_s=system,
         wall_s=window.wall_s,
         cores=window.cores,
         driver_cpu=[round(d.cpu_share, 3) for d in dones],

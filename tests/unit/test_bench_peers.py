@@ -19,6 +19,7 @@ from bench.peers.result import (
     decode_event,
     idle_kib_per_socket,
     proc_cpu_seconds,
+    proc_cpu_split,
     ratio,
     summarize_side,
     window_samples,
@@ -35,6 +36,7 @@ STAT = (
 def test_proc_stat_gives_user_plus_system_seconds() -> None:
     assert proc_cpu_seconds(STAT, 100) == pytest.approx(12.9)
     assert proc_cpu_seconds(STAT, 1000) == pytest.approx(1.29)
+    assert proc_cpu_split(STAT, 100) == (pytest.approx(12.34), pytest.approx(0.56))
 
 
 def test_proc_stat_of_this_process_reads() -> None:
@@ -76,10 +78,13 @@ def test_window_samples_in_seconds_last_member_only_when_all_got_it() -> None:
     assert lost == 1
 
 
-def _window(sent: int, cpu_s: float, latency: list[float], measured: int | None = None) -> WindowSamples:
+def _window(
+    sent: int, cpu_s: float, latency: list[float], measured: int | None = None, system_s: float | None = None
+) -> WindowSamples:
     measured = sent if measured is None else measured
     return WindowSamples(members=1, sent=sent, measured=measured, latency_s=latency, each_s=latency, ack_s=[],
-                         lost=0, server_cpu_s=cpu_s, wall_s=1.0, cores={}, driver_cpu=[], closed={})  # fmt: skip
+                         lost=0, server_cpu_s=cpu_s, wall_s=1.0, cores={}, driver_cpu=[], closed={},
+                         server_system_s=system_s)  # fmt: skip
 
 
 def _idle(connected: int, before: float, after: float) -> IdleSample:
@@ -119,3 +124,24 @@ def test_side_by_side_table_merges_rounds_and_gives_ratios() -> None:
                                        "/", "Socket.IO"]  # fmt: skip
     rss_row = next(line for line in section.text if line.startswith("RSS per idle"))
     assert rss_row.split()[-3:] == ["20.5", "10.2", "2.00"]
+
+
+def test_fanout_cpu_is_split_into_kernel_and_user_space() -> None:
+    rounds = [
+        RoundResult("socialhub", 1, fanout=_window(100, 1.0, [0.01], system_s=0.6)),
+        RoundResult("socialhub", 2, fanout=_window(100, 1.0, [0.01], system_s=0.8)),
+        RoundResult("socketio", 1, fanout=_window(100, 2.0, [0.01], system_s=0.7)),
+        RoundResult("socketio", 2, fanout=_window(100, 2.0, [0.01])),  # an older result, without the split
+    ]
+    ours, peer = summarize_side("socialhub", rounds), summarize_side("socketio", rounds)
+    assert ours.fanout_cpu_ms_per_message == pytest.approx(10.0)
+    assert ours.fanout_system_ms_per_message == pytest.approx(7.0)
+    assert peer.fanout_system_ms_per_message is None  # not all of its windows say
+    _, ratios = comparison(ours, ours, 1000)
+    assert ratios["fan-out to 1,000: of which in the kernel"] == pytest.approx(1.0)
+    assert ratios["fan-out to 1,000: of which in user space"] == pytest.approx(1.0)
+    section, ratios = comparison(ours, peer, 1000)
+    assert ratios["fan-out to 1,000: server CPU per message"] == pytest.approx(0.5)
+    assert ratios["fan-out to 1,000: of which in the kernel"] is None
+    user_row = next(line for line in section.text if "user space" in line)
+    assert user_row.split()[-3:] == ["3.000", "-", "-"]
