@@ -2,7 +2,8 @@
 and no sockets: the app made as `socialhub serve` makes it, its lifespan started in this
 process, a seeded data set, then requests handed to the app one after another and timed
 with `time.process_time()`. Beside it, the bare-Starlette ceiling app of `rest-read`
-(bench/ceiling.py `http_app`) answering the bytes of a real feed page, timed the same way.
+(bench/ceiling.py `http_app`) answering the same bytes, timed the same way, in rounds
+that alternate with socialhub's.
 
 What `rest-read` measures end to end (uvicorn, the kernel's sockets, the client processes)
 swings by tens of percent with the VM's other work; this figure holds to a few percent,
@@ -89,9 +90,9 @@ class Caller:
         return out
 
 
-def _summary(samples: list[float]) -> dict[str, object]:
-    return {"median µs": round(statistics.median(samples), 2), "min µs": round(min(samples), 2),
-            "rounds µs": ", ".join(f"{s:.2f}" for s in samples)}  # fmt: skip
+def _summary(samples: list[float]) -> str:
+    rounds = ", ".join(f"{s:.1f}" for s in samples)
+    return f"median {statistics.median(samples):.2f}, min {min(samples):.2f} (rounds: {rounds})"
 
 
 async def _measure(
@@ -129,20 +130,29 @@ async def _measure(
                              for _ in range(len(accounts) * 4)],
                 }  # fmt: skip
                 caller = Caller(app, {})
-                page = b""
                 for phase in phases:
                     for scope in by_phase[phase]:  # warm: every request once (caches filled)
                         await caller.call(scope)
-                    page = page or (caller.body if phase == "feed" else b"")
+                    # The ceiling answers the bytes of this phase's last answer, for any request.
+                    ceiling = Caller(http_app(caller.body), {})  # type: ignore[arg-type]
+                    bare = [scope_of("GET", by_phase[phase][0]["path"], None)]
                     caller.errors = 0
-                    samples = await caller.timed(by_phase[phase], args.requests, args.rounds, rng)
-                    report.sections.append(Section(title=f"socialhub GET {phase}", figures={
-                        **_summary(samples), "answers other than 200": caller.errors}))  # fmt: skip
-                    progress.say(f"{phase}: median {statistics.median(samples):.2f} µs CPU a request")
-                ceiling = Caller(http_app(page or b"{}"), {})  # type: ignore[arg-type]
-                samples = await ceiling.timed([scope_of("GET", "/feed", None)], args.requests, args.rounds, rng)
-                report.sections.append(Section(title="ceiling: bare Starlette answering a feed page", figures={
-                    **_summary(samples), "bytes a page": len(page)}))  # fmt: skip
+                    ours, theirs = [], []
+                    # Rounds alternate (socialhub, ceiling, socialhub, ...): the VM's speed drifts by
+                    # tens of percent over minutes, and each pair sees the same moment.
+                    for _ in range(args.rounds):
+                        ours += await caller.timed(by_phase[phase], args.requests, 1, rng)
+                        theirs += await ceiling.timed(bare, args.requests, 1, rng)
+                    own = [a - b for a, b in zip(ours, theirs, strict=True)]
+                    report.sections.append(Section(title=f"GET {phase}: CPU a request in the app, µs", figures={
+                        "socialhub": _summary(ours), "ceiling (bare Starlette, the same bytes)": _summary(theirs),
+                        "socialhub's own (socialhub - ceiling, round by round)": _summary(own),
+                        "bytes an answer": len(caller.body), "answers other than 200": caller.errors,
+                    }))  # fmt: skip
+                    progress.say(
+                        f"{phase}: socialhub {statistics.median(ours):.2f} µs, ceiling {statistics.median(theirs):.2f}"
+                        f" µs CPU a request (medians)"
+                    )
     report.setup = {"users": args.users, "requests a round": args.requests, "rounds": args.rounds, "phases": phases}
     report.notes.append(
         "CPU of this one process (time.process_time) per request, the app's part only: no uvicorn, no sockets "
