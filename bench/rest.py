@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import random
 import secrets
+import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -61,6 +62,13 @@ def add_options(p: argparse.ArgumentParser, scenario: str) -> None:
     p.add_argument("--posts", type=int, default=defaults.posts_per_user, help="posts per user")
     p.add_argument("--likes", type=int, default=defaults.likes_per_post, help="likes per post (on average)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the bare-Starlette ceiling")
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="windows of the headline phase and of the ceiling, alternating, both servers up (default 1); "
+        "with more, the share of the ceiling is given per pair and as their median (the VM's speed drifts)",
+    )
     if scenario == "rest-read":
         p.add_argument(
             "--likes-per-s",
@@ -163,6 +171,7 @@ def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Re
     runs: dict[str, PhaseRun] = {}
     ceiling: list[PhaseResult] = []
     comparisons: list[Comparison] = []
+    pairs: list[tuple[PhaseResult, PhaseResult]] = []  # the headline's and the ceiling's windows after the first
     notes: list[str] = []
     extra: dict[str, object] = {}
     size = SizeSpec(users=args.users, follows_per_user=min(args.follows, args.users - 1),
@@ -212,24 +221,41 @@ def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Re
                 f"during the phases a writer process sent {writer.sent} likes/unlikes of the newest posts "
                 f"({args.likes_per_s:g}/s asked), {writer.errors} errors"
             )
+        headline = HEADLINE[scenario]
+        body = runs[headline].body if headline in runs else b""
+        if not args.no_ceiling and body:
+            # The ceiling runs while socialhub is still up (idle), so that more pairs can
+            # alternate the two: each pair sees the same moment of the machine.
+            progress.say(f"ceiling: bare Starlette serving the {len(body)} bytes of a {headline} answer ...")
+            with CeilingServer("http", body) as bare:
+                chost, cport = split_url(bare.url)
+                # The ceiling answers any path; the same requests keep the client's work identical.
+                requests = runs_requests(scenario, headline, data, chost, cport, rng)
+                c = run_phase(f"{headline} (bare Starlette)", _job(args, chost, cport, requests, rng), args.procs,
+                              _watch(bare), progress)  # fmt: skip
+                shares = [_share(runs[headline].result, c.result)]
+                build = read_requests if scenario == "rest-read" else write_requests
+                for k in range(2, args.pairs + 1):
+                    again = run_phase(f"{headline} (pair {k})", _job(args, host, port, build(headline, data, host,
+                                      port, rng), rng), args.procs, target.watch, progress)  # fmt: skip
+                    bare_again = run_phase(f"{headline} (bare Starlette, pair {k})", _job(args, chost, cport,
+                                           requests, rng), args.procs, _watch(bare), progress)  # fmt: skip
+                    pairs.append((again.result, bare_again.result))
+                    shares.append(_share(again.result, bare_again.result))
+            ceiling.append(c.result)
+            runs[c.result.name] = c
+            mine = runs[headline].result
+            comparisons.append(Comparison(f"{headline} req/s", mine.throughput_rps, c.result.throughput_rps))
+            if mine.latency is not None and c.result.latency is not None:
+                comparisons.append(Comparison(f"{headline} p99", mine.latency.p99_ms, c.result.latency.p99_ms, False))
+            if len(shares) > 1:
+                extra["pairs"] = [round(x, 3) for x in shares]
+                notes.append(
+                    f"{headline} req/s as a share of the ceiling, pair by pair (socialhub's window, then the "
+                    f"ceiling's): {', '.join(f'{x:.0%}' for x in shares)}; median {statistics.median(shares):.0%}"
+                )
         total = target.watch.usage(run_start, target.watch.snapshot()) if target.watch and run_start else None
         server_errors = target.logged_errors()
-    headline = HEADLINE[scenario]
-    body = runs[headline].body if headline in runs else b""
-    if not args.no_ceiling and body:
-        progress.say(f"ceiling: bare Starlette serving the {len(body)} bytes of a {headline} answer ...")
-        with CeilingServer("http", body) as bare:
-            chost, cport = split_url(bare.url)
-            # The ceiling answers any path; the same requests keep the client's work identical.
-            requests = runs_requests(scenario, headline, data, chost, cport, rng)
-            c = run_phase(f"{headline} (bare Starlette)", _job(args, chost, cport, requests, rng), args.procs,
-                          _watch(bare), progress)  # fmt: skip
-        ceiling.append(c.result)
-        runs[c.result.name] = c
-        mine = runs[headline].result
-        comparisons.append(Comparison(f"{headline} req/s", mine.throughput_rps, c.result.throughput_rps))
-        if mine.latency is not None and c.result.latency is not None:
-            comparisons.append(Comparison(f"{headline} p99", mine.latency.p99_ms, c.result.latency.p99_ms, False))
     if scenario == "login":
         cost = argon2_cost_ms()
         extra["argon2_verify_ms"] = round(cost, 1)
@@ -264,8 +290,8 @@ def run(scenario: str, args: argparse.Namespace, progress: Progress) -> tuple[Re
             "warm-up s": args.warmup,
             "window s": args.duration,
         },
-        phases=[runs[p].result for p in phases],
-        ceiling=ceiling,
+        phases=[runs[p].result for p in phases] + [mine for mine, _ in pairs],
+        ceiling=ceiling + [bare for _, bare in pairs],
         comparisons=comparisons,
         server=server,
         notes=notes,
@@ -383,6 +409,11 @@ def _job(args: argparse.Namespace, host: str, port: int, requests: list[bytes], 
         timeout_s=args.timeout,
         seed=rng.randrange(2**31),
     )
+
+
+def _share(mine: PhaseResult, bare: PhaseResult) -> float:
+    """socialhub's req/s as a share of the ceiling's in one pair of windows."""
+    return mine.throughput_rps / bare.throughput_rps if bare.throughput_rps else 0.0
 
 
 def _watch(server: CeilingServer) -> ServerWatch | None:
