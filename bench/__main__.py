@@ -1,7 +1,7 @@
 """`python -m bench <scenario> [options]`: the one entry point of the benchmarks.
 
 Scenarios: rest-read, rest-write, login, ws-idle, ws-chat, post-to-feed, calls, vs-socketio,
-vs-synapse, asgi-cpu. Each is a module of this package called here with its options (`add_options`,
+vs-synapse, asgi-cpu, pg-commit. Each is a module of this package called here with its options (`add_options`,
 then `run`): it starts its own server (or measures `--url`), loads it from separate client processes,
 shows progress and fills the one report (bench.report): a summary with socialhub as a
 fraction of a bare ceiling where one applies, printed and written as JSON (default under
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from bench import asgi_cpu, calls, post_to_feed, rest, sockets, vs_socketio, vs_synapse
+from bench import asgi_cpu, calls, pg_commit, post_to_feed, rest, sockets, vs_socketio, vs_synapse
 from bench.load import WorkerError
 from bench.progress import Progress
 from bench.report import Report, Series, default_json_path, format_report, plot, write_json
@@ -35,6 +35,7 @@ SCENARIOS = {
     "vs-socketio": "one-to-one latency, fan-out CPU, idle RSS: socialhub vs Socket.IO 4 + Redis adapter",
     "vs-synapse": "one-to-one send -> receive latency and server CPU: socialhub vs Matrix Synapse",
     "asgi-cpu": "CPU a REST read costs inside the ASGI app (in process, no sockets), vs bare Starlette",
+    "pg-commit": "what a chat message's statement costs in PostgreSQL: round trip, statement, the commit's flush",
 }
 # The module that runs each scenario: `add_options(parser, scenario)` and
 # `run(scenario, args, progress) -> (Report, Series)`.
@@ -49,6 +50,7 @@ MODULES: dict[str, ModuleType] = {
     "vs-socketio": vs_socketio,
     "vs-synapse": vs_synapse,
     "asgi-cpu": asgi_cpu,
+    "pg-commit": pg_commit,
 }
 # What stops a run early with a one-line message (exit 2) rather than a traceback.
 STOPS = (TargetError, ServerStartError, WorkerError)
