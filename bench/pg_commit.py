@@ -79,8 +79,9 @@ async def _measure(db_url: str, args: argparse.Namespace, progress: Progress) ->
         await durable.execute("INSERT INTO room_members (room_id, user_id) VALUES ($1, $2), ($1, $3)", room, *users)
         runs: dict[str, Callable[[int], Awaitable[object]]] = {
             KINDS[0]: lambda i: durable.fetchval("SELECT 1"),
-            KINDS[1]: lambda i: durable.fetchrow("SELECT * FROM socialhub_send_message($1, $2, $3, $4)", room,
-                                                 sender, "hello there", f"m{i}"),
+            KINDS[1]: lambda i: durable.fetchrow(
+                "SELECT * FROM socialhub_send_message($1, $2, $3, $4)", room, sender, "hello there", f"m{i}"
+            ),
             KINDS[2]: lambda i: durable.execute("INSERT INTO bench_rows (body) VALUES ('hello there')"),
             KINDS[3]: lambda i: relaxed.execute("INSERT INTO bench_rows (body) VALUES ('hello there')"),
         }
