@@ -38,7 +38,7 @@ from socialhub.api.http.notifications import NotificationRoutes
 from socialhub.api.http.openapi import OpenApiRoutes
 from socialhub.api.http.posts import PostRoutes
 from socialhub.api.http.ratelimit import RateLimitMiddleware
-from socialhub.api.http.routing import RouteGroup, ip_limits, one_route_per_path
+from socialhub.api.http.routing import ConcreteReads, ErrorHandler, RouteGroup, ip_limits, one_route_per_path
 from socialhub.api.http.security import Authenticator
 from socialhub.api.http.static import StaticRoutes
 from socialhub.api.http.users import UserRoutes
@@ -423,6 +423,11 @@ def create_app(settings: Settings) -> Starlette:
     # CORS wraps everything below the access log, so a preflight is never rate-limited
     # nor authenticated, and every answer to a listed origin (429 and 503 too) says so.
     cors = [Middleware(Cors, origins=settings.server.cors_origins)] if settings.server.cors_origins else []
+    # The errors a handler may raise and their answers (Exception: the 500, Starlette's last resort).
+    answers: dict[type[Exception], ErrorHandler] = {
+        SocialhubError: handle_socialhub_error,
+        HTTPException: handle_http_exception,
+    }
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
@@ -436,12 +441,9 @@ def create_app(settings: Settings) -> Starlette:
                 tokens=parts.tokens,
                 by_ip=ip_limits(operations),
             ),
+            Middleware(ConcreteReads, routes=routes, handlers=answers),
         ],
-        exception_handlers={
-            SocialhubError: handle_socialhub_error,
-            HTTPException: handle_http_exception,
-            Exception: handle_unexpected,
-        },
+        exception_handlers={**answers, Exception: handle_unexpected},
     )
     # The document this app serves, for the tests that hold it against the routes.
     app.state.openapi = docs.document
