@@ -3,7 +3,8 @@ and no sockets: the app made as `socialhub serve` makes it, its lifespan started
 process, a seeded data set, then requests handed to the app one after another and timed
 with `time.process_time()`. Beside it, the bare-Starlette ceiling app of `rest-read`
 (bench/ceiling.py `http_app`) answering the same bytes, timed the same way, in rounds
-that alternate with socialhub's.
+that alternate with socialhub's; and the floor, a plain ASGI callable answering those
+bytes with no framework (what Starlette's own layers cost is the ceiling less it).
 
 What `rest-read` measures end to end (uvicorn, the kernel's sockets, the client processes)
 swings by tens of percent with the VM's other work; this figure holds to a few percent,
@@ -25,7 +26,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TextIO
 
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bench.progress import Progress
 from bench.report import Report, Section, Series, new_report
@@ -90,6 +91,17 @@ class Caller:
         return out
 
 
+def plain_app(body: bytes) -> ASGIApp:
+    """The least an ASGI app can do per request: answer `body`, no framework at all."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
 def _summary(samples: list[float]) -> str:
     rounds = ", ".join(f"{s:.1f}" for s in samples)
     return f"median {statistics.median(samples):.2f}, min {min(samples):.2f} (rounds: {rounds})"
@@ -135,18 +147,21 @@ async def _measure(
                         await caller.call(scope)
                     # The ceiling answers the bytes of this phase's last answer, for any request.
                     ceiling = Caller(http_app(caller.body), {})  # type: ignore[arg-type]
+                    floor = Caller(plain_app(caller.body), {})
                     bare = [scope_of("GET", by_phase[phase][0]["path"], None)]
                     caller.errors = 0
-                    ours, theirs = [], []
+                    ours, theirs, least = [], [], []
                     # Rounds alternate (socialhub, ceiling, socialhub, ...): the VM's speed drifts by
                     # tens of percent over minutes, and each pair sees the same moment.
                     for _ in range(args.rounds):
                         ours += await caller.timed(by_phase[phase], args.requests, 1, rng)
                         theirs += await ceiling.timed(bare, args.requests, 1, rng)
+                        least += await floor.timed(bare, args.requests, 1, rng)
                     own = [a - b for a, b in zip(ours, theirs, strict=True)]
                     report.sections.append(Section(title=f"GET {phase}: CPU a request in the app, µs", figures={
                         "socialhub": _summary(ours), "ceiling (bare Starlette, the same bytes)": _summary(theirs),
                         "socialhub's own (socialhub - ceiling, round by round)": _summary(own),
+                        "floor: a plain ASGI callable answering the same bytes": _summary(least),
                         "bytes an answer": len(caller.body), "answers other than 200": caller.errors,
                     }))  # fmt: skip
                     progress.say(

@@ -9,7 +9,7 @@ import random
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from bench.asgi_cpu import Caller, run, scope_of
+from bench.asgi_cpu import Caller, plain_app, run, scope_of
 from bench.progress import Progress
 from bench.target import TargetError
 
@@ -55,3 +55,9 @@ async def test_the_caller_times_each_request_and_counts_answers_other_than_200()
 def test_what_the_scenario_refuses_before_it_starts(options: dict[str, object], refusal: str) -> None:
     with pytest.raises(TargetError, match=refusal):
         run("asgi-cpu", argparse.Namespace(**options), Progress())
+
+
+async def test_the_floor_answers_the_bytes_it_was_given() -> None:
+    caller = Caller(plain_app(b'{"a":1}'), {})
+    await caller.call(scope_of("GET", "/feed", None))
+    assert (caller.status, caller.body, caller.errors) == (200, b'{"a":1}', 0)

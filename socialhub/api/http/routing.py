@@ -185,8 +185,8 @@ class ConcreteReads:
     /chat/rooms, ...): found by one dict lookup and handed to the route's handler, past
     Starlette's router and per-route layers (ExceptionMiddleware, the router's walk of
     its routes, Route.handle, request_response and its exception wrapper), which cost a
-    bare Starlette app most of its time per request (`python -m bench asgi-cpu`: ~14 µs
-    against ~1 µs for a plain ASGI callable answering the same bytes). The errors a
+    bare Starlette app most of its time per request (`python -m bench asgi-cpu` times
+    both: ~14 µs against ~1 µs for a plain ASGI callable answering the same bytes). The errors a
     handler raises get the answers Starlette would give them (`handlers`, by the
     exception's class and its bases); any other exception goes on to Starlette's
     ServerErrorMiddleware, the 500, as it would. Every other request (other methods,
