@@ -34,7 +34,7 @@ from tests.e2e.server import Server, server_env
 
 # Per operation and generation mode (positive, negative) in the fuzzing phase; the
 # coverage phase adds its boundary cases (each pattern, length and type edge) on top.
-# 60 keeps the module near a minute on a 2-core CI machine (see notes/fuzz.md).
+# 60 keeps the module near a minute on a 2-core CI machine.
 FUZZ_EXAMPLES = 60
 SLOW_EXAMPLES = 500
 SEED = 20261127
