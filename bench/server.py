@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -70,15 +70,24 @@ class ThrowawayDatabase:
     """A database created on the PostgreSQL of `admin_url` for one run, dropped after
     (unless `keep`); `url` is the same URL pointing at it."""
 
-    def __init__(self, admin_url: str, prefix: str = "socialhub_bench_", keep: bool = False) -> None:
+    def __init__(
+        self,
+        admin_url: str,
+        prefix: str = "socialhub_bench_",
+        keep: bool = False,
+        create_sql: str = 'CREATE DATABASE "{name}"',
+    ) -> None:
+        """`create_sql`: the statement that makes it, `{name}` its name (a peer may need
+        an encoding or collation of its own)."""
         self.admin_url = admin_url
         self.name = prefix + secrets.token_hex(4)
         self.url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{self.name}"))
         self.keep = keep
+        self.create_sql = create_sql
         self._created = False
 
     def create(self) -> str:
-        asyncio.run(_admin(self.admin_url, f'CREATE DATABASE "{self.name}"'))
+        asyncio.run(_admin(self.admin_url, self.create_sql.format(name=self.name)))
         self._created = True
         return self.url
 
@@ -110,6 +119,35 @@ def free_port() -> int:
         return port
 
 
+def wait_answering(
+    proc: subprocess.Popen[bytes], url: str, what: str, log_tail: Callable[[], str], timeout: float
+) -> None:
+    """Until `url` answers 200; ServerStartError, with the log's tail, when `proc` exits
+    first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerStartError(f"{what} exited with {proc.returncode}:\n{log_tail()}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise ServerStartError(f"{what}: no answer on {url} after {timeout:.0f} s:\n{log_tail()}")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, the graceful shutdown waited for `timeout` seconds, then SIGKILL; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 class SpawnedServer:
     """`socialhub serve` in a temporary data dir, started and stopped by the benchmark.
 
@@ -138,32 +176,11 @@ class SpawnedServer:
         cmd = [sys.executable, "-m", "socialhub.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerStartError(f"socialhub serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}{self.ready_path}", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise ServerStartError(
-            f"no answer on {self.url}{self.ready_path} after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}"
-        )
+        wait_answering(self.proc, f"{self.url}{self.ready_path}", "socialhub serve", self.log_tail, START_TIMEOUT_S)
 
     def stop(self) -> int | None:
         """SIGTERM, wait for the graceful shutdown, clean up; the server's exit code."""
-        code: int | None = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                code = self.proc.wait()
-        elif self.proc is not None:
-            code = self.proc.returncode
+        code = stop_process(self.proc) if self.proc is not None else None
         # A server that was killed leaves its cluster running; stop that one postmaster.
         postmaster = find_postmaster(self.data_dir / "postgres")
         if postmaster is not None:

@@ -27,7 +27,7 @@ from bench.peers.synapse_result import SIDES, ChatWindow, comparison, summarize_
 from bench.peers.synapse_server import DbCounter, SynapseSide, synapse_python, synapse_version
 from bench.progress import Progress
 from bench.report import Report, Section, Series, new_report
-from bench.server import ServerStartError, ThrowawayDatabase
+from bench.server import ServerStartError, ThrowawayDatabase, free_port
 from bench.stats import LatencySummary, summarize
 from bench.target import TargetError
 from bench.ws.accounts import create_room, seed_accounts
@@ -156,10 +156,7 @@ def _port_range(text: str) -> tuple[int, int] | None:
 def _free_port(ports: tuple[int, int] | None) -> int:
     """A port nothing listens on: from `ports` (tried from a random start), or any."""
     if ports is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-            return port
+        return free_port()
     lo, hi = ports
     start = secrets.randbelow(hi - lo + 1)
     for i in range(hi - lo + 1):

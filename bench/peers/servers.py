@@ -15,16 +15,13 @@ import asyncio
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
-from bench.server import MIB, STOP_TIMEOUT_S, ServerStartError, ThrowawayDatabase, free_port
+from bench.server import MIB, ServerStartError, ThrowawayDatabase, free_port, stop_process, wait_answering
 from bench.target import TargetError
 from bench.ws.accounts import TOKEN_TTL_S, Account, create_room, seed_accounts
 from bench.ws.servers import BenchServer, drop_redis_keys
@@ -142,19 +139,12 @@ class SocketIoSide:
         env = {**os.environ, "PORT": str(self.port), "REDIS_URL": self.redis_url, "KEY_PREFIX": self.prefix,
                "JWT_SECRET": self.secret, "NODE_ENV": "production"}  # fmt: skip
         self.proc = subprocess.Popen([self.node, str(SERVER_JS)], env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + NODE_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.__exit__()
-                raise ServerStartError(f"the Socket.IO server exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.__exit__()
-        raise ServerStartError(f"the Socket.IO server did not answer on {self.url}/healthz: {self.log_tail()}")
+        try:
+            wait_answering(self.proc, f"{self.url}/healthz", "Socket.IO", self.log_tail, NODE_START_TIMEOUT_S)
+        except ServerStartError:
+            self.__exit__()
+            raise
+        return self
 
     @property
     def pid(self) -> int:
@@ -180,13 +170,8 @@ class SocketIoSide:
             return ""
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         asyncio.run(drop_redis_keys(self.redis_url, self.prefix))
         self._log.close()
 

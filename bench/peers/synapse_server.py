@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import asyncpg
-import httpx
 
 from bench.peers.matrix import CREATE_DATABASE, database_args, dump, homeserver_config, log_config, signing_key
-from bench.server import STOP_TIMEOUT_S, ServerStartError
+from bench.server import ThrowawayDatabase, stop_process, wait_answering
 from bench.target import TargetError
 
 SYNAPSE_DIR = Path(__file__).resolve().parent / "synapse"
@@ -55,14 +53,6 @@ def synapse_version(python: Path) -> str:
     if out.returncode != 0:
         raise TargetError(f"Synapse in {VENV} does not import: {out.stderr.strip()[-300:]}; run {INSTALL_COMMAND}")
     return out.stdout.strip()
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 # PostgreSQL 15 flushes a backend's pending statistics at most once a second, and an idle
@@ -118,7 +108,8 @@ class SynapseSide:
         self.python, self.database_url, self.port = python, database_url, port
         self.presence, self.keep_db = presence, keep_db
         self.url = f"http://127.0.0.1:{port}"
-        self.db_name = f"synapse_bench_{secrets.token_hex(4)}"
+        self.db = ThrowawayDatabase(database_url, prefix="synapse_bench_", keep=keep_db, create_sql=CREATE_DATABASE)
+        self.db_name = self.db.name
         self.shared_secret = secrets.token_urlsafe(32)
         self._tmp = tempfile.TemporaryDirectory(prefix="socialhub-bench-synapse-")
         self.data_dir = Path(self._tmp.name)
@@ -140,7 +131,7 @@ class SynapseSide:
 
     def __enter__(self) -> SynapseSide:
         try:
-            asyncio.run(_admin(self.database_url, CREATE_DATABASE.format(name=self.db_name)))
+            self.db.create()
             self._db_created = True
             config = self.write_config()
             cmd = [str(self.python), "-m", "synapse.app.homeserver", "--config-path", str(config)]
@@ -154,17 +145,7 @@ class SynapseSide:
 
     def _wait_ready(self) -> None:
         assert self.proc is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerStartError(f"Synapse exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/_matrix/client/versions", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise ServerStartError(f"Synapse did not answer on {self.url} in {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+        wait_answering(self.proc, f"{self.url}/_matrix/client/versions", "Synapse", self.log_tail, START_TIMEOUT_S)
 
     @property
     def pid(self) -> int:
@@ -194,17 +175,11 @@ class SynapseSide:
         return counts
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
         if self._db_created:
             self.db_counter.stop()
-        if self._db_created and not self.keep_db:
-            asyncio.run(_admin(self.database_url, f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)'))
             self._db_created = False
+        self.db.drop()
         self._tmp.cleanup()
